@@ -1,0 +1,178 @@
+"""Where a dataset's files live, and how they are written so that a crash never leaves a half file that looks whole.
+
+    <root>/<name>/
+      manifest.json                 one section per stage that wrote here
+      shards/00000.tar|.parquet     webdataset shard + one metadata row per sample
+      shards/_done/00000            JSON: the shard's counts and file checksums, written last
+      signals/00000.parquet         per-uid scores (score stage); embeddings/00000.npy
+      selection/<recipe>.parquet    filter stage
+      report/index.html
+
+Paths are fsspec URLs (local by default). Files are written to a temporary name and renamed; the `_done` marker
+comes after every file of the shard is in place, so "marker exists" means "shard complete".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import fsspec
+
+
+def shard_name(shard_id: int) -> str:
+    return f"{shard_id:05d}"
+
+
+def fs_and_path(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs, path
+
+
+def is_local(url: str) -> bool:
+    fs, _ = fs_and_path(url)
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URL-ish paths without losing the `s3://` scheme."""
+    if "://" in base:
+        scheme, rest = base.split("://", 1)
+        return f"{scheme}://{posixpath.join(rest, *parts)}"
+    return os.path.join(base, *parts)
+
+
+def sha256_file(fs: fsspec.AbstractFileSystem, path: str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_record(fs: fsspec.AbstractFileSystem, path: str) -> dict:
+    """Size and sha256 of a written file; recorded in the shard's marker and the manifest."""
+    return {"size": int(fs.size(path)), "sha256": sha256_file(fs, path)}
+
+
+@contextmanager
+def atomic_write(url: str, mode: str = "wb") -> Iterator[Any]:
+    """Write to `<url>.tmp-<random>` and rename into place on success; remove the temp file on failure."""
+    fs, path = fs_and_path(url)
+    fs.makedirs(posixpath.dirname(path) if "://" in url else os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with fs.open(tmp, mode) as f:
+            yield f
+        fs.mv(tmp, path)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        raise
+
+
+def write_json_atomic(url: str, data: Any) -> None:
+    with atomic_write(url, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True, default=str)
+
+
+def read_json(url: str) -> Any:
+    fs, path = fs_and_path(url)
+    with fs.open(path, "r") as f:
+        return json.load(f)
+
+
+class Dataset:
+    """A dataset directory under the run root, e.g. `runs/demo/pool`."""
+
+    def __init__(self, root: str, name: str):
+        self.root = root
+        self.name = name
+        self.url = join(root, name)
+        self.fs, self.path = fs_and_path(self.url)
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.url!r})"
+
+    # --- paths -------------------------------------------------------------------------------------------------
+    def sub(self, *parts: str) -> str:
+        return join(self.url, *parts)
+
+    def shard_file(self, shard: str, ext: str, folder: str = "shards") -> str:
+        return self.sub(folder, f"{shard}.{ext}")
+
+    def marker(self, shard: str, folder: str = "shards") -> str:
+        return self.sub(folder, "_done", shard)
+
+    def exists(self) -> bool:
+        return self.fs.exists(self.path)
+
+    # --- done markers ------------------------------------------------------------------------------------------
+    def done_shards(self, folder: str = "shards") -> dict[str, dict]:
+        """Markers of complete shards: shard name -> the marker's JSON (counts, checksums)."""
+        fs, path = fs_and_path(self.sub(folder, "_done"))
+        if not fs.exists(path):
+            return {}
+        out = {}
+        for p in sorted(fs.ls(path, detail=False)):
+            name = posixpath.basename(p.rstrip("/"))
+            if ".tmp-" in name:
+                continue
+            with fs.open(p, "r") as f:
+                try:
+                    out[name] = json.load(f)
+                except json.JSONDecodeError:
+                    continue  # a marker that is not JSON was not written by us completely: the shard is redone
+        return out
+
+    def write_marker(self, shard: str, record: dict, folder: str = "shards") -> None:
+        write_json_atomic(self.marker(shard, folder), record)
+
+    def remove_marker(self, shard: str, folder: str = "shards") -> None:
+        fs, path = fs_and_path(self.marker(shard, folder))
+        if fs.exists(path):
+            fs.rm(path)
+
+    def verify_shard(self, record: dict) -> list[str]:
+        """Problems with a done shard's files against the checksums in its marker (empty = intact)."""
+        problems = []
+        for rel, want in record.get("files", {}).items():
+            fs, path = fs_and_path(self.sub(rel))
+            if not fs.exists(path):
+                problems.append(f"{rel}: missing")
+                continue
+            size = int(fs.size(path))
+            if size != want["size"]:
+                problems.append(f"{rel}: size {size} != recorded {want['size']} (truncated or rewritten)")
+            elif sha256_file(fs, path) != want["sha256"]:
+                problems.append(f"{rel}: sha256 differs from the recorded checksum (corrupted)")
+        return problems
+
+    def shard_files(self, folder: str = "shards", ext: str = "tar") -> list[str]:
+        """Complete shards' files of one extension, in shard order (incomplete shards are not listed)."""
+        return [self.shard_file(s, ext, folder) for s in sorted(self.done_shards(folder))]
+
+    # --- manifest ----------------------------------------------------------------------------------------------
+    @property
+    def manifest_url(self) -> str:
+        return self.sub("manifest.json")
+
+    def manifest(self) -> dict:
+        fs, path = fs_and_path(self.manifest_url)
+        if not fs.exists(path):
+            return {"dataset": self.name, "stages": {}}
+        return read_json(self.manifest_url)
+
+    def update_manifest(self, stage: str, section: dict) -> dict:
+        """Replace this stage's section of the manifest (read-modify-write; stages of one run are sequential)."""
+        m = self.manifest()
+        m.setdefault("stages", {})[stage] = {**section, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        write_json_atomic(self.manifest_url, m)
+        return m
