@@ -103,11 +103,14 @@ def run_shards(
     folder: str = "shards",
     verify_done: bool = True,
     manifest: dict | None = None,
+    extra_reasons: dict[str, int] | None = None,
     progress_unit: str = "shard",
     quiet: bool = False,
 ) -> StageSummary:
     """Run `work` over `jobs` on Ray, skipping complete shards; write the manifest section; return the summary.
 
+    `extra_reasons` are samples the stage dropped before any shard work (e.g. repeated URLs), so that the summary's
+    counts add up to the stage's input.
     Raises StageIncomplete (after writing the manifest) when shards still fail after `retries` retries.
     """
     import ray
@@ -176,6 +179,8 @@ def run_shards(
     records = dataset.done_shards(folder)
     records = {k: v for k, v in records.items() if k in {j.shard for j in jobs}}
     total_samples, total_ok, reasons = aggregate(records)
+    for k, v in (extra_reasons or {}).items():
+        reasons[k] = reasons.get(k, 0) + v
     summary = StageSummary(
         stage=stage,
         dataset=dataset.url,

@@ -31,7 +31,7 @@ def cluster_address(cfg: RayConfig) -> str | None:
     return cfg.address or os.environ.get("RAY_ADDRESS") or None
 
 
-def init_ray(cfg: RayConfig | None = None) -> dict:
+def init_ray(cfg: RayConfig | None = None, runtime_env: dict | None = None) -> dict:
     """Start or attach to Ray once per process; return what was started, for the manifest and the summary."""
     import ray
 
@@ -42,7 +42,7 @@ def init_ray(cfg: RayConfig | None = None) -> dict:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     address = cluster_address(cfg)
     if address:
-        ray.init(address=address, namespace=cfg.namespace, log_to_driver=True)
+        ray.init(address=address, namespace=cfg.namespace, log_to_driver=True, runtime_env=runtime_env)
     else:
         ray.init(
             address="local",
@@ -52,6 +52,7 @@ def init_ray(cfg: RayConfig | None = None) -> dict:
             include_dashboard=cfg.include_dashboard,
             namespace=cfg.namespace,
             logging_level=logging.WARNING,
+            runtime_env=runtime_env,
         )
     info = describe_cluster()
     log.info("ray: %s", info)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,14 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 
+TESTS = Path(__file__).resolve().parent
+
+
+def _test_path() -> str:
+    dirs = {str(p.parent) for p in TESTS.rglob("*.py")} | {str(TESTS.parent)}
+    return os.pathsep.join(sorted(dirs) + [os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """The session's one local Ray (2 CPUs, ~1 GiB object store)."""
@@ -22,6 +31,7 @@ def ray_local():
     from pipeline.runtime import RayConfig, init_ray
 
     if not ray.is_initialized():
-        init_ray(RayConfig(num_cpus=2, object_store_mb=1024))
+        # Workers must import test modules (pytest puts each test file's folder on sys.path, by basename).
+        init_ray(RayConfig(num_cpus=2, object_store_mb=1024), runtime_env={"env_vars": {"PYTHONPATH": _test_path()}})
     yield ray
     # left running until the session ends: ray.shutdown() at exit is handled by Ray's atexit hook

@@ -1,0 +1,125 @@
+"""winnow's command line (`winnow` = `python -m pipeline`).
+
+    winnow run configs/demo.yaml                      # every stage, resuming finished shards
+    winnow run configs/demo.yaml --stage download --set download.thread_count=16
+    winnow status configs/demo.yaml
+    winnow synth configs/demo.yaml                    # only make the synthetic web
+    winnow eval configs/demo.yaml --stage train       # zero-shot + retrieval of a trained encoder
+    winnow report configs/demo.yaml
+    winnow submit --address http://HEAD:8265 configs/demo.yaml --follow
+    winnow jobs --address http://HEAD:8265 ; winnow stop --address http://HEAD:8265 JOB_ID
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from pipeline.config import ConfigError
+
+
+def _config_args(p: argparse.ArgumentParser, stage: bool = True) -> None:
+    p.add_argument("config", help="pipeline config (YAML)")
+    if stage:
+        p.add_argument("--stage", help="run only this stage (its key in `stages:`)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. download.thread_count=16 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="winnow", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _config_args(sub.add_parser("run", help="run the pipeline's stages in order (or one with --stage)"))
+    _config_args(sub.add_parser("status", help="per stage: shards done/total, samples, success rate, wall time"),
+                 stage=False)
+    _config_args(sub.add_parser("synth", help="make the synthetic web without running the pipeline"), stage=False)
+    _config_args(sub.add_parser("eval", help="zero-shot and retrieval evaluation of a trained encoder"))
+    _config_args(sub.add_parser("report", help="rebuild the HTML report"), stage=False)
+    p = sub.add_parser("submit", help="submit the run to a Ray cluster as a job")
+    p.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HEAD:8265")
+    p.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
+    p.add_argument("--pip", action="append", default=None, help="extra pip requirement for the cluster")
+    _config_args(p)
+    p = sub.add_parser("jobs", help="list winnow jobs on a cluster")
+    p.add_argument("--address", required=True)
+    p = sub.add_parser("stop", help="stop a submitted job")
+    p.add_argument("--address", required=True)
+    p.add_argument("job_id")
+    return parser
+
+
+def _load(args: argparse.Namespace):
+    from pipeline.pipeline_config import load_pipeline_config
+
+    return load_pipeline_config(args.config, args.overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("ray", "filelock", "urllib3", "matplotlib", "PIL", "fsspec", "open_clip", "root"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    try:
+        return _dispatch(args)
+    except ConfigError as err:
+        print(f"config error:\n{err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished shards are kept; run the same command again to continue", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from pipeline.run import run_pipeline
+        from pipeline.runner import StageIncomplete
+
+        cfg = _load(args)
+        try:
+            run_pipeline(cfg, args.stage, config_path=args.config)
+        except StageIncomplete as err:
+            print(f"\nincomplete: {err}", file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "status":
+        from pipeline.status import print_status
+
+        print_status(_load(args))
+        return 0
+    if args.command == "synth":
+        from pipeline.synthetic.config import SyntheticWebConfig
+        from pipeline.synthetic.web import build_web
+
+        cfg = _load(args)
+        info = build_web(cfg.synthetic or SyntheticWebConfig(), cfg.synthetic_dir())
+        print(f"synthetic web at {cfg.synthetic_dir()}: {info.get('counts', info)}")
+        return 0
+    if args.command == "eval":
+        from pipeline.evaluate import evaluate_stage
+
+        evaluate_stage(_load(args), args.stage, config_path=args.config)
+        return 0
+    if args.command == "report":
+        from pipeline.report import build_report
+
+        print(build_report(_load(args)))
+        return 0
+    from pipeline import jobs
+
+    if args.command == "submit":
+        return jobs.submit(args.address, args.config, args.stage, args.overrides, follow=args.follow,
+                           extra_pip=args.pip)
+    if args.command == "jobs":
+        return jobs.list_jobs(args.address)
+    if args.command == "stop":
+        return jobs.stop(args.address, args.job_id)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

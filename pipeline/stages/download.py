@@ -1,0 +1,284 @@
+"""The download stage: a URL list in, webdataset shards + parquet + stats out, img2dataset doing each shard.
+
+    winnow run configs/demo.yaml --stage download
+
+The URL list is split into input shards once (`_inputs/`, reused by reruns); each shard is one Ray task that runs
+img2dataset's per-shard `Downloader` into a temporary folder behind the address guard, labels every sample with
+a reason code, and moves the finished files into `shards/`. The runner writes the `_done` marker last, retries a
+failed shard, and skips done ones, so the output matches img2dataset's layout and a rerun completes a crashed run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import uuid
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field
+
+from pipeline.config import ConfigError, config_hash
+from pipeline.layout import Dataset, file_record, fs_and_path, join, sha256_file, write_json_atomic
+from pipeline.net_guard import GuardConfig, GuardPolicy
+from pipeline.runner import ShardJob
+from pipeline.stages.base import StageConfig, StageContext
+
+log = logging.getLogger(__name__)
+
+OOM_SHARD_COUNT = 5  # shard names are 5 digits, as in img2dataset's default
+
+
+class DownloadConfig(StageConfig):
+    source: Literal["urls", "synthetic"] = Field("urls", description="a URL list, or the synthetic web")
+    url_list: str | None = Field(None, description="path of the URL list; with source synthetic: 'pool' or 'hq'")
+    input_format: Literal["auto", "parquet", "csv", "tsv", "jsonl"] = "auto"
+    url_col: str = "url"
+    caption_col: str | None = "caption"
+    save_additional_columns: list[str] = Field(default_factory=list)
+    # img2dataset's settings, same names and defaults where it has them
+    image_size: int = Field(256, ge=8)
+    resize_mode: Literal["no", "keep_ratio", "center_crop", "border", "keep_ratio_largest"] = "border"
+    resize_only_if_bigger: bool = False
+    upscale_interpolation: str = "lanczos"
+    downscale_interpolation: str = "area"
+    encode_format: Literal["jpg", "png", "webp"] = "jpg"
+    encode_quality: int = Field(95, ge=0, le=100)
+    skip_reencode: bool = False
+    min_image_size: int = Field(0, ge=0)
+    max_aspect_ratio: float | None = Field(None, gt=0)
+    number_sample_per_shard: int = Field(10000, ge=1)
+    thread_count: int = Field(64, ge=1)
+    timeout: float = Field(10, gt=0, description="seconds per request")
+    retries: int = Field(0, ge=0, description="retries per URL")
+    extract_exif: bool = True
+    compute_hash: Literal["md5", "sha256", "sha512"] | None = "sha256"
+    # img2dataset's default identity, so opt-outs addressed to img2dataset (X-Robots-Tag: img2dataset: noai) apply
+    user_agent_token: str | None = "img2dataset"
+    disallowed_header_directives: list[str] = Field(
+        default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"])
+    # orchestration
+    processes: int | None = Field(None, ge=1, description="shards in flight at once (default: cluster CPUs)")
+    task_cpus: float = Field(1.0, gt=0, description="CPUs reserved per shard task")
+    shard_retries: int = Field(2, ge=0, description="retries of a failed shard task")
+    guard: GuardConfig = GuardConfig()
+
+
+CONFIG = DownloadConfig
+
+
+class GuardedResizerMixin:
+    """img2dataset's Resizer, refusing images whose header declares too many pixels before anything decodes them."""
+
+    max_pixels: int
+
+    def __call__(self, img_stream, blurring_bbox_list=None):  # noqa: ANN001, ANN204
+        from PIL import Image
+
+        try:
+            img_stream.seek(0)
+            with Image.open(img_stream) as im:  # reads the header only
+                w, h = im.size
+            if w * h > self.max_pixels:
+                return None, None, None, None, None, f"too many pixels: {w}x{h} > {self.max_pixels}"
+        except Image.DecompressionBombError as err:
+            return None, None, None, None, None, f"too many pixels: {err}"
+        except Exception:  # noqa: BLE001 - not PIL-readable: let img2dataset's decoder try and report
+            pass
+        img_stream.seek(0)
+        return super().__call__(img_stream, blurring_bbox_list)
+
+
+@dataclass
+class DownloadShard:
+    """Work for one shard (runs in a Ray task): img2dataset's Downloader into a temp folder, then into place."""
+
+    root: str
+    name: str
+    settings: dict
+    column_list: list[str]
+    policy: GuardPolicy
+    max_pixels: int
+
+    def __call__(self, job: ShardJob) -> dict:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from img2dataset.downloader import Downloader
+        from img2dataset.resizer import Resizer
+        from img2dataset.writer import WebDatasetSampleWriter
+
+        from pipeline.download_reasons import classify
+        from pipeline.net_guard import install_guard
+
+        install_guard(self.policy)
+        ds = Dataset(self.root, self.name)
+        s = self.settings
+        tmp = ds.sub("shards", "_tmp", f"{job.shard}-{uuid.uuid4().hex[:8]}")
+        fs, tmp_path = fs_and_path(tmp)
+        fs.makedirs(tmp_path, exist_ok=True)
+        try:
+            # img2dataset deletes its input shard file when done: give it a copy.
+            src_fs, src = fs_and_path(ds.sub("_inputs", f"{job.shard}.arrow"))
+            with src_fs.open(src, "rb") as fi, fs.open(f"{tmp_path}/input.arrow", "wb") as fo:
+                fo.write(fi.read())
+            resizer_cls = type("GuardedResizer", (GuardedResizerMixin, Resizer), {"max_pixels": self.max_pixels})
+            resizer = resizer_cls(
+                image_size=s["image_size"], resize_mode=s["resize_mode"],
+                resize_only_if_bigger=s["resize_only_if_bigger"],
+                upscale_interpolation=s["upscale_interpolation"],
+                downscale_interpolation=s["downscale_interpolation"], encode_quality=s["encode_quality"],
+                encode_format=s["encode_format"], skip_reencode=s["skip_reencode"],
+                min_image_size=s["min_image_size"],
+                max_aspect_ratio=s["max_aspect_ratio"] or float("inf"),
+            )
+            downloader = Downloader(
+                sample_writer_class=WebDatasetSampleWriter, resizer=resizer, thread_count=s["thread_count"],
+                save_caption="caption" in self.column_list, extract_exif=s["extract_exif"], output_folder=tmp,
+                column_list=self.column_list, timeout=s["timeout"],
+                number_sample_per_shard=s["number_sample_per_shard"], oom_shard_count=OOM_SHARD_COUNT,
+                compute_hash=s["compute_hash"], verify_hash_type=None, encode_format=s["encode_format"],
+                retries=s["retries"], user_agent_token=s["user_agent_token"],
+                disallowed_header_directives=s["disallowed_header_directives"] or None,
+            )
+            downloader.download_shard((int(job.shard), f"{tmp}/input.arrow"))
+
+            # Label each row with a reason code, in the parquet the rest of the pipeline reads.
+            with fs.open(f"{tmp_path}/{job.shard}.parquet", "rb") as f:
+                table = pq.read_table(f)
+            reasons = [classify(st, err) for st, err in zip(table["status"].to_pylist(),
+                                                             table["error_message"].to_pylist(), strict=True)]
+            table = table.append_column("reason", pa.array(reasons, pa.string()))
+            with fs.open(f"{tmp_path}/{job.shard}.meta.parquet", "wb") as f:
+                pq.write_table(table, f)
+
+            files = {}
+            for src_name, dst_name in ((f"{job.shard}.tar", f"{job.shard}.tar"),
+                                       (f"{job.shard}.meta.parquet", f"{job.shard}.parquet"),
+                                       (f"{job.shard}_stats.json", f"{job.shard}_stats.json")):
+                dst = ds.sub("shards", dst_name)
+                _, dst_path = fs_and_path(dst)
+                fs.mv(f"{tmp_path}/{src_name}", dst_path)
+                files[f"shards/{dst_name}"] = file_record(fs, dst_path)
+        finally:
+            if fs.exists(tmp_path):
+                fs.rm(tmp_path, recursive=True)
+        counts = Counter(reasons)
+        return {"samples": len(reasons), "ok": counts.get("success", 0),
+                "reasons": {k: v for k, v in counts.items() if k != "success"}, "files": files}
+
+
+def plan_input_shards(ds: Dataset, cfg: DownloadConfig, url_list: str) -> dict:
+    """Split the URL list into `_inputs/<shard>.arrow` once; a rerun with the same list and shard size reuses it."""
+    import pyarrow as pa
+
+    from pipeline.url_list import detect_format, load_url_list
+
+    fmt = detect_format(url_list, cfg.input_format)
+    plan_key = {
+        "url_list_sha256": sha256_file(*fs_and_path(url_list)),
+        "number_sample_per_shard": cfg.number_sample_per_shard,
+        "url_col": cfg.url_col, "caption_col": cfg.caption_col, "extra": cfg.save_additional_columns,
+    }
+    plan_url = ds.sub("_inputs", "plan.json")
+    fs, plan_path = fs_and_path(plan_url)
+    if fs.exists(plan_path):
+        with fs.open(plan_path, "r") as f:
+            plan = json.load(f)
+        if plan["key"] == plan_key:
+            return plan
+        if ds.done_shards():
+            raise ConfigError(
+                f"{ds.url} was downloaded from a different URL list or shard size "
+                f"({plan['url_list']}); choose another output or delete the dataset to start over")
+        fs.rm(ds.sub("_inputs"), recursive=True)
+
+    table, dropped = load_url_list(url_list, fmt, cfg.url_col, cfg.caption_col, cfg.save_additional_columns)
+    n = table.num_rows
+    shards = max(1, math.ceil(n / cfg.number_sample_per_shard))
+    for i in range(shards):
+        part = table.slice(i * cfg.number_sample_per_shard, cfg.number_sample_per_shard)
+        with fs.open(fs_and_path(ds.sub("_inputs", f"{i:05d}.arrow"))[1], "wb") as f:
+            with pa.ipc.new_file(f, part.schema) as writer:
+                writer.write_table(part)
+    plan = {"key": plan_key, "url_list": url_list, "format": fmt, "rows": n + sum(dropped.values()),
+            "accepted": n, "dropped_before_download": dropped, "shards": shards, "columns": table.column_names}
+    write_json_atomic(plan_url, plan)
+    return plan
+
+
+def resolve_url_list(ctx: StageContext, cfg: DownloadConfig) -> str:
+    if cfg.source == "synthetic":
+        which = cfg.url_list or "pool"
+        if which not in ("pool", "hq"):
+            raise ConfigError(f"stages.{ctx.stage}.url_list: with source synthetic, expected 'pool' or 'hq', "
+                              f"got {which!r}")
+        return join(ctx.pipeline.synthetic_dir(), f"{which}.parquet")
+    if not cfg.url_list:
+        raise ConfigError(f"stages.{ctx.stage}.url_list: required when source is 'urls'")
+    return cfg.url_list
+
+
+def run(ctx: StageContext, cfg: DownloadConfig) -> dict[str, Any]:
+    from pipeline.runner import run_shards
+    from pipeline.runtime import init_ray
+    from pipeline.version import code_version
+
+    output = cfg.output or ctx.stage
+    ds = Dataset(ctx.root, output)
+    url_list = resolve_url_list(ctx, cfg)
+    if cfg.source == "urls":
+        # Column problems surface here, before Ray starts.
+        from pipeline.url_list import check_columns, detect_format
+
+        check_columns(url_list, detect_format(url_list, cfg.input_format),
+                      {"url_col": cfg.url_col, "caption_col": cfg.caption_col,
+                       **{f"save_additional_columns[{i}]": c for i, c in enumerate(cfg.save_additional_columns)}})
+
+    with ExitStack() as stack:
+        host_map: dict[str, str] = {}
+        allow: list[str] = []
+        if cfg.source == "synthetic":
+            from pipeline.synthetic.config import SyntheticWebConfig
+            from pipeline.synthetic.server import serve_web
+            from pipeline.synthetic.web import build_web
+
+            web_dir = ctx.pipeline.synthetic_dir()
+            build_web(ctx.pipeline.synthetic or SyntheticWebConfig(), web_dir)
+            server = stack.enter_context(serve_web(web_dir))
+            host_map = dict(server.host_map)
+            allow = [f"127.0.0.1:{server.port}"]  # the synthetic web's port, and nothing else on loopback
+
+        plan = plan_input_shards(ds, cfg, url_list)
+        cluster = init_ray(ctx.pipeline.ray)
+        _warn_local_path_on_cluster(ds, cluster)
+        settings = cfg.model_dump(include={
+            "image_size", "resize_mode", "resize_only_if_bigger", "upscale_interpolation",
+            "downscale_interpolation", "encode_format", "encode_quality", "skip_reencode", "min_image_size",
+            "max_aspect_ratio", "number_sample_per_shard", "thread_count", "timeout", "retries", "extract_exif",
+            "compute_hash", "user_agent_token", "disallowed_header_directives"})
+        work = DownloadShard(ctx.root, output, settings, plan["columns"],
+                             GuardPolicy.from_config(cfg.guard, host_map, allow), cfg.guard.max_pixels)
+        processes = cfg.processes or max(1, int(cluster["cpus"] // cfg.task_cpus))
+        jobs = [ShardJob(f"{i:05d}") for i in range(plan["shards"])]
+        summary = run_shards(
+            stage=ctx.stage, dataset=ds, jobs=jobs, work=work, num_cpus=cfg.task_cpus,
+            max_in_flight=processes, retries=cfg.shard_retries,
+            extra_reasons=plan["dropped_before_download"],
+            manifest={"kind": "download", "config": cfg.model_dump(mode="json"), "config_hash": config_hash(cfg),
+                      "input": {"url_list": url_list, "rows": plan["rows"], "accepted": plan["accepted"],
+                                "dropped_before_download": plan["dropped_before_download"]},
+                      "code_version": code_version(), "cluster": cluster},
+        )
+    return {"dataset": ds.url, **summary.as_dict(), "input_rows": plan["rows"]}
+
+
+def _warn_local_path_on_cluster(ds: Dataset, cluster: dict) -> None:
+    from pipeline.layout import is_local
+
+    if cluster.get("multi_node") and is_local(ds.url):
+        log.warning(
+            "%s is a local path but the Ray cluster has %d nodes: each node would write its own disk. "
+            "Use shared storage (s3://, gs://, NFS) for `root` on a multi-node cluster.", ds.url, cluster["nodes"])

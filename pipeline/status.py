@@ -1,0 +1,51 @@
+"""`winnow status CONFIG`: per stage, shards done / total, samples, success rate, wall time, from the manifests."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pipeline.layout import fs_and_path, join
+from pipeline.pipeline_config import PipelineConfig
+from pipeline.summary import fmt_seconds, format_table
+
+
+def stage_sections(cfg: PipelineConfig) -> dict[str, tuple[str, dict]]:
+    """stage name -> (dataset dir, its manifest section), found by scanning the run root's manifests."""
+    fs, root = fs_and_path(cfg.root)
+    found: dict[str, tuple[str, dict]] = {}
+    if not fs.exists(root):
+        return found
+    for path in sorted(fs.glob(f"{root}/*/manifest.json")):
+        with fs.open(path, "r") as f:
+            try:
+                m = json.load(f)
+            except json.JSONDecodeError:
+                continue
+        for stage, section in (m.get("stages") or {}).items():
+            found[stage] = (path.rsplit("/", 2)[-2], section)
+    return found
+
+
+def status_rows(cfg: PipelineConfig) -> list[list[Any]]:
+    sections = stage_sections(cfg)
+    rows = []
+    for name, stage_cfg in cfg.stages.items():
+        if name not in sections:
+            rows.append([name, stage_cfg.kind, "-", "not started", "-", "-", "-", "-"])
+            continue
+        where, s = sections[name]
+        shards = s.get("shards") or {}
+        done = f"{shards.get('done', '-')}/{shards.get('total', '-')}" if shards else "-"
+        samples = s.get("samples", "-")
+        rate = f"{s['success_rate']:.1%}" if isinstance(s.get("success_rate"), (int, float)) else "-"
+        state = s.get("state") or ("complete" if shards and shards.get("done") == shards.get("total") else "partial")
+        wall = fmt_seconds(s["wall_seconds"]) if "wall_seconds" in s else "-"
+        rows.append([name, stage_cfg.kind, where, state, done, samples, rate, wall])
+    return rows
+
+
+def print_status(cfg: PipelineConfig) -> None:
+    print(f"run {cfg.name} at {join(cfg.root)}")
+    print(format_table(status_rows(cfg),
+                       header=["stage", "kind", "dataset", "state", "shards", "samples", "success", "wall"]))
