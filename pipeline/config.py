@@ -67,6 +67,8 @@ def validate(model: type[BaseModel], data: Any, source: str, prefix: tuple = ())
         if any(e["type"] == "extra_forbidden" for e in err.errors()) and len(prefix) <= 2:
             msg += f"\n  ({'.'.join(map(str, prefix)) or 'top level'} accepts: {', '.join(known)})"
         raise ConfigError(msg) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: {'.'.join(map(str, prefix)) or 'config'}: nested too deeply") from None
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -83,6 +85,8 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}:{where}: invalid YAML: {problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
