@@ -116,7 +116,7 @@ class DownloadShard:
         install_guard(self.policy)
         ds = Dataset(self.root, self.name)
         s = self.settings
-        tmp = ds.sub("shards", "_tmp", f"{job.shard}-{uuid.uuid4().hex[:8]}")
+        tmp = ds.sub("_tmp", f"{job.shard}-{uuid.uuid4().hex[:8]}")
         fs, tmp_path = fs_and_path(tmp)
         fs.makedirs(tmp_path, exist_ok=True)
         try:
@@ -155,6 +155,7 @@ class DownloadShard:
                 pq.write_table(table, f)
 
             files = {}
+            fs.makedirs(fs_and_path(ds.sub("shards"))[1], exist_ok=True)
             for src_name, dst_name in ((f"{job.shard}.tar", f"{job.shard}.tar"),
                                        (f"{job.shard}.meta.parquet", f"{job.shard}.parquet"),
                                        (f"{job.shard}_stats.json", f"{job.shard}_stats.json")):
@@ -198,6 +199,7 @@ def plan_input_shards(ds: Dataset, cfg: DownloadConfig, url_list: str) -> dict:
     table, dropped = load_url_list(url_list, fmt, cfg.url_col, cfg.caption_col, cfg.save_additional_columns)
     n = table.num_rows
     shards = max(1, math.ceil(n / cfg.number_sample_per_shard))
+    fs.makedirs(fs_and_path(ds.sub("_inputs"))[1], exist_ok=True)
     for i in range(shards):
         part = table.slice(i * cfg.number_sample_per_shard, cfg.number_sample_per_shard)
         with fs.open(fs_and_path(ds.sub("_inputs", f"{i:05d}.arrow"))[1], "wb") as f:
@@ -252,6 +254,7 @@ def run(ctx: StageContext, cfg: DownloadConfig) -> dict[str, Any]:
             allow = [f"127.0.0.1:{server.port}"]  # the synthetic web's port, and nothing else on loopback
 
         plan = plan_input_shards(ds, cfg, url_list)
+        _remove_stale_temp(ds)  # temp folders of a killed run: their shards have no marker and are redone
         cluster = init_ray(ctx.pipeline.ray)
         _warn_local_path_on_cluster(ds, cluster)
         settings = cfg.model_dump(include={
@@ -272,7 +275,14 @@ def run(ctx: StageContext, cfg: DownloadConfig) -> dict[str, Any]:
                                 "dropped_before_download": plan["dropped_before_download"]},
                       "code_version": code_version(), "cluster": cluster},
         )
+    _remove_stale_temp(ds)
     return {"dataset": ds.url, **summary.as_dict(), "input_rows": plan["rows"]}
+
+
+def _remove_stale_temp(ds: Dataset) -> None:
+    fs, path = fs_and_path(ds.sub("_tmp"))
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
 
 
 def _warn_local_path_on_cluster(ds: Dataset, cluster: dict) -> None:
