@@ -1,0 +1,123 @@
+"""Build the network a run trains: an open_clip model by name, plus our tiny configs and the cost savers.
+
+`register_local_configs()` makes `configs/models/*.json` visible to open_clip, after which
+`open_clip.create_model_and_transforms("tiny-sigmoid-vit", pretrained="<run>/model.pt")` loads our weights.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+from torch import nn
+
+from training.config import ModelConfig
+
+LOCAL_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "models"
+SIGLIP_INIT = {"init_logit_scale": math.log(10), "init_logit_bias": -10.0}  # SigLIP paper: t' = ln 10, b = -10
+
+
+class UnknownModelError(ValueError):
+    """A model name that neither open_clip nor configs/models/ knows."""
+
+
+def register_local_configs(path: str | Path = LOCAL_CONFIGS) -> list[str]:
+    """Add `configs/models/*.json` to open_clip's registry (idempotent); return their names."""
+    from open_clip import factory
+
+    path = Path(path)
+    if path not in factory._MODEL_CONFIG_PATHS:
+        open_clip.add_model_config(path)
+    return sorted(p.stem for p in path.glob("*.json"))
+
+
+def check_model_name(name: str) -> str:
+    """Return `name` if open_clip can build it; else raise with the closest known names."""
+    register_local_configs()
+    if name.startswith(("hf-hub:", "local-dir:")) or name.replace("/", "-") in open_clip.list_models():
+        return name
+    known = open_clip.list_models()
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.3)
+    hint = f"closest known: {', '.join(close)}" if close else f"known include: {', '.join(known[:8])}, ..."
+    raise UnknownModelError(
+        f"unknown model {name!r}; {hint} (open_clip's built-in configs and {LOCAL_CONFIGS}/*.json)")
+
+
+class CatLIPModel(nn.Module):
+    """CatLIP: the image tower plus a linear classifier over caption words; the text tower is kept (frozen) so
+    the saved weights still load as the open_clip model they came from."""
+
+    def __init__(self, clip: nn.Module, vocab_size: int, embed_dim: int):
+        super().__init__()
+        self.clip = clip
+        self.head = nn.Linear(embed_dim, vocab_size)
+        for name, p in clip.named_parameters():
+            if not name.startswith("visual."):
+                p.requires_grad_(False)  # not in the loop: DDP must not wait for their gradients
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor | None = None) -> dict:
+        features = self.clip.encode_image(image)  # (B, D), unnormalised
+        return {"image_features": features, "logits": self.head(features)}  # (B, V)
+
+
+@dataclass
+class BuiltModel:
+    model: nn.Module  # what the loop trains (open_clip model, or CatLIPModel around one)
+    clip: nn.Module  # the open_clip model inside, what model.pt holds
+    preprocess_train: object
+    preprocess_val: object
+    tokenizer: object
+    model_cfg: dict  # open_clip's architecture config, written next to the final weights
+
+
+def embed_dim(clip: nn.Module) -> int:
+    with torch.no_grad():
+        size = clip.visual.image_size
+        size = size if isinstance(size, tuple) else (size, size)
+        return clip.encode_image(torch.zeros(1, 3, *size)).shape[-1]
+
+
+def build_model(cfg: ModelConfig, objective: str, vocab_size: int = 0) -> BuiltModel:
+    """Create the model, transforms and tokenizer for a run; apply LiT, FLIP and checkpointing from `cfg`."""
+    name = check_model_name(cfg.name)
+    model_cfg = open_clip.get_model_config(name) or {}
+    kwargs = {}
+    if objective == "siglip" and model_cfg.get("init_logit_bias") is None:
+        kwargs.update(SIGLIP_INIT)  # a softmax-CLIP architecture trained with the sigmoid loss
+    clip, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
+        name, pretrained=cfg.pretrained, force_patch_dropout=cfg.patch_dropout or None, **kwargs)
+    tokenizer = open_clip.get_tokenizer(name)
+    model_cfg = {**model_cfg, **kwargs}
+    model_cfg.get("vision_cfg", {}).pop("patch_dropout", None)  # a training-time setting, not architecture
+    if cfg.lock_image:
+        clip.lock_image_tower(unlocked_groups=cfg.lock_image_unlocked_groups, freeze_bn_stats=True)
+    if cfg.grad_checkpointing:
+        clip.set_grad_checkpointing(True)
+    if hasattr(clip, "output_dict"):
+        clip.output_dict = True
+    model = clip
+    if objective == "catlip":
+        model = CatLIPModel(clip, vocab_size, embed_dim(clip))
+    return BuiltModel(model, clip, preprocess_train, preprocess_val, tokenizer, model_cfg)
+
+
+def set_patch_dropout(clip: nn.Module, prob: float) -> None:
+    """FLIP's unmasked tuning phase turns patch dropout off for the last steps."""
+    pd = getattr(getattr(clip, "visual", None), "patch_dropout", None)
+    if pd is not None and hasattr(pd, "prob"):
+        pd.prob = prob
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no decay on gains, biases, embeddings-as-scalars and the temperature/bias (open_clip's rule)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+        (no_decay if skip else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]

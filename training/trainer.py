@@ -1,0 +1,94 @@
+"""Ray Train glue: launch `training.loop.train_worker` on N workers and collect what they wrote.
+
+    from training.trainer import fit
+    fit(TrainConfig(steps=300), shards=expand_shards("runs/demo/pool/shards/*.tar"), out_dir="runs/demo/encoder")
+
+Checkpoints land in `<out_dir>/checkpoints/step_*` (Ray Train's storage is `<out_dir>`, its run name
+`checkpoints`), so a restarted worker group resumes from the newest one (`scaling.max_failures`), and running the
+same command again resumes a stopped run. The output directory must be visible to every worker: a local path on
+one machine, a shared filesystem on a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+from training.config import TrainConfig
+
+log = logging.getLogger("winnow.train")
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+def catlip_vocab(cfg: TrainConfig, shards: list[str], out_dir: str) -> list[str]:
+    """Build CatLIP's word vocabulary once per run; reuse the saved one on resume, so label ids stay fixed."""
+    from training.vocab import build_vocab, captions_of
+
+    path = os.path.join(out_dir, "catlip_vocab.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)["words"]
+    words = build_vocab(captions_of(shards, cfg.loss.catlip_vocab_samples), cfg.loss.catlip_vocab_size,
+                        cfg.loss.catlip_min_count)
+    with open(path, "w") as f:
+        json.dump({"words": words}, f)
+    return words
+
+
+def fit(cfg: TrainConfig, shards: list[str], out_dir: str) -> dict:
+    """Train (or resume) a run in `out_dir`; return {"step", "eval", "seconds", ...}. Ray must be initialised
+    unless `cfg.scaling.num_workers == 0`."""
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # the default in Ray 2.60; V1 lacks what we use
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from training.loop import train_worker
+    from training.models import check_model_name
+
+    check_model_name(cfg.model.name)  # fail here, before any worker starts
+    if cfg.objective == "coca":
+        import open_clip
+
+        if "multimodal_cfg" not in (open_clip.get_model_config(cfg.model.name) or {}):
+            raise ValueError(f"objective coca needs a CoCa model (with multimodal_cfg), not {cfg.model.name!r}")
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    stale = os.path.join(out_dir, "diverged.json")
+    if os.path.exists(stale):
+        os.remove(stale)
+    vocab = catlip_vocab(cfg, shards, out_dir) if cfg.objective == "catlip" else []
+    sc = cfg.scaling
+    local = sc.num_workers == 0
+    resources = {"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.gpus_per_worker else {})}
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"train": cfg.model_dump(mode="json"), "shards": list(shards), "out_dir": out_dir,
+                           "local_mode": local, "vocab": vocab},
+        scaling_config=ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.gpus_per_worker > 0,
+                                     resources_per_worker=None if local else resources),
+        torch_config=TorchConfig(backend="nccl" if sc.gpus_per_worker > 0 else "gloo"),
+        run_config=RunConfig(name="checkpoints", storage_path=out_dir,
+                             failure_config=FailureConfig(max_failures=sc.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+    )
+    t0 = time.time()
+    result = trainer.fit()
+    seconds = time.time() - t0
+    if os.path.exists(stale):
+        with open(stale) as f:
+            raise TrainingDiverged(json.load(f)["error"])
+    from training.checkpoint import latest_checkpoint
+
+    last = latest_checkpoint(os.path.join(out_dir, "checkpoints"))
+    with open(os.path.join(last, "state.json")) as f:
+        state = json.load(f)
+    with open(os.path.join(out_dir, "eval.json")) as f:
+        evaluation = json.load(f)
+    return {"step": state["step"], "samples_seen": state["samples_seen"], "eval": evaluation,
+            "seconds": round(seconds, 2), "last_checkpoint": last, "metrics": dict(result.metrics or {}),
+            "weights": os.path.join(out_dir, "model.pt"), "vocab_size": len(vocab)}

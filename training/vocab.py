@@ -1,0 +1,82 @@
+"""CatLIP's label space: the most frequent words of the training captions, and a caption's multi-hot target.
+
+CatLIP (Mehta et al., 2024) maps captions to WordNet synsets; we keep the idea without the dependency: lower-cased
+alphabetic words, minus a short stop list, counted over the captions and cut to the `size` most frequent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+
+import torch
+
+from training.data import ErrorCounter, pick_caption, tar_samples
+
+STOP_WORDS = frozenset(
+    "a an the of on in at to and or with for from by is are was were be this that these those it its as into "
+    "photo picture image images photos pictures stock".split())
+WORD = re.compile(r"[a-z]+")
+
+
+def words(caption: str) -> list[str]:
+    return [w for w in WORD.findall(caption.lower()) if w not in STOP_WORDS and len(w) > 1]
+
+
+def build_vocab(captions: Iterable[str], size: int, min_count: int = 1) -> list[str]:
+    """The `size` most frequent words (each counted once per caption) seen in at least `min_count` captions."""
+    counts = Counter()
+    for caption in captions:
+        counts.update(set(words(caption)))
+    ranked = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
+    if not ranked:
+        raise ValueError("CatLIP: no caption word is frequent enough to be a label (lower catlip_min_count?)")
+    return ranked[:size]
+
+
+def captions_of(urls: list[str], limit: int) -> Iterable[str]:
+    """Up to `limit` captions read from the shards (every caption of a multi-caption sample)."""
+    import json
+    import random
+
+    n = 0
+    rng = random.Random(0)
+    for sample in tar_samples(urls, ErrorCounter()):
+        meta = {}
+        if "json" in sample:
+            try:
+                meta = json.loads(sample["json"])
+            except ValueError:
+                pass
+        many = [c for c in meta.get("captions") or [] if isinstance(c, str)]
+        for caption in many or [pick_caption(sample, rng)]:
+            if caption:
+                yield caption
+                n += 1
+        if n >= limit:
+            return
+
+
+class WordTargets:
+    """Caption -> (V,) multi-hot float vector over the vocabulary (a class, so loader workers can pickle it)."""
+
+    def __init__(self, vocab: list[str]):
+        self.vocab = list(vocab)
+        self.index = {w: i for i, w in enumerate(self.vocab)}
+
+    def __call__(self, caption: str) -> torch.Tensor:
+        target = torch.zeros(len(self.vocab))
+        for w in words(caption):
+            if w in self.index:
+                target[self.index[w]] = 1.0
+        return target
+
+    def class_matrix(self, classnames: list[str]) -> torch.Tensor:
+        """(C, V): row c averages the vocabulary words of class name c, for zero-shot with the word classifier."""
+        rows = torch.zeros(len(classnames), len(self.vocab))
+        for c, name in enumerate(classnames):
+            hits = [self.index[w] for w in words(name) if w in self.index]
+            for i in hits:
+                rows[c, i] = 1.0 / len(hits)
+        return rows
