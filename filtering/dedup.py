@@ -1,0 +1,122 @@
+"""Duplicate search and the choice of which copy survives.
+
+Candidates are pairs within a threshold: equal SHA-256 (exact), perceptual hashes within `max_hamming` bits, or
+image embeddings with cosine >= `min_cosine` (semantic, in the spirit of SemDeDup). Survivors are chosen greedily
+in priority order (highest `dfn_score`, then most pixels, then smallest uid): a sample is dropped when a
+higher-priority sample within the threshold was kept, and it records that sample's uid and their distance. So
+every dropped sample names a kept near copy, and the result does not depend on input order.
+
+Hamming search uses the pigeonhole principle: split the 64-bit hash into `max_hamming + 1` bands; two hashes
+within `max_hamming` bits agree exactly on at least one band, so only pairs sharing a band are compared.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _pairs_in_groups(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All index pairs (i < j) whose values are equal."""
+    order = np.argsort(values, kind="stable")
+    v = values[order]
+    starts = np.flatnonzero(np.r_[True, v[1:] != v[:-1]])
+    ends = np.r_[starts[1:], len(v)]
+    left, right = [], []
+    for s, e in zip(starts, ends, strict=True):
+        if e - s < 2:
+            continue
+        idx = order[s:e]
+        a, b = np.triu_indices(len(idx), k=1)
+        left.append(idx[a])
+        right.append(idx[b])
+    if not left:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    i, j = np.concatenate(left), np.concatenate(right)
+    return np.minimum(i, j), np.maximum(i, j)
+
+
+def exact_pairs(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs with equal hash strings; distance 0."""
+    i, j = _pairs_in_groups(np.asarray(hashes, dtype=object).astype(str))
+    return i, j, np.zeros(len(i), dtype=np.float64)
+
+
+def hamming_pairs(hashes: np.ndarray, max_hamming: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs of 64-bit hashes (uint64) within `max_hamming` differing bits, with their distance."""
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    bands = max_hamming + 1
+    edges = np.linspace(0, 64, bands + 1).astype(int)
+    cand_i, cand_j = [], []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        mask = np.uint64((1 << int(hi - lo)) - 1)
+        band = (hashes >> np.uint64(lo)) & mask
+        i, j = _pairs_in_groups(band)
+        cand_i.append(i)
+        cand_j.append(j)
+    i, j = np.concatenate(cand_i), np.concatenate(cand_j)
+    if len(i):
+        pair = np.unique(np.stack([i, j], axis=1), axis=0)
+        i, j = pair[:, 0], pair[:, 1]
+    dist = np.bitwise_count(hashes[i] ^ hashes[j]).astype(np.int64)
+    keep = dist <= max_hamming
+    return i[keep], j[keep], dist[keep].astype(np.float64)
+
+
+def cosine_pairs(emb: np.ndarray, min_cosine: float, block: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs of unit-norm embeddings (N, D) with cosine >= min_cosine; exact, blockwise O(N^2 D)."""
+    emb = np.asarray(emb, dtype=np.float32)
+    out_i, out_j, out_v = [], [], []
+    for s in range(0, len(emb), block):
+        sim = emb[s:s + block] @ emb.T  # (b, N)
+        bi, bj = np.nonzero(sim >= min_cosine)
+        gi = bi + s
+        upper = bj > gi
+        out_i.append(gi[upper])
+        out_j.append(bj[upper])
+        out_v.append(sim[bi[upper], bj[upper]].astype(np.float64))
+    if not out_i:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_v)
+
+
+def priority_order(uids: np.ndarray, score: np.ndarray | None = None, pixels: np.ndarray | None = None) -> np.ndarray:
+    """Indices from most to least preferred: highest score (NaN last), then most pixels, then smallest uid."""
+    n = len(uids)
+    keys = [np.asarray(uids, dtype=object).astype(str)]  # np.lexsort: the last key is the primary one
+    keys.append(-np.nan_to_num(np.asarray(pixels, dtype=np.float64), nan=0.0) if pixels is not None else np.zeros(n))
+    if score is not None:
+        s = np.asarray(score, dtype=np.float64)
+        keys.append(np.where(np.isnan(s), np.inf, -s))
+    return np.lexsort(keys)
+
+
+def greedy_keep(n: int, i: np.ndarray, j: np.ndarray, value: np.ndarray,
+                order: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Walk samples in priority `order`; drop each one near an already kept sample.
+
+    Returns (dropped mask, representative index (-1 if kept), value of the pair that dropped it).
+    """
+    dropped = np.zeros(n, dtype=bool)
+    rep = np.full(n, -1, dtype=np.int64)
+    val = np.full(n, np.nan)
+    if len(i) == 0:
+        return dropped, rep, val
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    # Orient every pair from the preferred sample (a) to the other (b); b can only be dropped by a.
+    a = np.where(rank[i] < rank[j], i, j)
+    b = np.where(rank[i] < rank[j], j, i)
+    by_a = np.lexsort((rank[b], rank[a]))
+    a, b, v = a[by_a], b[by_a], value[by_a]
+    ra = rank[a]
+    heads = np.unique(ra)
+    starts, ends = np.searchsorted(ra, heads, side="left"), np.searchsorted(ra, heads, side="right")
+    for r, s, e in zip(heads, starts, ends, strict=True):
+        src = order[r]
+        if dropped[src]:
+            continue  # a dropped sample represents no one: its near copies stay unless a kept one is near them
+        for k in range(s, e):
+            t = b[k]
+            if not dropped[t]:
+                dropped[t], rep[t], val[t] = True, src, v[k]
+    return dropped, rep, val

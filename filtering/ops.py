@@ -1,0 +1,283 @@
+"""Filter ops: each reads signals of the samples still in the pool and says which to drop, and with what value.
+
+An op is a small class: `apply(pool, alive) -> Drops` (a mask of dropped samples, the value that dropped each, and
+an optional detail such as the kept duplicate's uid). Ops never recompute signals; they read the score stage's
+columns. `requires` names the signals an op reads, so a recipe is checked against what was computed before any
+work starts.
+
+Score thresholds (`dfn_score: {top_fraction: 0.3}`) work on any numeric signal. A fraction is taken over the whole
+scored pool (every sample with a score, before any op), so a recipe's `top_fraction: 0.3` means the same cut
+whatever ops run first. With N scored samples, k = floor(fraction * N) (at least 1 when the fraction is > 0); the
+threshold is the k-th highest score and every sample scoring >= it passes: ties at the boundary all pass, so
+slightly more than k may pass, and the cut is the same absolute threshold the report draws.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, Field, model_validator
+
+from filtering import dedup
+from filtering.images import phash_to_uint64
+from pipeline.config import StrictModel
+
+
+class Pool:
+    """The scored pool as columns (a pyarrow table) plus optional row-aligned image embeddings (N, D)."""
+
+    def __init__(self, table: pa.Table, embeddings: np.ndarray | None = None):
+        if embeddings is not None and len(embeddings) != table.num_rows:
+            raise ValueError(f"embeddings have {len(embeddings)} rows, signals {table.num_rows}")
+        self.table = table
+        self.embeddings = embeddings
+        self.n = table.num_rows
+        self._cache: dict[str, np.ndarray] = {}
+
+    @property
+    def signals(self) -> set[str]:
+        return set(self.table.column_names) | ({"embedding"} if self.embeddings is not None else set())
+
+    def numeric(self, name: str) -> np.ndarray:
+        """A numeric column as float64 with NaN for nulls."""
+        if name not in self._cache:
+            col = pc.cast(self.table.column(name), pa.float64())  # nulls become NaN
+            self._cache[name] = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+        return self._cache[name]
+
+    def strings(self, name: str) -> np.ndarray:
+        key = f"str:{name}"
+        if key not in self._cache:
+            self._cache[key] = np.array(self.table.column(name).to_pylist(), dtype=object)
+        return self._cache[key]
+
+    def bools(self, name: str) -> np.ndarray:
+        return np.array(self.table.column(name).fill_null(False).to_pylist(), dtype=bool)
+
+
+@dataclass
+class Drops:
+    mask: np.ndarray  # (N,) bool: dropped by this op (only among alive rows)
+    value: np.ndarray  # (N,) float: the value that dropped the row (NaN where not numeric)
+    detail: np.ndarray | None = None  # (N,) object: text (a reason, the kept duplicate's uid), None where none
+
+
+class Op:
+    name: ClassVar[str]
+    params_model: ClassVar[type[BaseModel] | None] = None
+
+    def __init__(self, params: Any):
+        self.params = params
+
+    def requires(self) -> set[str]:
+        return set()
+
+    def label(self) -> str:
+        p = self.params.model_dump(exclude_none=True) if isinstance(self.params, BaseModel) else self.params
+        if isinstance(p, dict):
+            return f"{self.name}(" + ", ".join(f"{k}={v}" for k, v in p.items()) + ")"
+        return f"{self.name}: {str(p).lower() if isinstance(p, bool) else p}"
+
+    def threshold(self, pool: Pool) -> tuple[str, float] | None:
+        """(signal, threshold) for histograms in the report, where the op is a cut on one signal."""
+        return None
+
+    def apply(self, pool: Pool, alive: np.ndarray) -> Drops:
+        raise NotImplementedError
+
+
+def _below(values: np.ndarray, alive: np.ndarray, low: float | None = None, high: float | None = None) -> Drops:
+    """Drop alive rows whose value is missing, < low or > high."""
+    bad = np.isnan(values)
+    if low is not None:
+        bad |= values < low
+    if high is not None:
+        bad |= values > high
+    return Drops(alive & bad, values.copy())
+
+
+class MinImageSide(Op):
+    name = "min_image_side"
+
+    def requires(self):
+        return {"width", "height"}
+
+    def threshold(self, pool):
+        return ("min_side", float(self.params))
+
+    def apply(self, pool, alive):
+        return _below(np.minimum(pool.numeric("width"), pool.numeric("height")), alive, low=self.params)
+
+
+class MaxAspectRatio(Op):
+    name = "max_aspect_ratio"
+
+    def requires(self):
+        return {"aspect_ratio"}
+
+    def threshold(self, pool):
+        return ("aspect_ratio", float(self.params))
+
+    def apply(self, pool, alive):
+        return _below(pool.numeric("aspect_ratio"), alive, high=self.params)
+
+
+class MinCaptionWords(Op):
+    name = "min_caption_words"
+
+    def requires(self):
+        return {"caption_words"}
+
+    def threshold(self, pool):
+        return ("caption_words", float(self.params))
+
+    def apply(self, pool, alive):
+        return _below(pool.numeric("caption_words"), alive, low=self.params)
+
+
+class MinCaptionChars(Op):
+    name = "min_caption_chars"
+
+    def requires(self):
+        return {"caption_chars"}
+
+    def threshold(self, pool):
+        return ("caption_chars", float(self.params))
+
+    def apply(self, pool, alive):
+        return _below(pool.numeric("caption_chars"), alive, low=self.params)
+
+
+class DropGenericCaptions(Op):
+    name = "drop_generic_captions"
+
+    def requires(self):
+        return {"generic_caption", "generic_reason"} if self.params else set()
+
+    def apply(self, pool, alive):
+        if not self.params:
+            return Drops(np.zeros(pool.n, bool), np.full(pool.n, np.nan))
+        generic = pool.bools("generic_caption")
+        return Drops(alive & generic, generic.astype(float), pool.strings("generic_reason"))
+
+
+class DedupParams(StrictModel):
+    method: Literal["exact", "phash", "semantic"]
+    max_hamming: int | None = Field(None, ge=0, le=32, description="phash: most differing bits of a near copy")
+    min_cosine: float | None = Field(None, gt=-1, le=1, description="semantic: least cosine of a near copy")
+
+    @model_validator(mode="after")
+    def _params(self) -> DedupParams:
+        need = {"exact": None, "phash": "max_hamming", "semantic": "min_cosine"}[self.method]
+        other = {"max_hamming", "min_cosine"} - {need}
+        if need and getattr(self, need) is None:
+            raise ValueError(f"dedup method {self.method} needs {need}")
+        for key in other:
+            if getattr(self, key) is not None:
+                raise ValueError(f"{key} does not apply to dedup method {self.method}")
+        return self
+
+
+class Dedup(Op):
+    """Keep one sample per group of duplicates: the highest dfn_score, then the most pixels, then the smallest uid."""
+
+    name = "dedup"
+    params_model = DedupParams
+
+    def requires(self):
+        return {"exact": {"sha256"}, "phash": {"phash"}, "semantic": {"embedding"}}[self.params.method]
+
+    def label(self):
+        p = self.params
+        extra = {"exact": "", "phash": f", max_hamming={p.max_hamming}", "semantic": f", min_cosine={p.min_cosine}"}
+        return f"dedup({p.method}{extra[p.method]})"
+
+    def apply(self, pool, alive):
+        method = self.params.method
+        col = {"exact": "sha256", "phash": "phash", "semantic": None}[method]
+        members = alive.copy()
+        if col:
+            members &= np.array([v is not None for v in pool.strings(col)], dtype=bool)
+        idx = np.flatnonzero(members)
+        if method == "exact":
+            i, j, v = dedup.exact_pairs(pool.strings("sha256")[idx])
+        elif method == "phash":
+            i, j, v = dedup.hamming_pairs(phash_to_uint64(pool.strings("phash")[idx]), self.params.max_hamming)
+        else:
+            emb = pool.embeddings[idx].astype(np.float32)
+            emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+            i, j, v = dedup.cosine_pairs(emb, self.params.min_cosine)
+        uids = pool.strings("uid")[idx]
+        score = pool.numeric("dfn_score")[idx] if "dfn_score" in pool.signals else None
+        pixels = (pool.numeric("width") * pool.numeric("height"))[idx]
+        order = dedup.priority_order(uids, score, pixels)
+        dropped, rep, val = dedup.greedy_keep(len(idx), i, j, v, order)
+        mask = np.zeros(pool.n, bool)
+        value = np.full(pool.n, np.nan)
+        detail = np.full(pool.n, None, dtype=object)
+        mask[idx[dropped]] = True
+        value[idx[dropped]] = val[dropped]
+        detail[idx[dropped]] = uids[rep[dropped]]
+        return Drops(mask, value, detail)
+
+
+class ThresholdParams(StrictModel):
+    min: float | None = Field(None, description="drop samples scoring below this")
+    max: float | None = Field(None, description="drop samples scoring above this")
+    top_fraction: float | None = Field(None, ge=0, le=1, description="keep the best fraction of the scored pool")
+
+    @model_validator(mode="after")
+    def _one(self) -> ThresholdParams:
+        if self.top_fraction is not None and (self.min is not None or self.max is not None):
+            raise ValueError("give either top_fraction or min/max, not both")
+        if self.top_fraction is None and self.min is None and self.max is None:
+            raise ValueError("give one of min, max, top_fraction")
+        return self
+
+
+def top_fraction_threshold(scores: np.ndarray, fraction: float) -> float:
+    """The k-th highest score over the scored pool, k = floor(fraction * N) (>= 1 when fraction > 0)."""
+    s = np.sort(scores[~np.isnan(scores)])[::-1]
+    if len(s) == 0 or fraction <= 0:
+        return math.inf
+    k = max(1, int(math.floor(fraction * len(s) + 1e-9)))
+    return float(s[min(k, len(s)) - 1])
+
+
+class ScoreThreshold(Op):
+    """`<signal>: {min: x}`, `{max: x}` or `{top_fraction: f}` on any numeric signal (dfn_score, caption_words)."""
+
+    params_model = ThresholdParams
+
+    def __init__(self, signal: str, params: ThresholdParams):
+        super().__init__(params)
+        self.name = signal
+
+    def requires(self):
+        return {self.name}
+
+    def cut(self, pool: Pool) -> tuple[float | None, float | None]:
+        p = self.params
+        if p.top_fraction is not None:
+            return top_fraction_threshold(pool.numeric(self.name), p.top_fraction), None
+        return p.min, p.max
+
+    def threshold(self, pool):
+        low, high = self.cut(pool)
+        return (self.name, low if low is not None else high)
+
+    def apply(self, pool, alive):
+        low, high = self.cut(pool)
+        return _below(pool.numeric(self.name), alive, low=low, high=high)
+
+
+NAMED_OPS: dict[str, type[Op]] = {
+    op.name: op for op in (MinImageSide, MaxAspectRatio, MinCaptionWords, MinCaptionChars, DropGenericCaptions, Dedup)
+}
+SCALAR_PARAMS = {"min_image_side": (int, 0), "max_aspect_ratio": (float, 1.0), "min_caption_words": (int, 0),
+                 "min_caption_chars": (int, 0), "drop_generic_captions": (bool, None)}

@@ -1,0 +1,99 @@
+"""An open_clip model's eval preprocessing, split at the point where pixels leave the CPU worker.
+
+open_clip's eval transform is resize -> crop -> to-tensor -> normalize. The resize and crop run in CPU read tasks
+and hand the model actor a uint8 crop (a quarter of the float32 bytes through the object store); the actor does
+`/255`, `-mean`, `/std` on a batch, which is exactly what ToTensor + Normalize compute.
+
+The preprocessing config is resolved from the model's config without building the model, so read tasks can start
+before any actor has loaded weights.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def register_model_config(path: str | None) -> None:
+    """Make a model config JSON (file or folder of files) known to open_clip; idempotent."""
+    if not path:
+        return
+    import open_clip
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"model_config {path}: no such file or folder")
+    from open_clip import factory
+
+    if p.resolve() not in {q.resolve() for q in factory._MODEL_CONFIG_PATHS}:
+        open_clip.add_model_config(p)
+
+
+def resolve_preprocess(name: str, pretrained: str | None = None, model_config: str | None = None) -> dict:
+    """open_clip's PreprocessCfg (size, mean, std, interpolation, resize_mode, fill_color) for a model, as a dict.
+
+    Built-in names and registered configs read the pretrained tag's preprocessing (no download); `hf-hub:` models
+    read the hub's `open_clip_config.json` (a small file, cached for the actors that load the weights next).
+    """
+    import open_clip
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    register_model_config(model_config)
+    cfg = asdict(PreprocessCfg())
+    if name.startswith("hf-hub:"):
+        from open_clip.pretrained import download_pretrained_from_hf
+
+        path = download_pretrained_from_hf(name[len("hf-hub:"):], filename="open_clip_config.json")
+        hub = json.loads(Path(path).read_text())
+        model_cfg = hub["model_cfg"]
+        cfg = merge_preprocess_dict(cfg, hub.get("preprocess_cfg", {}))
+    elif name.startswith("local-dir:"):
+        local = json.loads((Path(name[len("local-dir:"):]) / "open_clip_config.json").read_text())
+        model_cfg = local["model_cfg"]
+        cfg = merge_preprocess_dict(cfg, local.get("preprocess_cfg", {}))
+    else:
+        model_cfg = open_clip.get_model_config(name)
+        if model_cfg is None:
+            raise ValueError(f"unknown open_clip model {name!r}; known: {', '.join(open_clip.list_models()[:20])}, "
+                             "... (or set model_config: to a JSON config)")
+        if pretrained and open_clip.get_pretrained_cfg(name, pretrained):
+            cfg = merge_preprocess_dict(cfg, open_clip.get_pretrained_cfg(name, pretrained))
+    size = model_cfg["vision_cfg"].get("image_size", cfg["size"])
+    cfg["size"] = list(size) if isinstance(size, list | tuple) else [size, size]
+    cfg["mean"], cfg["std"] = list(cfg["mean"]), list(cfg["std"])
+    return cfg
+
+
+class Preprocessor:
+    """RGB PIL image -> uint8 array (H, W, 3): open_clip's eval resize and crop, without to-tensor/normalize."""
+
+    def __init__(self, cfg: dict):
+        from open_clip.transform import image_transform
+        from torchvision.transforms import Normalize, ToTensor
+
+        self.cfg = cfg
+        full = image_transform(tuple(cfg["size"]), is_train=False, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                               resize_mode=cfg["resize_mode"], interpolation=cfg["interpolation"],
+                               fill_color=cfg["fill_color"])
+        # Keep the geometric PIL steps; the actor does the tensor conversion and normalisation on the batch.
+        self.steps = [t for t in full.transforms if not isinstance(t, ToTensor | Normalize)
+                      and type(t).__name__ not in ("MaybeConvertMode", "MaybeToTensor")]
+        self.shape = (int(cfg["size"][0]), int(cfg["size"][1]), 3)
+
+    def __call__(self, img: Image.Image) -> np.ndarray:
+        for step in self.steps:
+            img = step(img)
+        arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        if arr.shape != self.shape:
+            raise ValueError(f"preprocess produced {arr.shape}, expected {self.shape}")
+        return arr
+
+
+def normalize_batch(pixels, mean, std):
+    """uint8 (B, H, W, 3) tensor -> float (B, 3, H, W), as ToTensor + Normalize would produce."""
+    x = pixels.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)
+    return x.sub_(mean.view(1, 3, 1, 1)).div_(std.view(1, 3, 1, 1))

@@ -1,0 +1,196 @@
+"""Reading and writing webdataset tar shards safely: member bytes in memory, never a file extracted to disk.
+
+A shard is untrusted input (it holds whatever the web sent). The reader only ever reads regular-file members into
+memory; it never calls `extract`, so no member can write outside the shard's scope. Members that could do harm if
+someone did extract them — absolute paths, `..` components, links, devices, fifos — are skipped and counted, as are
+oversized members and repeated names. A truncated or corrupt tar ends the shard early with an error recorded; the
+samples read before the damage are still returned.
+
+Samples are grouped the way webdataset groups them: consecutive members with the same key
+(`dir/000123.jpg`, `dir/000123.txt` -> key `dir/000123`, extensions `jpg`, `txt`).
+"""
+
+from __future__ import annotations
+
+import re
+import tarfile
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from pipeline.layout import atomic_write, fs_and_path
+
+MAX_MEMBER_BYTES = 64 << 20  # no image-text sample needs more; a bigger member is skipped, not read
+_KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]+)$")  # webdataset's base_plus_ext: key up to the first dot
+
+
+@dataclass
+class ReadReport:
+    """What one shard read skipped and why (`skipped` reason -> count) and the error that ended it early, if any."""
+
+    members: int = 0
+    samples: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"members": self.members, "samples": self.samples, "skipped": dict(self.skipped), "error": self.error}
+
+
+def unsafe_reason(member: tarfile.TarInfo) -> str | None:
+    """Why a member must not be read (None = a regular file with a safe relative name)."""
+    if member.issym() or member.islnk():
+        return "link_member"
+    if member.isdev() or member.isfifo():
+        return "device_member"
+    if not member.isfile():
+        return None if member.isdir() else "special_member"
+    name = member.name
+    if not name or "\x00" in name:
+        return "unsafe_name"
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return "unsafe_name"  # absolute (POSIX or Windows drive)
+    if any(part == ".." for part in re.split(r"[/\\]", name)):
+        return "unsafe_name"
+    return None
+
+
+def split_key(name: str) -> tuple[str, str] | None:
+    m = _KEY_EXT.match(name[2:] if name.startswith("./") else name)
+    return (m.group(1), m.group(2).lower()) if m else None
+
+
+def _members(tf: tarfile.TarFile, report: ReadReport) -> Iterator[tarfile.TarInfo]:
+    """Safe regular-file members of a tar, counting the rest; stops (recording why) at a damaged header."""
+    while True:
+        try:
+            member = tf.next()
+        except (tarfile.TarError, EOFError, OSError, UnicodeDecodeError) as err:
+            report.error = f"{type(err).__name__}: {err}"[:300]
+            return
+        if member is None:
+            return
+        report.members += 1
+        reason = unsafe_reason(member)
+        if member.isdir() and reason is None:
+            continue
+        if reason:
+            report.skipped[reason] += 1
+            continue
+        if member.size > MAX_MEMBER_BYTES:
+            report.skipped["member_too_large"] += 1
+            continue
+        yield member
+
+
+def iter_samples(fileobj, report: ReadReport | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {ext: bytes}) per sample of a tar read as a stream (works on any readable file object)."""
+    report = report if report is not None else ReadReport()
+    seen: set[str] = set()
+    key, files = None, {}
+    try:
+        tf = tarfile.open(fileobj=fileobj, mode="r|*")
+    except (tarfile.TarError, EOFError, OSError) as err:
+        report.error = f"{type(err).__name__}: {err}"[:300]
+        return
+    with tf:
+        for member in _members(tf, report):
+            parts = split_key(member.name)
+            if parts is None:
+                report.skipped["no_extension"] += 1
+                continue
+            k, ext = parts
+            try:
+                data = tf.extractfile(member).read()  # bytes only: regular files, in memory
+            except (tarfile.TarError, EOFError, OSError) as err:
+                report.error = f"{type(err).__name__}: {err}"[:300]
+                break
+            if len(data) != member.size:
+                report.error = f"truncated member {member.name}: {len(data)} of {member.size} bytes"
+                break
+            if k != key:
+                if key is not None:
+                    report.samples += 1
+                    yield key, files
+                if k in seen:
+                    report.skipped["repeated_key"] += 1
+                    key, files = None, {}
+                    continue
+                seen.add(k)
+                key, files = k, {}
+            elif key is None:
+                continue  # further members of a skipped repeated key
+            if ext in files:
+                report.skipped["repeated_member"] += 1
+                continue
+            files[ext] = data
+        if key is not None:
+            report.samples += 1
+            yield key, files
+
+
+def read_samples(url: str, report: ReadReport | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Open a shard by URL and yield its samples (see iter_samples)."""
+    fs, path = fs_and_path(url)
+    with fs.open(path, "rb") as f:
+        yield from iter_samples(f, report)
+
+
+@dataclass
+class MemberRange:
+    offset: int
+    size: int
+
+
+def index_samples(url: str, keys: set[str] | None = None,
+                  report: ReadReport | None = None) -> dict[str, dict[str, MemberRange]]:
+    """key -> {ext: byte range} of a tar's safe members, from headers only (data is skipped over, not read)."""
+    report = report if report is not None else ReadReport()
+    fs, path = fs_and_path(url)
+    out: dict[str, dict[str, MemberRange]] = {}
+    with fs.open(path, "rb") as f:
+        try:
+            tf = tarfile.open(fileobj=f, mode="r:")
+        except (tarfile.TarError, EOFError, OSError) as err:
+            report.error = f"{type(err).__name__}: {err}"[:300]
+            return out
+        with tf:
+            for member in _members(tf, report):
+                parts = split_key(member.name)
+                if parts is None or (keys is not None and parts[0] not in keys):
+                    continue
+                out.setdefault(parts[0], {}).setdefault(parts[1], MemberRange(member.offset_data, member.size))
+    return out
+
+
+def read_ranges(url: str, ranges: Iterable[MemberRange]) -> list[bytes]:
+    """Bytes of the given member ranges of one tar, read in offset order (one open, sequential seeks)."""
+    ranges = list(ranges)
+    order = sorted(range(len(ranges)), key=lambda i: ranges[i].offset)
+    out: list[bytes] = [b""] * len(ranges)
+    fs, path = fs_and_path(url)
+    with fs.open(path, "rb") as f:
+        for i in order:
+            f.seek(ranges[i].offset)
+            data = f.read(ranges[i].size)
+            if len(data) != ranges[i].size:
+                raise OSError(f"{url}: short read at offset {ranges[i].offset} ({len(data)} of {ranges[i].size})")
+            out[i] = data
+    return out
+
+
+def write_tar(url: str, samples: Iterable[tuple[str, dict[str, bytes]]]) -> int:
+    """Write (key, {ext: bytes}) samples as a webdataset tar, atomically; returns the number of samples."""
+    import webdataset as wds
+
+    n = 0
+    with atomic_write(url, "wb") as f:
+        # Bytes in, bytes out (no encoder: a `.gz` extension must not be compressed again); a fixed mtime makes
+        # the same samples give the same bytes and checksum.
+        sink = wds.TarWriter(f, encoder=False, mtime=0.0)
+        for key, files in samples:
+            sink.write({"__key__": key, **{ext: files[ext] for ext in sorted(files)}})
+            n += 1
+        sink.close()
+    return n
+

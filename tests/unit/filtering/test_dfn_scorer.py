@@ -1,0 +1,67 @@
+"""The DFN scorer as a plain class: same scores as open_clip's own pipeline, safe checkpoint loading."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from curation_testdata import TINY_MODEL, jpeg, smooth_image, tiny_model_files
+
+from filtering.dfn import DFNScorer, ModelSpec, load_state_dict_safely
+from filtering.images import decode_image
+from filtering.preprocess import Preprocessor
+from filtering.signals import signal_batches
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    cfg, ckpt = tiny_model_files(tmp_path_factory.mktemp("tiny_model"))
+    return ModelSpec(name=TINY_MODEL, pretrained=ckpt, config_file=cfg)
+
+
+def test_scores_match_open_clip_reference_pipeline(tiny):
+    import open_clip
+
+    scorer = DFNScorer(tiny, device="cpu")
+    images = [jpeg(smooth_image(i, (64 + 8 * i, 48))) for i in range(5)]
+    captions = [f"picture {i} of something" for i in range(5)]
+    samples = [(f"k{i}", {"jpg": b, "txt": c.encode()}) for i, (b, c) in enumerate(zip(images, captions, strict=True))]
+    samples.append(("bad", {"jpg": b"not an image", "txt": b"broken image"}))
+    (batch,) = signal_batches(samples, "00000", preprocess=Preprocessor(tiny.preprocess_cfg()))
+    out = scorer(batch)
+    assert "pixels" not in out and out["image_embedding"].shape == (6, 64)
+    assert out["image_embedding"].dtype == np.float16 and np.isnan(out["dfn_score"][5])
+    assert not out["image_embedding"][5].any()
+
+    model, _, preprocess = open_clip.create_model_and_transforms(TINY_MODEL, pretrained=tiny.pretrained)
+    model.eval()
+    tok = open_clip.get_tokenizer(TINY_MODEL)
+    with torch.no_grad():
+        x = torch.stack([preprocess(decode_image(b)[1]) for b in images])
+        img = model.encode_image(x, normalize=True)
+        txt = model.encode_text(tok(captions), normalize=True)
+    ref = (img * txt).sum(-1).numpy()
+    np.testing.assert_allclose(out["dfn_score"][:5], ref, atol=1e-5)
+    np.testing.assert_allclose(out["image_embedding"][:5].astype(np.float32), img.numpy(), atol=2e-3)
+
+
+def test_loads_trainer_style_torch_checkpoint_with_weights_only(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    state = {f"module.{k}": v for k, v in load_file(tiny.pretrained).items()}
+    path = tmp_path / "epoch_1.pt"
+    torch.save({"epoch": 1, "state_dict": state}, path)
+    loaded = load_state_dict_safely(str(path))
+    assert set(loaded) == {k[len("module."):] for k in state}
+    a = DFNScorer(tiny, device="cpu")
+    b = DFNScorer(tiny.model_copy(update={"pretrained": str(path)}), device="cpu")
+    (batch,) = signal_batches([("k", {"jpg": jpeg(smooth_image(1)), "txt": b"a thing"})], "0",
+                              preprocess=Preprocessor(tiny.preprocess_cfg()))
+    assert a(dict(batch))["dfn_score"][0] == pytest.approx(b(dict(batch))["dfn_score"][0], abs=1e-6)
+
+
+def test_pickled_objects_in_a_checkpoint_are_refused(tiny, tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "payload": object()}, path)  # an arbitrary object needs pickle to load
+    with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
+        load_state_dict_safely(str(path))
