@@ -9,6 +9,8 @@ import pytest
 
 # Tests must never attach to a cluster by accident, and Ray Data's bars only clutter test logs.
 os.environ.pop("RAY_ADDRESS", None)
+# Tests talk to loopback only: Ray would otherwise advertise the host's own IP instead of 127.0.0.1.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

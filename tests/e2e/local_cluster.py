@@ -1,0 +1,121 @@
+"""A real two-node Ray cluster on this machine, started with `ray start` (head + one worker node), on loopback.
+
+Stopping never runs `ray stop` (which would stop every Ray on the machine): it ends only the processes whose
+command line names this cluster's own temp dir or ports.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RAY = str(Path(sys.executable).parent / "ray")
+# A loopback address Ray keeps as given: it swaps "127.0.0.1" for the host's own IP, but not the rest of 127/8.
+NODE_IP = "127.0.0.2"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node_ports() -> list[str]:
+    return ["--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
+            "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+            "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port())]
+
+
+class LocalCluster:
+    def __init__(self, cpus_per_node: int = 1, object_store_mb: int = 300):
+        self.temp_dir = tempfile.mkdtemp(prefix="winnow-cluster-", dir="/tmp")
+        self.gcs_port = free_port()
+        self.dashboard_port = free_port()
+        self.cpus = cpus_per_node
+        self.store = object_store_mb * 1024 * 1024
+        # (the single-node test Ray pins itself to loopback with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which would
+        # refuse a second node: this cluster uses NODE_IP instead)
+        self.env = {k: v for k, v in os.environ.items()
+                    if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+        # Token authentication, with this cluster's own token: every process started here and every client
+        # (the `winnow submit` subprocesses) gets it through `self.env`.
+        token_path = Path(self.temp_dir) / "auth_token"
+        token_path.write_text(secrets.token_hex(32))
+        self.env.update({"RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE": "1",
+                         "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1",
+                         "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path),
+                         # as with an activated virtualenv: a job's `python` is this interpreter
+                         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
+
+    @property
+    def gcs_address(self) -> str:
+        return f"{NODE_IP}:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def _ray(self, *args: str) -> None:
+        out = subprocess.run([RAY, *args], env=self.env, capture_output=True, text=True, timeout=180)
+        if out.returncode != 0:
+            raise RuntimeError(f"ray {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+
+    def start(self) -> LocalCluster:
+        common = ["--node-ip-address", NODE_IP, "--num-cpus", str(self.cpus), "--num-gpus", "0",
+                  "--object-store-memory", str(self.store), "--disable-usage-stats"]
+        self._ray("start", "--head", "--port", str(self.gcs_port), "--temp-dir", self.temp_dir,
+                  "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+                  "--dashboard-port", str(self.dashboard_port), "--ray-client-server-port", str(free_port()),
+                  *common, *_node_ports())
+        self._ray("start", "--address", self.gcs_address, *common, *_node_ports())
+        self._wait_for_nodes(2)
+        return self
+
+    def python(self, code: str, timeout: float = 120) -> str:
+        """Run a Python snippet as a driver attached to this cluster; return its stdout."""
+        out = subprocess.run([sys.executable, "-c", code], env={**self.env, "RAY_ADDRESS": self.gcs_address},
+                             capture_output=True, text=True, timeout=timeout)
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr[-3000:])
+        return out.stdout
+
+    def _wait_for_nodes(self, n: int, timeout: float = 60) -> None:
+        code = "import ray; ray.init(); print(sum(1 for x in ray.nodes() if x['Alive']))"
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if int(self.python(code).strip().splitlines()[-1]) >= n:
+                return
+            time.sleep(1)
+        raise RuntimeError(f"cluster did not reach {n} alive nodes in {timeout}s")
+
+    def pids(self) -> list[int]:
+        import psutil
+
+        marks = (self.temp_dir, f"{NODE_IP}:{self.gcs_port}", f"--gcs-address={NODE_IP}:{self.gcs_port}",
+                 f"gcs_server_port={self.gcs_port}", f"--port={self.gcs_port}")
+        out = []
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if p.info["pid"] != os.getpid() and any(m in cmd for m in marks):
+                out.append(p.info["pid"])
+        return out
+
+    def stop(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in self.pids():
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.time() + 10
+            while self.pids() and time.time() < deadline:
+                time.sleep(0.3)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
