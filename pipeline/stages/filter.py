@@ -1,0 +1,174 @@
+"""The filter stage: apply a recipe (`configs/filters/<name>.yaml`) to the scored pool, without recomputing signals.
+
+    winnow run configs/demo.yaml --stage filter
+
+Reads `signals/*.parquet` (and `embeddings/*.npy` when a recipe deduplicates semantically) of every scored shard,
+applies the recipe's ops in order, and writes `selection/<recipe>.parquet` (uid, shard, key, kept, and for every
+dropped uid the step, op, value and detail that dropped it) plus `selection/<recipe>.json` (the funnel: samples
+left after each op). Cheap to rerun with another recipe: score once, filter many.
+
+A recipe that names an unknown op, or an op whose signal was not computed, fails before anything is read.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from pipeline.config import ConfigError, config_hash
+from pipeline.layout import Dataset, atomic_write, file_record, fs_and_path, write_json_atomic
+from pipeline.stages.base import StageConfig, StageContext
+
+ALWAYS_READ = ["uid", "shard", "key", "decodable", "decode_error", "dfn_score", "width", "height"]
+
+
+class FilterConfig(StageConfig):
+    recipe: str = Field(..., description="a recipe name in configs/filters/ (e.g. basic) or a YAML path")
+
+    @field_validator("recipe")
+    @classmethod
+    def _recipe_parses(cls, value: str) -> str:
+        from filtering.recipe import load_recipe
+
+        load_recipe(value)  # unknown ops and bad parameters are config errors, before any stage runs
+        return value
+
+    @model_validator(mode="after")
+    def _input(self) -> FilterConfig:
+        if not self.input:
+            raise ValueError("filter needs `input:` (the scored dataset)")
+        return self
+
+
+CONFIG = FilterConfig
+
+
+def _base_dir(ctx: StageContext) -> Path | None:
+    return Path(ctx.config_path).parent if ctx.config_path else None
+
+
+def preflight(ctx: StageContext, cfg: FilterConfig) -> None:
+    """Check the recipe against the signals this pipeline will have, before any stage runs.
+
+    The signals come from an earlier score stage on the same dataset in this config, else from what is on disk.
+    """
+    from filtering.recipe import load_recipe
+    from pipeline.stages.score import ScoreConfig, planned_signals, signal_names
+
+    recipe = load_recipe(cfg.recipe, _base_dir(ctx))
+    earlier = []
+    for name, stage in ctx.pipeline.stages.items():
+        if name == ctx.stage:
+            break
+        if isinstance(stage, ScoreConfig) and stage.input == cfg.input:
+            earlier.append((name, stage))
+    if earlier:
+        name, stage = earlier[-1]
+        hint = f" (stage {name!r} has model: null)" if stage.model is None else ""
+        recipe.check(planned_signals(stage), hint)
+        return
+    signals = signal_names(ctx.dataset(cfg.input))
+    if signals is None:
+        raise ConfigError(f"{ctx.config_path or 'config'}: stages.{ctx.stage}: dataset {cfg.input!r} has no scored "
+                          "shards and no score stage comes before this filter")
+    recipe.check(signals)
+
+
+def load_pool(ds: Dataset, columns: list[str], embeddings: bool):
+    """The scored pool of a dataset: every scored shard's signals (chosen columns) and, if asked, its embeddings."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from filtering.ops import Pool
+
+    tables, embs = [], []
+    for shard in sorted(ds.done_shards("signals")):
+        fs, path = fs_and_path(ds.shard_file(shard, "parquet", "signals"))
+        with fs.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            t = pf.read(columns=[c for c in columns if c in pf.schema_arrow.names])
+        tables.append(t)
+        if embeddings:
+            fs, path = fs_and_path(ds.shard_file(shard, "npy", "embeddings"))
+            with fs.open(path, "rb") as f:
+                e = np.load(f)
+            if len(e) != t.num_rows:
+                raise RuntimeError(f"{ds.url}: embeddings/{shard}.npy has {len(e)} rows, signals {t.num_rows}")
+            embs.append(e)
+    table = pa.concat_tables(tables, promote_options="default") if tables else None
+    emb = np.concatenate(embs) if embeddings and embs else None
+    return Pool(table, emb)
+
+
+def run(ctx: StageContext, cfg: FilterConfig) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    from filtering.recipe import load_recipe
+    from filtering.select import apply_recipe
+    from pipeline.stages.score import signal_names
+    from pipeline.summary import fmt_seconds, print_summary
+
+    t0 = time.time()
+    recipe = load_recipe(cfg.recipe, _base_dir(ctx))
+    ds = ctx.dataset(cfg.input)
+    signals = signal_names(ds)
+    if signals is None:
+        raise ConfigError(f"{ctx.config_path or 'config'}: stages.{ctx.stage}: dataset {ds.url} has no scored "
+                          "shards (run the score stage first)")
+    recipe.check(signals)
+    scored, downloaded = ds.done_shards("signals"), ds.done_shards("shards")
+    unscored = sorted(set(downloaded) - set(scored))
+    if unscored:
+        # A fraction of a partial pool is a different cut: refuse rather than select from part of the data.
+        raise ConfigError(f"stages.{ctx.stage}: {len(unscored)} of {len(downloaded)} shards of {ds.url} are not "
+                          f"scored yet ({', '.join(unscored[:5])}...); finish the score stage first")
+
+    pool = load_pool(ds, sorted(set(ALWAYS_READ) | recipe.requires()), "embedding" in recipe.requires())
+    selection = apply_recipe(recipe, pool)
+
+    sel_url = ds.sub("selection", f"{recipe.name}.parquet")
+    with atomic_write(sel_url, "wb") as f:
+        pq.write_table(selection.table, f)
+    kept = selection.kept
+    info = {
+        "recipe": recipe.name, "recipe_file": recipe.source, "description": recipe.description, "ops": recipe.raw,
+        "funnel": selection.funnel, "samples": pool.n, "kept": kept,
+        "kept_fraction": round(kept / pool.n, 4) if pool.n else 0.0,
+        "selection": f"selection/{recipe.name}.parquet", "file": file_record(*fs_and_path(sel_url)),
+    }
+    write_json_atomic(ds.sub("selection", f"{recipe.name}.json"), info)
+    wall = time.time() - t0
+    section = {**info, "kind": "filter", "state": "complete", "ok": kept, "success_rate": info["kept_fraction"],
+               "wall_seconds": round(wall, 2), "config_hash": config_hash(cfg)}
+    ds.update_manifest(ctx.stage, section)
+
+    rows: list[tuple[str, Any]] = [("dataset", ds.url), ("recipe", recipe.source)]
+    for step in selection.funnel:
+        cut = f"  (threshold {step['threshold']:.4g})" if "threshold" in step else ""
+        rows.append((f"  {step['label']}", f"{step['left']} left, -{step['dropped']}{cut}"))
+    rows += [("kept", f"{kept} of {pool.n} ({info['kept_fraction']:.1%})"), ("selection", sel_url),
+             ("wall time", fmt_seconds(wall))]
+    print_summary(f"stage {ctx.stage}: recipe {recipe.name}", rows)
+    return {"dataset": ds.url, "selection": sel_url, "recipe": recipe.name, "kept": kept, "samples": pool.n,
+            "funnel": selection.funnel}
+
+
+def read_selection_info(ds: Dataset) -> dict[str, dict]:
+    """recipe name -> its selection/<recipe>.json (the funnel and counts), for the report."""
+    fs, path = fs_and_path(ds.sub("selection"))
+    if not fs.exists(path):
+        return {}
+    out = {}
+    for p in sorted(fs.glob(f"{path}/*.json")):
+        with fs.open(p, "r") as f:
+            try:
+                info = json.load(f)
+            except json.JSONDecodeError:
+                continue
+        out[info.get("recipe") or Path(p).stem] = info
+    return out
