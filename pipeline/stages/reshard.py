@@ -1,0 +1,213 @@
+"""The reshard stage: the samples a recipe kept, written into new balanced webdataset shards for training.
+
+    winnow run configs/demo.yaml --stage reshard
+
+Reads `selection/<recipe>.parquet` of the input dataset, shuffles the kept uids with a seed (sorted by uid first,
+so the order depends only on the selection and the seed), splits them into ceil(kept / samples_per_shard) shards
+whose sizes differ by at most one, and writes `<output>/shards/00000.tar` ... with the original members (image,
+caption, metadata) under the uid as key; the JSON gains `source` (dataset, shard, key) for provenance. Then
+`shards/sizes.json` (open_clip's `--train-num-samples` lookup) is written, last.
+
+Source members are located from tar headers (no extraction) and read by byte range, so each output shard reads only
+the bytes it needs. Output shards are resumable through the runner's done markers; a marker made for a different
+plan (another selection, seed or shard size) is discarded and the output rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from functools import partial
+from typing import Any
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from pipeline.config import ConfigError, config_hash
+from pipeline.layout import Dataset, atomic_write, file_record, fs_and_path, write_json_atomic
+from pipeline.runner import ShardJob
+from pipeline.stages.base import StageConfig, StageContext
+
+log = logging.getLogger(__name__)
+
+
+class ReshardConfig(StageConfig):
+    recipe: str = Field(..., description="whose selection to write: selection/<recipe>.parquet of `input`")
+    samples_per_shard: int = Field(10000, ge=1, description="target samples per output shard")
+    seed: int = Field(0, description="shuffle seed")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per shard-writing task")
+    max_in_flight: int = Field(4, ge=1, description="shard tasks submitted at once")
+    retries: int = Field(2, ge=0, description="retries of a failed shard task")
+
+    @model_validator(mode="after")
+    def _names(self) -> ReshardConfig:
+        if not self.input:
+            raise ValueError("reshard needs `input:` (the filtered dataset)")
+        return self
+
+    @property
+    def recipe_name(self) -> str:
+        return self.recipe.rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml")
+
+    def output_name(self) -> str:
+        return self.output or f"{self.input}-{self.recipe_name}"
+
+
+CONFIG = ReshardConfig
+
+
+def read_kept(ds: Dataset, recipe: str) -> list[tuple[str, str, str]]:
+    """(uid, shard, key) of the kept samples, sorted by uid."""
+    import pyarrow.parquet as pq
+
+    fs, path = fs_and_path(ds.sub("selection", f"{recipe}.parquet"))
+    if not fs.exists(path):
+        raise ConfigError(f"reshard: {ds.url} has no selection/{recipe}.parquet; run a filter stage with "
+                          f"recipe {recipe!r} first")
+    with fs.open(path, "rb") as f:
+        t = pq.read_table(f, columns=["uid", "shard", "key", "kept"])
+    rows = [(u, s, k) for u, s, k, kept in zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True)
+            if kept]
+    return sorted(rows)
+
+
+def plan_shards(kept: list[tuple[str, str, str]], samples_per_shard: int, seed: int) -> list[list[tuple]]:
+    """Shuffle (by seed, from uid order) and split into ceil(n / samples_per_shard) shards of near-equal size."""
+    if not kept:
+        return []
+    order = np.random.default_rng(seed).permutation(len(kept))
+    n_out = math.ceil(len(kept) / samples_per_shard)
+    return [[kept[i] for i in part] for part in np.array_split(order, n_out)]
+
+
+def plan_hash(plan: list[list[tuple]]) -> str:
+    h = hashlib.sha256()
+    for i, part in enumerate(plan):
+        h.update(f"#{i}:".encode())
+        for uid, _, _ in part:
+            h.update(uid.encode())
+    return h.hexdigest()[:16]
+
+
+def index_sources(ds: Dataset, plan: list[list[tuple]], num_cpus: float, max_in_flight: int) -> dict:
+    """(source shard, key) -> {ext: MemberRange}, from the source tars' headers, one Ray task per source shard."""
+    import ray
+
+    from pipeline.shards import index_samples
+
+    wanted: dict[str, set[str]] = defaultdict(set)
+    for part in plan:
+        for _, shard, key in part:
+            wanted[shard].add(key)
+    task = ray.remote(num_cpus=num_cpus)(index_samples)
+    queue = sorted(wanted)
+    pending: dict[Any, str] = {}
+    index: dict[tuple[str, str], dict] = {}
+    while queue or pending:
+        while queue and len(pending) < max_in_flight:
+            shard = queue.pop(0)
+            pending[task.remote(ds.shard_file(shard, "tar"), wanted[shard])] = shard
+        (ref,), _ = ray.wait(list(pending), num_returns=1)
+        shard = pending.pop(ref)
+        found = ray.get(ref)
+        missing = wanted[shard] - set(found)
+        if missing:
+            raise RuntimeError(f"reshard: {len(missing)} selected samples are not in {ds.shard_file(shard, 'tar')} "
+                               f"(e.g. {sorted(missing)[:3]}); the shard changed since it was filtered")
+        index.update({(shard, k): v for k, v in found.items()})
+    return index
+
+
+def write_shard(job: ShardJob, root: str, output: str, source: str, plan_id: str) -> dict:
+    """Runner work function: read the job's samples by byte range, write the output tar + parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.shards import read_ranges, write_tar
+
+    src, out = Dataset(root, source), Dataset(root, output)
+    by_source: dict[str, list[tuple[int, str, Any]]] = defaultdict(list)
+    for i, (_, shard, _, members) in enumerate(job.payload):
+        for ext, rng in members.items():
+            by_source[shard].append((i, ext, rng))
+    files: list[dict[str, bytes]] = [{} for _ in job.payload]
+    for shard, wanted in by_source.items():
+        for (i, ext, _), data in zip(wanted, read_ranges(src.shard_file(shard, "tar"), [w[2] for w in wanted]),
+                                     strict=True):
+            files[i][ext] = data
+    samples, rows = [], []
+    for (uid, shard, key, _), members in zip(job.payload, files, strict=True):
+        try:
+            meta = json.loads(members["json"]) if "json" in members else {}
+        except ValueError:
+            meta = {}
+        meta = meta if isinstance(meta, dict) else {}
+        meta.update({"uid": uid, "key": uid, "source": {"dataset": source, "shard": shard, "key": key}})
+        members["json"] = json.dumps(meta, sort_keys=True).encode()
+        caption = members["txt"].decode("utf-8", "replace") if "txt" in members else str(meta.get("caption") or "")
+        samples.append((uid, members))
+        rows.append({"uid": uid, "key": uid, "caption": caption, "url": meta.get("url"), "source_dataset": source,
+                     "source_shard": shard, "source_key": key})
+    tar_url, pq_url = out.shard_file(job.shard, "tar"), out.shard_file(job.shard, "parquet")
+    n = write_tar(tar_url, samples)
+    schema = pa.schema([(c, pa.string()) for c in ("uid", "key", "caption", "url", "source_dataset", "source_shard",
+                                                   "source_key")])
+    with atomic_write(pq_url, "wb") as f:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), f)
+    return {"samples": n, "ok": n, "reasons": {}, "plan": plan_id,
+            "files": {f"shards/{job.shard}.{e}": file_record(*fs_and_path(u)) for e, u in (("tar", tar_url),
+                                                                                          ("parquet", pq_url))}}
+
+
+def discard_stale(out: Dataset, plan_id: str, n_out: int) -> None:
+    """Remove markers (and sizes.json) left by a different plan, so every output shard is rebuilt."""
+    done = out.done_shards("shards")
+    stale = any(r.get("plan") != plan_id for r in done.values()) or any(int(s) >= n_out for s in done)
+    if stale:
+        log.info("reshard: output %s was written for another selection; rebuilding it", out.url)
+        for shard in done:
+            out.remove_marker(shard, "shards")
+        for shard in [s for s in done if int(s) >= n_out]:
+            for ext in ("tar", "parquet"):
+                fs, path = fs_and_path(out.shard_file(shard, ext))
+                if fs.exists(path):
+                    fs.rm(path)
+    fs, path = fs_and_path(out.sub("shards", "sizes.json"))
+    if stale and fs.exists(path):
+        fs.rm(path)
+
+
+def run(ctx: StageContext, cfg: ReshardConfig) -> dict[str, Any]:
+    from pipeline.runner import run_shards
+    from pipeline.runtime import init_ray
+
+    t0 = time.time()
+    src = ctx.dataset(cfg.input)
+    out = ctx.dataset(cfg.output_name())
+    kept = read_kept(src, cfg.recipe_name)
+    if not kept:
+        raise RuntimeError(f"reshard: recipe {cfg.recipe_name!r} kept no samples of {src.url}; nothing to write")
+    plan = plan_shards(kept, cfg.samples_per_shard, cfg.seed)
+    plan_id = plan_hash(plan)
+    discard_stale(out, plan_id, len(plan))
+    names = [f"{i:05d}" for i in range(len(plan))]
+    done = {s for s, rec in out.done_shards("shards").items() if not out.verify_shard(rec)}  # the runner skips these
+    init_ray(ctx.pipeline.ray)
+    index = index_sources(src, [p for n, p in zip(names, plan, strict=True) if n not in done], cfg.num_cpus,
+                          cfg.max_in_flight)
+    jobs = [ShardJob(name, [(u, s, k, index.get((s, k), {})) for u, s, k in part] if name not in done else None)
+            for name, part in zip(names, plan, strict=True)]
+    sizes = {f"{name}.tar": len(part) for name, part in zip(names, plan, strict=True)}
+    manifest = {"kind": "reshard", "source": cfg.input, "recipe": cfg.recipe_name, "seed": cfg.seed,
+                "samples_per_shard": cfg.samples_per_shard, "plan": plan_id, "kept": len(kept), "sizes": sizes,
+                "config_hash": config_hash(cfg)}
+    work = partial(write_shard, root=ctx.root, output=out.name, source=src.name, plan_id=plan_id)
+    summary = run_shards(stage=ctx.stage, dataset=out, jobs=jobs, work=work, num_cpus=cfg.num_cpus,
+                         max_in_flight=cfg.max_in_flight, retries=cfg.retries, manifest=manifest)
+    write_json_atomic(out.sub("shards", "sizes.json"), sizes)
+    log.info("reshard: %d samples in %d shards at %s (%.1fs)", len(kept), len(plan), out.url, time.time() - t0)
+    return {"dataset": out.url, **summary.as_dict(), "sizes": sizes}

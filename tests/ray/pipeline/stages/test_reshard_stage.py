@@ -1,0 +1,108 @@
+"""The reshard stage: exactly the kept uids, balanced shards, readable by webdataset and open_clip's size lookup."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from curation_testdata import add_hostile_members, mark, sample, write_pool
+
+from pipeline.layout import Dataset
+from pipeline.pipeline_config import parse_pipeline_config
+from pipeline.stages import filter as filter_stage
+from pipeline.stages import reshard, score
+from pipeline.stages.base import StageContext
+
+
+def ctx_for(root, stages: dict, name: str):
+    pc = parse_pipeline_config({"root": str(root), "stages": stages}, "t.yaml")
+    return StageContext(pipeline=pc, stage=name), pc.stages[name]
+
+
+@pytest.fixture(scope="module")
+def filtered(ray_local, tmp_path_factory):
+    root = tmp_path_factory.mktemp("reshard_stage")
+    shards = [[sample(200 + 12 * s + i, caption=("cat" if i % 4 == 0 else None)) for i in range(12)] for s in range(3)]
+    ds = write_pool(root, "pool", shards)
+    add_hostile_members(ds.shard_file("00001", "tar"))
+    mark(ds, "00001", 12)
+    score.run(*ctx_for(root, {"score": {"input": "pool"}}, "score"))
+    recipe = root / "words.yaml"
+    recipe.write_text("description: drop one-word captions\nops:\n  - min_caption_words: 2\n")
+    filter_stage.run(*ctx_for(root, {"filter": {"input": "pool", "recipe": str(recipe)}}, "filter"))
+    sel = pq.read_table(ds.sub("selection", "words.parquet")).to_pylist()
+    kept = {r["uid"] for r in sel if r["kept"]}
+    assert len(kept) == 27  # 36 samples, every 4th has a one-word caption
+    sha = {r["uid"]: r["sha256"] for p in sorted(Path(ds.path, "signals").glob("*.parquet"))
+           for r in pq.read_table(p).to_pylist()}
+    return root, kept, sha
+
+
+def read_output(out: Dataset) -> list[dict]:
+    import webdataset as wds
+
+    urls = [out.shard_file(s, "tar") for s in sorted(out.done_shards())]
+    return list(wds.WebDataset(urls, shardshuffle=False).decode("pil").to_tuple("__key__", "jpg", "txt", "json"))
+
+
+def test_reshard_keeps_exactly_the_kept_uids_in_balanced_readable_shards(filtered):
+    root, kept, sha = filtered
+    stages = {"reshard": {"input": "pool", "recipe": "words", "output": "train", "samples_per_shard": 10}}
+    res = reshard.run(*ctx_for(root, stages, "reshard"))
+    out = Dataset(str(root), "train")
+    sizes = json.loads(Path(out.path, "shards", "sizes.json").read_text())
+    assert sizes == {"00000.tar": 9, "00001.tar": 9, "00002.tar": 9} and res["samples"] == 27
+    samples = read_output(out)
+    uids = [key for key, *_ in samples]
+    assert len(uids) == len(set(uids)) == 27 and set(uids) == kept
+    for key, img, txt, meta in samples:
+        assert img.size == (64, 48) and len(txt.split()) >= 2
+        assert meta["uid"] == key and meta["source"]["dataset"] == "pool" and meta["source"]["shard"] in (
+            "00000", "00001", "00002")
+    # image bytes are the source's bytes, untouched
+    import webdataset as wds
+
+    raw = {s["__key__"]: s["jpg"] for s in wds.WebDataset(
+        [out.shard_file(s, "tar") for s in sorted(out.done_shards())], shardshuffle=False)}
+    assert all(hashlib.sha256(b).hexdigest() == sha[u] for u, b in raw.items())
+    rows = pq.read_table(out.shard_file("00000", "parquet")).to_pylist()
+    assert [r["uid"] for r in rows] == [k for k, *_ in samples[:9]] and rows[0]["source_key"]
+
+    from open_clip_train.data import get_dataset_size
+
+    assert get_dataset_size(out.sub("shards", "{00000..00002}.tar")) == (27, 3)
+
+    # shuffled: not in uid order, and the order is a function of the seed
+    assert uids != sorted(uids)
+    before = {p: p.stat().st_mtime_ns for p in Path(out.path, "shards").glob("*.tar")}
+    res = reshard.run(*ctx_for(root, stages, "reshard"))
+    assert res["shards"]["skipped_already_done"] == 3
+    assert {p: p.stat().st_mtime_ns for p in Path(out.path, "shards").glob("*.tar")} == before
+
+
+def test_a_new_plan_rebuilds_the_output_and_removes_extra_shards(filtered):
+    root, kept, _ = filtered
+    first = {"reshard": {"input": "pool", "recipe": "words", "output": "train2", "samples_per_shard": 5}}
+    reshard.run(*ctx_for(root, first, "reshard"))
+    out = Dataset(str(root), "train2")
+    assert len(out.done_shards()) == 6
+    order_a = [k for k, *_ in read_output(out)]
+    second = {"reshard": {"input": "pool", "recipe": "words", "output": "train2", "samples_per_shard": 13,
+                          "seed": 1}}
+    res = reshard.run(*ctx_for(root, second, "reshard"))
+    assert res["shards"]["skipped_already_done"] == 0
+    assert sorted(out.done_shards()) == ["00000", "00001", "00002"]
+    assert sorted(p.name for p in Path(out.path, "shards").glob("*.tar")) == ["00000.tar", "00001.tar", "00002.tar"]
+    order_b = [k for k, *_ in read_output(out)]
+    assert sorted(order_b) == sorted(order_a) == sorted(kept) and order_b != order_a
+    assert json.loads(Path(out.path, "shards", "sizes.json").read_text()) == {
+        "00000.tar": 9, "00001.tar": 9, "00002.tar": 9}
+
+
+def test_missing_selection_is_a_clear_error(filtered):
+    root, _, _ = filtered
+    with pytest.raises(Exception, match="no selection/basic.parquet; run a filter stage with recipe 'basic'"):
+        reshard.run(*ctx_for(root, {"reshard": {"input": "pool", "recipe": "basic"}}, "reshard"))
