@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -36,7 +37,9 @@ class ImageInfo:
 
 
 def _error(err: BaseException) -> str:
-    return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"[:200]
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    text = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "<bytes>", text)  # no memory addresses: reruns give equal rows
+    return f"{type(err).__name__}: {text}"[:200]
 
 
 def decode_image(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[ImageInfo, Image.Image | None]:

@@ -17,20 +17,23 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+REPO_MODEL_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "models"  # winnow's tiny models
+
 
 def register_model_config(path: str | None) -> None:
-    """Make a model config JSON (file or folder of files) known to open_clip; idempotent."""
-    if not path:
-        return
+    """Make winnow's configs/models/ and a model config JSON (file or folder) known to open_clip; idempotent."""
     import open_clip
-
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"model_config {path}: no such file or folder")
     from open_clip import factory
 
-    if p.resolve() not in {q.resolve() for q in factory._MODEL_CONFIG_PATHS}:
-        open_clip.add_model_config(p)
+    paths = [REPO_MODEL_CONFIGS] if REPO_MODEL_CONFIGS.is_dir() else []
+    if path:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"model config {path}: no such file or folder")
+        paths.append(Path(path))
+    known = {q.resolve() for q in factory._MODEL_CONFIG_PATHS}
+    for p in paths:
+        if p.resolve() not in known:
+            open_clip.add_model_config(p)
 
 
 def resolve_preprocess(name: str, pretrained: str | None = None, model_config: str | None = None) -> dict:
@@ -42,7 +45,7 @@ def resolve_preprocess(name: str, pretrained: str | None = None, model_config: s
     import open_clip
     from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
-    register_model_config(model_config)
+    register_model_config(model_config)  # before name lookups: the name may be one of winnow's own configs
     cfg = asdict(PreprocessCfg())
     if name.startswith("hf-hub:"):
         from open_clip.pretrained import download_pretrained_from_hf

@@ -145,6 +145,7 @@ def write_scored_shard(ds: Dataset, shard: str, cols: dict | None, info: dict, c
     from filtering.signals import to_table
 
     with_model = cfg.model is not None
+    keep_emb = with_model and cfg.keep_embeddings
     if cols is None:  # an empty shard (or one whose tar was unreadable from the first byte) still gets a file
         from filtering.signals import signals_schema
 
@@ -154,13 +155,13 @@ def write_scored_shard(ds: Dataset, shard: str, cols: dict | None, info: dict, c
         order = np.argsort(np.asarray(cols["key"]).astype(str), kind="stable")  # deterministic row order
         cols = {k: np.asarray(v)[order] for k, v in cols.items()}
         table = to_table(cols, with_model)
-        emb = np.asarray(cols["image_embedding"], dtype=np.float16) if with_model else None
+        emb = np.asarray(cols["image_embedding"], dtype=np.float16) if keep_emb else None
     files = {}
     sig_url = ds.shard_file(shard, "parquet", "signals")
     with atomic_write(sig_url, "wb") as f:
         pq.write_table(table, f)
     files[f"signals/{shard}.parquet"] = file_record(*fs_and_path(sig_url))
-    if with_model and cfg.keep_embeddings:
+    if keep_emb:
         emb_url = ds.shard_file(shard, "npy", "embeddings")
         with atomic_write(emb_url, "wb") as f:
             np.save(f, emb)

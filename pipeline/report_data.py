@@ -1,0 +1,184 @@
+"""What the report reads: manifests of every dataset under the run root, the scored pool's signals, the filter
+selections, training results (`train.json`, `eval.json`), and thumbnails read from the shards by byte range."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.layout import Dataset, fs_and_path, join
+from pipeline.report_html import jpeg_uri
+
+log = logging.getLogger(__name__)
+
+SIGNAL_COLUMNS = ["uid", "shard", "key", "caption", "width", "height", "aspect_ratio", "image_bytes", "decodable",
+                  "decode_error", "caption_chars", "caption_words", "generic_caption", "generic_reason", "dfn_score"]
+
+
+def _read_json(url: str) -> Any:
+    fs, path = fs_and_path(url)
+    with fs.open(path, "r") as f:
+        return json.load(f)
+
+
+def find_manifests(root: str) -> dict[str, dict]:
+    """dataset name -> manifest, for every `<root>/<name>/manifest.json`."""
+    fs, path = fs_and_path(root)
+    out = {}
+    if not fs.exists(path):
+        return out
+    for p in sorted(fs.glob(f"{path}/*/manifest.json")):
+        try:
+            with fs.open(p, "r") as f:
+                out[p.rstrip("/").split("/")[-2]] = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            log.warning("report: unreadable manifest %s", p)
+    return out
+
+
+def find_results(root: str, names: tuple[str, ...] = ("train.json", "eval.json")) -> dict[str, dict]:
+    """'<dir>/<file>' -> JSON, for training and evaluation results one or two folders below the run root."""
+    fs, path = fs_and_path(root)
+    out = {}
+    if not fs.exists(path):
+        return out
+    for pattern in ("*/{n}", "*/*/{n}"):
+        for name in names:
+            for p in sorted(fs.glob(f"{path}/{pattern.format(n=name)}")):
+                rel = p[len(path.rstrip("/")) + 1:]
+                try:
+                    with fs.open(p, "r") as f:
+                        out[rel] = json.load(f)
+                except (OSError, json.JSONDecodeError):
+                    continue
+    return out
+
+
+def load_signals(ds: Dataset):
+    """The scored pool as a pandas DataFrame (report columns only), or None when nothing is scored."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    frames = []
+    for shard in sorted(ds.done_shards("signals")):
+        fs, path = fs_and_path(ds.shard_file(shard, "parquet", "signals"))
+        with fs.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            frames.append(pf.read(columns=[c for c in SIGNAL_COLUMNS if c in pf.schema_arrow.names]).to_pandas())
+    if not frames:
+        return None
+    df = pd.concat(frames, ignore_index=True)
+    df["min_side"] = np.fmin(df["width"].astype(float), df["height"].astype(float))
+    return df
+
+
+def load_selections(ds: Dataset) -> dict[str, tuple[dict, Any]]:
+    """recipe -> (selection/<recipe>.json, selection/<recipe>.parquet as a DataFrame)."""
+    import pyarrow.parquet as pq
+
+    fs, path = fs_and_path(ds.sub("selection"))
+    out = {}
+    if not fs.exists(path):
+        return out
+    for p in sorted(fs.glob(f"{path}/*.json")):
+        try:
+            with fs.open(p, "r") as f:
+                info = json.load(f)
+            name = info.get("recipe") or p.rsplit("/", 1)[-1][:-5]
+            with fs.open(ds.sub("selection", f"{name}.parquet"), "rb") as f:
+                out[name] = (info, pq.read_table(f).to_pandas())
+        except (OSError, json.JSONDecodeError, KeyError):
+            log.warning("report: unreadable selection %s", p)
+    return out
+
+
+class Thumbnails:
+    """Small JPEG data URIs of samples, read by byte range from the shards (headers indexed once per shard)."""
+
+    def __init__(self, ds: Dataset, size: int = 128):
+        self.ds, self.size = ds, size
+        self.index: dict[str, dict] = {}
+        self.cache: dict[tuple[str, str], str | None] = {}
+
+    def __call__(self, shard: str, key: str) -> str | None:
+        if (shard, key) not in self.cache:
+            self.cache[(shard, key)] = self._make(shard, key)
+        return self.cache[(shard, key)]
+
+    def _make(self, shard: str, key: str) -> str | None:
+        from PIL import Image
+
+        from pipeline.shards import index_samples, read_ranges
+
+        url = self.ds.shard_file(shard, "tar")
+        try:
+            if shard not in self.index:
+                self.index[shard] = index_samples(url)
+            members = self.index[shard].get(key, {})
+            ext = next((e for e in ("jpg", "jpeg", "png", "webp") if e in members), None)
+            if ext is None:
+                return None
+            (data,) = read_ranges(url, [members[ext]])
+            im = Image.open(io.BytesIO(data))
+            if im.width * im.height > 40_000_000:
+                return None
+            im = im.convert("RGB")
+            im.thumbnail((self.size, self.size))
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=80)
+            return jpeg_uri(buf.getvalue())
+        except Exception as err:  # a thumbnail that cannot be made is a missing picture, not a failed report
+            log.debug("report: no thumbnail for %s/%s: %s", shard, key, err)
+            return None
+
+
+@dataclass
+class ReportData:
+    """Everything a report section may use; sections render what exists and skip what does not."""
+
+    root: str
+    dataset: Dataset
+    name: str = "winnow"
+    pipeline: Any = None  # the PipelineConfig, when built from one
+    manifests: dict[str, dict] = field(default_factory=dict)
+    signals: Any = None  # pandas DataFrame of the scored pool, or None
+    selections: dict[str, tuple[dict, Any]] = field(default_factory=dict)
+    results: dict[str, dict] = field(default_factory=dict)
+    thumbs: Thumbnails | None = None
+    max_cards: int = 8
+
+    @classmethod
+    def load(cls, root: str, dataset: str, pipeline=None, max_cards: int = 8) -> ReportData:
+        ds = Dataset(root, dataset)
+        return cls(root=root, dataset=ds, name=getattr(pipeline, "name", "winnow"), pipeline=pipeline,
+                   manifests=find_manifests(root), signals=load_signals(ds) if ds.exists() else None,
+                   selections=load_selections(ds) if ds.exists() else {}, results=find_results(root),
+                   thumbs=Thumbnails(ds), max_cards=max_cards)
+
+    @property
+    def manifest(self) -> dict:
+        return self.manifests.get(self.dataset.name, {})
+
+    def sections_of_kind(self, kind: str) -> list[tuple[str, str, dict]]:
+        """(dataset, stage, section) for manifest sections of a stage kind, in every dataset."""
+        out = []
+        for ds_name, m in self.manifests.items():
+            for stage, sec in (m.get("stages") or {}).items():
+                k = sec.get("kind") or self._kind_from_config(stage)
+                if k == kind:
+                    out.append((ds_name, stage, sec))
+        return out
+
+    def _kind_from_config(self, stage: str) -> str | None:
+        if self.pipeline is not None and stage in getattr(self.pipeline, "stages", {}):
+            return self.pipeline.stages[stage].kind
+        return stage
+
+    def report_url(self) -> str:
+        """`<dataset>/report/index.html`; `<root>/report/index.html` while the dataset does not exist yet."""
+        return join(self.dataset.url if self.dataset.exists() else self.root, "report", "index.html")
