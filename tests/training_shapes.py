@@ -5,7 +5,7 @@ Twelve classes (4 colours x 3 shapes), so zero-shot chance is 1/12. A training s
 `classnames.json` like the synthetic source's held-out set. Images are drawn at random positions and sizes on
 a noisy background, so the task is easy but not trivial.
 
-    python tests/unit/training/shapes.py /tmp/shapes   # writes /tmp/shapes/pool and /tmp/shapes/test
+    python tests/training_shapes.py /tmp/shapes   # writes /tmp/shapes/pool and /tmp/shapes/test
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import random
 import sys
 
 import numpy as np
+import pytest
 import webdataset as wds
 from PIL import Image, ImageDraw
 
@@ -95,6 +96,15 @@ def make_testset(folder: str, n: int = 240, seed: int = 1) -> tuple[str, str]:
     with open(names, "w") as f:
         json.dump({"classnames": CLASSNAMES, "templates": TEMPLATES}, f)
     return os.path.join(folder, "00000.tar"), names
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory) -> dict:
+    """Four training shards (1024 samples) in a winnow dataset, and a 240-image labelled held-out set."""
+    root = str(tmp_path_factory.mktemp("shapes"))
+    pool = make_pool(root, "pool", shards=4, per_shard=256)
+    test, classnames = make_testset(os.path.join(root, "test"))
+    return {"root": root, "pool": pool, "test": test, "classnames": classnames}
 
 
 if __name__ == "__main__":

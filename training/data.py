@@ -124,6 +124,9 @@ class ShardStream(IterableDataset):
         buf: list[dict] = []
         for shards in self.shards():
             for sample in tar_samples(shards, errors):
+                if self.shuffle_buffer <= 1:
+                    yield sample
+                    continue
                 if len(buf) < self.shuffle_buffer:
                     buf.append(sample)
                     continue

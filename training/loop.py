@@ -20,6 +20,7 @@ from contextlib import nullcontext
 import torch
 import torch.distributed as dist
 
+from pipeline.layout import read_json, write_json_atomic
 from training import checkpoint as ckpt
 from training.config import OptimConfig, TrainConfig
 from training.data import ShardStream, TokenEncoder, make_loader
@@ -87,6 +88,13 @@ def resume_state(ckpt_root: str, rank: int) -> dict | None:
     return ckpt.load_checkpoint(path, rank) if path else None
 
 
+def record_resume(out_dir: str, step: int) -> None:
+    """`resumes.json` lists the steps this run resumed from (after a worker failure or a rerun)."""
+    path = os.path.join(out_dir, "resumes.json")
+    steps = read_json(path) if os.path.isfile(path) else []
+    write_json_atomic(path, [*steps, step])
+
+
 def train_worker(config: dict) -> dict:
     """Ray Train's `train_loop_per_worker`; `config` comes from `training.trainer.fit`."""
     import ray.train
@@ -124,6 +132,7 @@ def train_worker(config: dict) -> dict:
         start_step, samples_seen = resumed["state"]["step"], resumed["state"]["samples_seen"]
         if rank == 0:
             log.warning("resuming from step %d (%d samples seen)", start_step, samples_seen)
+            record_resume(out_dir, start_step)
     model.to(device)
     ddp = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
     model.train()
@@ -185,11 +194,12 @@ def train_worker(config: dict) -> dict:
                     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                         out = ddp(images) if cfg.objective == "catlip" else ddp(images, texts)
                         loss = objective(out, {"text": texts})["loss"] / cfg.optim.accum_steps
-                    finite = all_ranks_true(bool(torch.isfinite(loss)), world, device)
-                    if not finite:
-                        break
-                    scaler.scale(loss).backward()
-                step_loss += float(loss.detach())
+                    step_loss += float(loss.detach())
+                    finite = all_ranks_true(math.isfinite(step_loss), world, device)
+                    if finite:
+                        scaler.scale(loss).backward()
+                if not finite:
+                    break
 
             # --- update, unless the loss or (without a scaler) the gradient is not finite -------------------
             grad_norm = float("nan")

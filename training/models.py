@@ -90,6 +90,11 @@ def build_model(cfg: ModelConfig, objective: str, vocab_size: int = 0) -> BuiltM
         kwargs.update(SIGLIP_INIT)  # a softmax-CLIP architecture trained with the sigmoid loss
     clip, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
         name, pretrained=cfg.pretrained, force_patch_dropout=cfg.patch_dropout or None, **kwargs)
+    decoder = getattr(clip, "text_decoder", None)
+    if decoder is not None and cfg.pretrained is None:
+        # open_clip 3.3's CoCa leaves its decoder's text_projection as torch.empty (garbage memory; its own
+        # init_parameters is never called and would fail): initialise it as that method means to
+        nn.init.normal_(decoder.text_projection, std=decoder.width ** -0.5)
     tokenizer = open_clip.get_tokenizer(name)
     model_cfg = {**model_cfg, **kwargs}
     model_cfg.get("vision_cfg", {}).pop("patch_dropout", None)  # a training-time setting, not architecture

@@ -16,6 +16,7 @@ import logging
 import os
 import time
 
+from pipeline.layout import read_json
 from training.config import TrainConfig
 
 log = logging.getLogger("winnow.train")
@@ -89,6 +90,9 @@ def fit(cfg: TrainConfig, shards: list[str], out_dir: str) -> dict:
         state = json.load(f)
     with open(os.path.join(out_dir, "eval.json")) as f:
         evaluation = json.load(f)
-    return {"step": state["step"], "samples_seen": state["samples_seen"], "eval": evaluation,
-            "seconds": round(seconds, 2), "last_checkpoint": last, "metrics": dict(result.metrics or {}),
-            "weights": os.path.join(out_dir, "model.pt"), "vocab_size": len(vocab)}
+    resumes = os.path.join(out_dir, "resumes.json")
+    resumed_from = read_json(resumes) if os.path.isfile(resumes) else []
+    return {"step": state["step"], "resumed_from": resumed_from, "samples_seen": state["samples_seen"],
+            "eval": evaluation, "seconds": round(seconds, 2), "last_checkpoint": last,
+            "metrics": dict(result.metrics or {}), "weights": os.path.join(out_dir, "model.pt"),
+            "vocab_size": len(vocab)}

@@ -1,0 +1,94 @@
+"""The train-clip stage: pretrain an image-text encoder (CLIP / SigLIP / CoCa / CatLIP) on a dataset's shards.
+
+    winnow run configs/demo.yaml --stage train_encoder
+
+Input: the complete shards of dataset `input` (or `data.input_shards`, a glob/brace pattern). Output, under
+`<root>/<output>/` (default: the stage's name): `checkpoints/step_*`, `metrics.csv`, `tb/`, `curves.png`,
+`model.pt` (open_clip-loadable: `open_clip.create_model_and_transforms(name, pretrained=".../model.pt")`, after
+`training.models.register_local_configs()` for our tiny configs), `eval.json` and `train.json`. Rerunning the
+command resumes from the newest checkpoint. With no evaluation set configured and a synthetic web in the pipeline
+config, the web's held-out test set is the zero-shot and retrieval evaluation.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pipeline.config import ConfigError, config_hash
+from pipeline.layout import join, write_json_atomic
+from pipeline.stages.base import StageConfig, StageContext
+from training.config import EvalConfig, RetrievalConfig, TrainConfig, ZeroShotConfig
+
+
+class TrainClipConfig(StageConfig, TrainConfig):
+    """`input`: the dataset whose shards train the model; `output`: the model directory (default: stage name)."""
+
+
+CONFIG = TrainClipConfig
+
+
+def input_shards(ctx: StageContext, cfg: TrainClipConfig) -> list[str]:
+    from training.data import NoShardsError, expand_shards
+
+    if cfg.data.input_shards:
+        try:
+            return expand_shards(cfg.data.input_shards)
+        except NoShardsError as err:
+            raise ConfigError(f"stages.{ctx.stage}.data.input_shards: {err}") from None
+    if not cfg.input:
+        raise ConfigError(f"stages.{ctx.stage}: set `input` (a dataset name) or `data.input_shards` (a pattern)")
+    ds = ctx.dataset(cfg.input)
+    shards = ds.shard_files()
+    if not shards:
+        raise ConfigError(f"stages.{ctx.stage}.input: dataset {cfg.input!r} has no complete shards "
+                          f"(no shard matches {ds.sub('shards', '*.tar')!r} with a _done marker)")
+    return shards
+
+
+def default_eval(ctx: StageContext, cfg: EvalConfig) -> EvalConfig:
+    """The synthetic web's held-out set, when the config names no evaluation set and the pipeline has a web."""
+    if cfg.zeroshot or cfg.retrieval or not cfg.synthetic_test or ctx.pipeline.synthetic is None:
+        return cfg
+    test = join(ctx.pipeline.synthetic_dir(), "test")
+    if not os.path.exists(join(test, "classnames.json")):
+        return cfg
+    pattern = join(test, "*.tar")
+    return cfg.model_copy(update={
+        "zeroshot": ZeroShotConfig(shards=pattern, classnames=join(test, "classnames.json")),
+        "retrieval": RetrievalConfig(shards=pattern)})
+
+
+def run(ctx: StageContext, cfg: TrainClipConfig) -> dict[str, Any]:
+    from pipeline.runtime import init_ray
+    from pipeline.summary import fmt_seconds, print_summary
+    from training.trainer import fit
+
+    out_dir = ctx.path(cfg.output or ctx.stage)
+    shards = input_shards(ctx, cfg)
+    train_cfg = TrainConfig.model_validate(cfg.model_dump(exclude={"kind", "input", "output"}))
+    train_cfg = train_cfg.model_copy(update={"eval": default_eval(ctx, train_cfg.eval)})
+    cluster = init_ray(ctx.pipeline.ray) if train_cfg.scaling.num_workers > 0 else {}
+    result = fit(train_cfg, shards, out_dir)
+
+    record = {"kind": "train-clip", "config": cfg.model_dump(mode="json"), "config_hash": config_hash(cfg),
+              "input": {"dataset": cfg.input, "shards": len(shards)}, "cluster": cluster, **result}
+    write_json_atomic(join(out_dir, "train.json"), record)
+    zs, rt = result["eval"].get("zeroshot", {}), result["eval"].get("retrieval", {})
+    rows: list[tuple[str, Any]] = [
+        ("model", f"{cfg.model.name} ({cfg.objective})"),
+        ("steps", f"{result['step']}/{cfg.steps} ({result['samples_seen']} samples)"),
+        ("workers", f"{cfg.scaling.num_workers} x {cfg.scaling.cpus_per_worker} CPU, "
+                    f"{cfg.scaling.gpus_per_worker} GPU"),
+        ("wall time", fmt_seconds(result["seconds"])),
+        ("final loss", f"{result['metrics'].get('loss', float('nan')):.4f}"),
+    ]
+    if zs:
+        rows.append(("zero-shot", f"top-1 {zs['top1']:.1%}, top-5 {zs['top5']:.1%} "
+                                  f"(chance {zs['chance']:.1%}, {zs['samples']} images)"))
+    if rt:
+        rows.append(("retrieval", f"image->text R@1 {rt['image_to_text_R@1']:.1%}, "
+                                  f"text->image R@1 {rt['text_to_image_R@1']:.1%}"))
+    rows.append(("weights", result["weights"]))
+    print_summary(f"stage {ctx.stage}", rows)
+    return {"model_dir": out_dir, **{k: v for k, v in record.items() if k != "config"}}

@@ -1,0 +1,140 @@
+"""Model names, SigLIP's initialisation, checkpoints that round-trip, final weights open_clip loads, no pickles."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+
+from training import checkpoint as ckpt
+from training.config import ModelConfig
+from training.models import UnknownModelError, build_model, check_model_name, register_local_configs, set_patch_dropout
+
+
+def test_an_unknown_model_name_lists_the_closest_known_names():
+    with pytest.raises(UnknownModelError) as err:
+        check_model_name("tiny-sigmod-vit")
+    assert "unknown model 'tiny-sigmod-vit'" in str(err.value)
+    assert "tiny-sigmoid-vit" in str(err.value)
+    with pytest.raises(UnknownModelError, match="ViT-B-32"):
+        check_model_name("ViT-B-23")
+    assert check_model_name("ViT-B/32") == "ViT-B/32"  # open_clip's own spelling is accepted
+
+
+def test_siglip_starts_at_t_ln10_and_bias_minus_10_on_any_architecture():
+    for name in ("tiny-sigmoid-vit", "tiny-clip-vit"):  # the second is a softmax-CLIP config
+        clip = build_model(ModelConfig(name=name), "siglip").clip
+        assert clip.logit_scale.item() == pytest.approx(math.log(10))
+        assert clip.logit_bias.item() == pytest.approx(-10.0)
+    assert build_model(ModelConfig(name="tiny-clip-vit"), "clip").clip.logit_bias is None
+
+
+def test_flip_patch_dropout_is_random_in_training_and_off_for_tuning_and_eval():
+    torch.manual_seed(0)
+    clip = build_model(ModelConfig(name="tiny-clip-vit", patch_dropout=0.5), "clip").clip.train()
+    x = torch.randn(2, 3, 32, 32)
+    assert not torch.equal(clip.encode_image(x), clip.encode_image(x))  # different patches dropped each call
+    set_patch_dropout(clip, 0.0)
+    assert torch.equal(clip.encode_image(x), clip.encode_image(x))
+    set_patch_dropout(clip, 0.5)
+    clip.eval()
+    assert torch.equal(clip.encode_image(x), clip.encode_image(x))
+
+
+@pytest.mark.parametrize("name", ["tiny-sigmoid-vit", "tiny-coca"])
+def test_final_weights_load_in_open_clip_with_identical_embeddings(tmp_path, name):
+    torch.manual_seed(1)
+    built = build_model(ModelConfig(name=name), "siglip" if "sigmoid" in name else "coca")
+    with torch.no_grad():  # move away from any default init, so equality means the weights were loaded
+        for p in built.clip.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    path = str(tmp_path / "model.pt")
+    ckpt.save_weights(path, built.clip)
+
+    register_local_configs()
+    loaded, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=path)
+    images = torch.randn(3, 3, 32, 32)
+    texts = open_clip.get_tokenizer(name)(["a red circle", "a blue square", "a green triangle"])
+    built.clip.eval(), loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(images), built.clip.encode_image(images))
+        assert torch.equal(loaded.encode_text(texts), built.clip.encode_text(texts))
+        assert torch.equal(loaded.logit_scale, built.clip.logit_scale)
+
+
+def test_a_step_checkpoint_restores_model_optimizer_and_rng(tmp_path):
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.98))
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(5, 4)).pow(2).sum().backward()
+        opt.step()
+    path = str(tmp_path / ckpt.step_dir_name(3))
+    ckpt.save_rank_rng(path, 0)
+    ckpt.save_checkpoint(path, model=model, optimizer=opt, state={"step": 3, "samples_seen": 15}, world=1)
+    expected = (torch.rand(3), np.random.rand(), random.random())  # what the RNGs give next
+
+    assert ckpt.latest_checkpoint(str(tmp_path)) == path
+    loaded = ckpt.load_checkpoint(path, rank=0)
+    fresh = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-2, betas=(0.9, 0.98))
+    fresh.load_state_dict(loaded["model"])
+    fresh_opt.load_state_dict(loaded["optimizer"])
+    ckpt.set_rng_state(*loaded["rng"])
+    assert loaded["state"]["step"] == 3
+    assert torch.equal(torch.rand(3), expected[0]) and np.random.rand() == expected[1]
+    assert random.random() == expected[2]
+    # the same next update from the restored optimizer (its moments came back)
+    x = torch.randn(5, 4)
+    for m, o in ((model, opt), (fresh, fresh_opt)):
+        o.zero_grad()
+        m(x).pow(2).sum().backward()
+        o.step()
+    for a, b in zip(model.parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_an_incomplete_checkpoint_is_not_the_latest(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    for step in (10, 20):
+        path = str(tmp_path / ckpt.step_dir_name(step))
+        ckpt.save_rank_rng(path, 0)
+        ckpt.save_checkpoint(path, model=model, optimizer=opt, state={"step": step, "samples_seen": 0}, world=1)
+    (tmp_path / ckpt.step_dir_name(20) / "optimizer.safetensors").unlink()  # a crash mid-copy
+    assert ckpt.latest_checkpoint(str(tmp_path)).endswith(ckpt.step_dir_name(10))
+    with pytest.raises(ckpt.CheckpointError, match="incomplete"):
+        ckpt.load_checkpoint(str(tmp_path / ckpt.step_dir_name(20)))
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this would run on load",))
+
+
+def test_weights_with_a_pickled_object_are_refused(tmp_path):
+    path = str(tmp_path / "evil.pt")
+    torch.save({"weight": torch.zeros(2), "extra": Payload()}, path)
+    with pytest.raises(ckpt.CheckpointError, match="refusing to load.*pickled Python objects"):
+        ckpt.load_weights(path)
+    good = str(tmp_path / "good.pt")
+    torch.save({"module.weight": torch.ones(2)}, good)
+    assert torch.equal(ckpt.load_weights(good)["weight"], torch.ones(2))
+
+
+def test_coca_starts_from_the_same_finite_weights_whatever_memory_held():
+    # open_clip 3.3 leaves CoCa's decoder projection uninitialised (torch.empty); build_model initialises it
+    states = []
+    for _ in range(2):
+        junk = torch.full((8_000_000,), 3e30)
+        del junk  # freed memory full of huge numbers, which torch.empty may hand back
+        torch.manual_seed(0)
+        states.append(build_model(ModelConfig(name="tiny-coca"), "coca").clip.state_dict())
+    for name, tensor in states[0].items():
+        assert torch.equal(tensor, states[1][name]), name
+        assert tensor.float().abs().max() < 100, name
