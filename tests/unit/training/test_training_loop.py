@@ -1,0 +1,95 @@
+"""The loop's guarantees: LiT leaves locked weights alone, NaN steps are skipped then stop the run, a rerun
+resumes instead of restarting, and `run_eval` on the saved weights agrees with the in-training evaluation."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import pytest
+import torch
+from test_training_objectives import tiny_run
+
+import training.loop
+from training.checkpoint import load_weights
+from training.config import EvalConfig, ModelConfig
+from training.data import ErrorCounter, tar_samples
+from training.eval import run_eval
+from training.models import build_model
+from training.trainer import TrainingDiverged, fit
+
+
+def test_lit_leaves_the_locked_image_tower_unchanged(shapes, tmp_path):
+    cfg = tiny_run("clip", "tiny-clip-vit", {"model": {"lock_image": True}}, steps=8)
+    fit(cfg, shapes["pool"], str(tmp_path))
+    trained = load_weights(str(tmp_path / "model.pt"))
+    torch.manual_seed(cfg.seed)  # the loop seeds the same way before building the model
+    initial = build_model(ModelConfig(name="tiny-clip-vit"), "clip").clip.state_dict()
+    visual = [k for k in initial if k.startswith("visual.")]
+    text = [k for k in initial if k.startswith(("transformer.", "token_embedding", "text_projection"))]
+    assert visual and text
+    assert all(torch.equal(trained[k], initial[k]) for k in visual)
+    assert sum(not torch.equal(trained[k], initial[k]) for k in text) >= len(text) // 2  # the text tower trained
+
+
+def test_non_finite_steps_are_skipped_and_enough_of_them_stop_the_run(shapes, tmp_path, monkeypatch):
+    make = training.loop.make_objective
+
+    def poisoned(*args, **kwargs):
+        objective = make(*args, **kwargs)
+        forward = objective.forward
+        calls = {"n": 0}
+
+        def nan_after_two(out, batch):
+            calls["n"] += 1
+            parts = forward(out, batch)
+            if calls["n"] in (2,) or calls["n"] > 3:  # one bad step, a good one, then bad for good
+                parts["loss"] = parts["loss"] * float("nan")
+            return parts
+
+        objective.forward = nan_after_two
+        return objective
+
+    monkeypatch.setattr(training.loop, "make_objective", poisoned)
+    cfg = tiny_run("siglip", "tiny-sigmoid-vit", {}, steps=20, max_bad_steps=3, log_every=1)
+    with pytest.raises(TrainingDiverged, match=r"3 consecutive steps had a non-finite loss.*step 6"):
+        fit(cfg, shapes["pool"], str(tmp_path))
+    with open(tmp_path / "metrics.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f)]
+    assert steps == [1, 3]  # step 2 was skipped, 4-6 were bad, the run stopped at the third
+
+
+def test_a_rerun_resumes_from_the_last_checkpoint(shapes, tmp_path):
+    first = tiny_run("siglip", "tiny-sigmoid-vit", {}, steps=10, checkpoint_every=5)
+    fit(first, shapes["pool"], str(tmp_path))
+    longer = first.model_copy(update={"steps": 15})  # "run the same command again", with more steps
+    result = fit(longer, shapes["pool"], str(tmp_path))
+    assert result["step"] == 15 and result["resumed_from"] == [10]
+    assert result["samples_seen"] == 15 * 32
+    with open(tmp_path / "metrics.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f)]
+    assert steps == [5, 10, 15]
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["step_0000010", "step_0000015"]  # keep_checkpoints: 2
+
+
+def test_run_eval_on_saved_weights_matches_the_training_eval_also_from_an_image_folder(shapes, tmp_path):
+    ev = {"zeroshot": {"shards": shapes["test"], "classnames": shapes["classnames"]},
+          "retrieval": {"shards": shapes["test"]}}
+    cfg = tiny_run("clip", "tiny-clip-vit", {}, steps=20).model_copy(update={"eval": EvalConfig(**ev)})
+    fit(cfg, shapes["pool"], str(tmp_path / "run"))
+    with open(tmp_path / "run" / "eval.json") as f:
+        during = json.load(f)
+    after = run_eval(ev, "tiny-clip-vit", str(tmp_path / "run" / "model.pt"), out=str(tmp_path / "eval.json"))
+    assert after["zeroshot"]["top1"] == during["zeroshot"]["top1"] > 1 / 12
+    assert after["retrieval"] == during["retrieval"]
+
+    # the same images as an ImageFolder (folders sort in class index order) give the same accuracy
+    for s in tar_samples([shapes["test"]], ErrorCounter()):
+        folder = tmp_path / "folder" / f"{int(s['cls']):02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{s['__key__']}.jpg").write_bytes(s["jpg"])
+    folder_eval = {"zeroshot": {"image_folder": str(tmp_path / "folder"), "classnames": shapes["classnames"]}}
+    from_folder = run_eval(folder_eval, "tiny-clip-vit", str(tmp_path / "run" / "model.pt"))
+    assert from_folder["zeroshot"]["samples"] == during["zeroshot"]["samples"]
+    assert from_folder["zeroshot"]["top1"] == pytest.approx(during["zeroshot"]["top1"])
