@@ -72,24 +72,54 @@ def resolve_preprocess(name: str, pretrained: str | None = None, model_config: s
 
 
 class Preprocessor:
-    """RGB PIL image -> uint8 array (H, W, 3): open_clip's eval resize and crop, without to-tensor/normalize."""
+    """RGB PIL image -> uint8 array (H, W, 3): open_clip's eval resize and crop, without to-tensor/normalize.
+
+    The common modes (square `shortest`, `squash`) are plain PIL calls with torchvision's exact size arithmetic,
+    so read tasks never import torch; other modes use open_clip's own transforms.
+    """
 
     def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.size = (int(cfg["size"][0]), int(cfg["size"][1]))  # (H, W)
+        self.shape = (*self.size, 3)
+        self.resample = Image.BILINEAR if cfg["interpolation"] == "bilinear" else Image.BICUBIC
+        square = self.size[0] == self.size[1]
+        self.fast = (cfg["resize_mode"] == "shortest" and square) or cfg["resize_mode"] == "squash"
+        self.steps = None if self.fast else self._open_clip_steps(cfg)
+
+    @staticmethod
+    def _open_clip_steps(cfg: dict) -> list:
         from open_clip.transform import image_transform
         from torchvision.transforms import Normalize, ToTensor
 
-        self.cfg = cfg
         full = image_transform(tuple(cfg["size"]), is_train=False, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
                                resize_mode=cfg["resize_mode"], interpolation=cfg["interpolation"],
                                fill_color=cfg["fill_color"])
         # Keep the geometric PIL steps; the actor does the tensor conversion and normalisation on the batch.
-        self.steps = [t for t in full.transforms if not isinstance(t, ToTensor | Normalize)
-                      and type(t).__name__ not in ("MaybeConvertMode", "MaybeToTensor")]
-        self.shape = (int(cfg["size"][0]), int(cfg["size"][1]), 3)
+        return [t for t in full.transforms if not isinstance(t, ToTensor | Normalize)
+                and type(t).__name__ not in ("MaybeConvertMode", "MaybeToTensor")]
+
+    def _resize_crop(self, img: Image.Image) -> Image.Image:
+        h_out, w_out = self.size
+        w, h = img.size
+        if self.cfg["resize_mode"] == "squash":
+            return img if (w, h) == (w_out, h_out) else img.resize((w_out, h_out), self.resample)
+        # torchvision Resize(int): the short side becomes `s`, the long side int(s * long / short)
+        s = h_out
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = s, int(s * long / short)
+        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+        if (new_w, new_h) != (w, h):
+            img = img.resize((new_w, new_h), self.resample)
+        top, left = int(round((new_h - s) / 2.0)), int(round((new_w - s) / 2.0))  # CenterCrop's rounding
+        return img.crop((left, top, left + s, top + s))
 
     def __call__(self, img: Image.Image) -> np.ndarray:
-        for step in self.steps:
-            img = step(img)
+        if self.fast:
+            img = self._resize_crop(img)
+        else:
+            for step in self.steps:
+                img = step(img)
         arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
         if arr.shape != self.shape:
             raise ValueError(f"preprocess produced {arr.shape}, expected {self.shape}")

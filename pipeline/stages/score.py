@@ -261,13 +261,15 @@ def run(ctx: StageContext, cfg: ScoreConfig) -> dict[str, Any]:
         raise ConfigError(f"{ctx.config_path or 'config'}: stages.{ctx.stage}: dataset {ds.url} has no complete "
                           "shards to score (run the download stage first)")
     preprocess_cfg = cfg.model.preprocess_cfg() if cfg.model else None  # fails early on a bad model name
-    resources, scored_now, embed_dim = {}, 0, None
+    resources, scored_now, embed_dim, first_batch = {}, 0, None, None
     if todo:
         resources = plan_resources(cfg, init_ray(ctx.pipeline.ray))
         data = build_dataset(ds, todo, cfg, resources, preprocess_cfg)
         collector = ShardCollector()
         bar = tqdm(total=len(inputs), initial=len(inputs) - len(todo), desc="score", unit="shard")
         for batch in data.iter_batches(batch_size=None, batch_format="numpy"):
+            if first_batch is None:
+                first_batch = time.time() - t0  # workers, actors and the model starting: not per-sample cost
             if "image_embedding" in batch:
                 embed_dim = int(np.asarray(batch["image_embedding"]).shape[1])
             for shard in collector.add(batch):
@@ -289,6 +291,7 @@ def run(ctx: StageContext, cfg: ScoreConfig) -> dict[str, Any]:
         **summary.as_dict(),
         "kind": "score",
         "run_samples_per_s": round(scored_now / max(wall, 1e-6), 2),
+        "startup_seconds": round(first_batch, 2) if first_batch is not None else None,
         "model": cfg.model.model_dump() if cfg.model else None,
         "model_key": model_key(cfg),
         "signals": signals_schema(cfg.model is not None).names,

@@ -65,3 +65,18 @@ def test_pickled_objects_in_a_checkpoint_are_refused(tiny, tmp_path):
     torch.save({"state_dict": {}, "payload": object()}, path)  # an arbitrary object needs pickle to load
     with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
         load_state_dict_safely(str(path))
+
+
+@pytest.mark.parametrize("mode", ["shortest", "squash", "longest"])
+def test_preprocess_crops_equal_open_clip_transforms(mode):
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    cfg = {"size": [32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic", "resize_mode": mode,
+           "fill_color": 0}
+    ours = Preprocessor(cfg)
+    ref = image_transform_v2(PreprocessCfg(size=32, mean=(0.5,) * 3, std=(0.5,) * 3, resize_mode=mode), False)
+    for size in [(64, 48), (33, 95), (32, 32), (17, 40), (301, 129)]:
+        img = smooth_image(sum(size), size)
+        want = ((ref(img).numpy().transpose(1, 2, 0) * 0.5 + 0.5) * 255).round().astype(np.uint8)
+        np.testing.assert_array_equal(ours(img), want, err_msg=f"{mode} {size}")
+    assert ours.fast == (mode != "longest")
