@@ -204,21 +204,32 @@ def plan_resources(cfg: ScoreConfig, cluster: dict) -> dict:
     """Actors, CPUs and GPUs that leave room for read tasks (actors on every CPU starve reads: ray#44687)."""
     cpus = float(cluster.get("cpus") or 1)
     gpus = float(cluster.get("gpus") or 0)
+    if cfg.model is None:  # signals only: read tasks are the whole stage
+        return {"actors": 0, "actor_cpus": 0.0, "actor_gpus": 0.0, "device": "cpu", "threads": 1,
+                "read_cpus": min(cfg.read_num_cpus, cpus)}
     use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and gpus > 0)
     actor_gpus = cfg.actor_num_gpus if cfg.actor_num_gpus is not None else (1.0 if use_gpu else 0.0)
+    if actor_gpus > 0 and gpus == 0:
+        raise ConfigError(f"score: device {cfg.device!r} / actor_num_gpus {actor_gpus} asks for a GPU, but the Ray "
+                          "cluster has none (set device: cpu, or run on a cluster with GPUs)")
     actors = cfg.actors
     if actor_gpus > 0 and gpus > 0:
         actors = min(actors, max(1, int(gpus // actor_gpus)))
-    room = max(cpus - cfg.read_num_cpus, 0.0)
-    if actors * cfg.actor_num_cpus > room:
-        fit = max(1, int(room // cfg.actor_num_cpus)) if room >= cfg.actor_num_cpus else 1
-        if fit < actors:
-            log.warning("score: %d actors x %.2g CPUs leave no CPU for reads on %.0f CPUs; using %d actors",
-                        actors, cfg.actor_num_cpus, cpus, fit)
+    read_cpus = cfg.read_num_cpus
+    if cpus < read_cpus + min(cfg.actor_num_cpus, 1.0):
+        # a tiny cluster: reads and the actor share it, or one of them could never be scheduled
+        read_cpus = cpus / 2
+        return {"actors": 1, "actor_cpus": cpus / 2, "actor_gpus": actor_gpus, "device": "cuda" if use_gpu else "cpu",
+                "threads": 1, "read_cpus": read_cpus}
+    room = cpus - read_cpus
+    fit = max(1, int(room // cfg.actor_num_cpus)) if room >= cfg.actor_num_cpus else 1
+    if fit < actors:
+        log.warning("score: %d actors x %.2g CPUs leave no CPU for reads on %.0f CPUs; using %d",
+                    actors, cfg.actor_num_cpus, cpus, fit)
         actors = fit
-    actor_cpus = cfg.actor_num_cpus if actors * cfg.actor_num_cpus <= room else max(room / actors, 0.25)
+    actor_cpus = min(cfg.actor_num_cpus, room / actors)
     return {"actors": actors, "actor_cpus": actor_cpus, "actor_gpus": actor_gpus,
-            "device": "cuda" if use_gpu else "cpu", "threads": max(1, int(round(actor_cpus)))}
+            "device": "cuda" if use_gpu else "cpu", "threads": max(1, int(round(actor_cpus))), "read_cpus": read_cpus}
 
 
 def build_dataset(ds: Dataset, shards: list[str], cfg: ScoreConfig, resources: dict, preprocess_cfg: dict | None):
@@ -231,7 +242,7 @@ def build_dataset(ds: Dataset, shards: list[str], cfg: ScoreConfig, resources: d
     data = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     # `memory` is a real reservation, and it also keeps Ray Data from fusing reads into the model actors (it fuses
     # ops whose remote args match), which would run decode and inference one after the other in one process.
-    data = data.map_batches(read_shard, batch_size=1, num_cpus=cfg.read_num_cpus,
+    data = data.map_batches(read_shard, batch_size=1, num_cpus=resources["read_cpus"],
                             memory=cfg.read_memory_mb * 1024 * 1024,
                             fn_kwargs={"chunk_rows": cfg.chunk_rows, "max_pixels": cfg.max_image_pixels,
                                        "preprocess_cfg": preprocess_cfg})

@@ -153,3 +153,22 @@ def test_kill_mid_run_then_rerun_scores_every_uid_exactly_once(ray_local, tmp_pa
     uids = all_uids(ds)
     assert len(uids) == len(set(uids)) == 50
     assert set(uids) == {s.uid for sh in shards for s in sh}
+
+
+def test_resources_leave_a_cpu_for_reads_and_refuse_a_missing_gpu():
+    from pipeline.config import ConfigError
+
+    model = {"name": "ViT-B-32"}
+    _, cfg = score_ctx("/tmp/unused", model, actors=4)
+    plan = score.plan_resources(cfg, {"cpus": 2, "gpus": 0})
+    assert (plan["actors"], plan["actor_cpus"], plan["read_cpus"], plan["actor_gpus"]) == (1, 1, 1, 0)
+    assert plan["device"] == "cpu"
+    plan = score.plan_resources(cfg, {"cpus": 8, "gpus": 0})
+    assert plan["actors"] == 4 and plan["actor_cpus"] * 4 + plan["read_cpus"] <= 8
+    plan = score.plan_resources(cfg, {"cpus": 16, "gpus": 2})
+    assert plan["actors"] == 2 and plan["actor_gpus"] == 1 and plan["device"] == "cuda"
+    plan = score.plan_resources(cfg, {"cpus": 1, "gpus": 0})
+    assert plan["actor_cpus"] + plan["read_cpus"] <= 1  # a 1-CPU cluster still runs: reads and actor share it
+    _, cfg = score_ctx("/tmp/unused", model, device="cuda")
+    with pytest.raises(ConfigError, match="has none"):
+        score.plan_resources(cfg, {"cpus": 4, "gpus": 0})
