@@ -111,10 +111,18 @@ class DFNScorer:
         self.device = pick_device(device)
         self.model, self.tokenizer = load_model(self.spec, self.device)
         pre = self.spec.preprocess_cfg()
-        size = getattr(self.model.visual, "image_size", pre["size"])
-        size = list(size) if isinstance(size, list | tuple) else [size, size]
-        if size != list(pre["size"]):
-            raise ValueError(f"{self.spec.name}: model expects {size} images, preprocessing resolved {pre['size']}")
+        # read tasks resolved the same dict without the model: it must be what open_clip attached to the model
+        want = dict(getattr(self.model.visual, "preprocess_cfg", None) or {})
+        size = want.get("size", getattr(self.model.visual, "image_size", pre["size"]))
+        want["size"] = list(size) if isinstance(size, list | tuple) else [size, size]
+        for key in ("size", "mean", "std", "interpolation", "resize_mode"):
+            if key not in want:
+                continue
+            same = want[key] == pre[key] if isinstance(pre[key], str) else \
+                np.allclose(np.asarray(want[key], dtype=float), np.asarray(pre[key], dtype=float))
+            if not same:
+                raise ValueError(f"{self.spec.name}: the model's {key} is {want[key]}, preprocessing resolved "
+                                 f"{pre[key]}")
         self.mean = torch.tensor(pre["mean"], device=self.device)
         self.std = torch.tensor(pre["std"], device=self.device)
         self.dtype = next(self.model.parameters()).dtype

@@ -36,12 +36,46 @@ def register_model_config(path: str | None) -> None:
             open_clip.add_model_config(p)
 
 
+# open_clip's PreprocessCfg() defaults (OpenAI's mean/std), used when no pretrained tag or hub config says otherwise
+DEFAULT_PREPROCESS = {"size": [224, 224], "mode": "RGB", "mean": [0.48145466, 0.4578275, 0.40821073],
+                      "std": [0.26862954, 0.26130258, 0.27577711], "interpolation": "bicubic",
+                      "resize_mode": "shortest", "fill_color": 0}
+
+
+def _config_json(name: str, model_config: str | None) -> dict | None:
+    """A model's config JSON found without importing open_clip (which imports torch): ours, the user's, built-in."""
+    import importlib.util
+
+    dirs = [REPO_MODEL_CONFIGS]
+    if model_config:
+        p = Path(model_config)
+        if p.is_file():
+            if p.stem == name:
+                return json.loads(p.read_text())
+        else:
+            dirs.insert(0, p)
+    spec = importlib.util.find_spec("open_clip")
+    if spec and spec.submodule_search_locations:
+        dirs.append(Path(list(spec.submodule_search_locations)[0]) / "model_configs")
+    for d in dirs:
+        if (d / f"{name}.json").is_file():
+            return json.loads((d / f"{name}.json").read_text())
+    return None
+
+
 def resolve_preprocess(name: str, pretrained: str | None = None, model_config: str | None = None) -> dict:
     """open_clip's PreprocessCfg (size, mean, std, interpolation, resize_mode, fill_color) for a model, as a dict.
 
-    Built-in names and registered configs read the pretrained tag's preprocessing (no download); `hf-hub:` models
-    read the hub's `open_clip_config.json` (a small file, cached for the actors that load the weights next).
+    Random or file weights use the defaults and the config's image size, read without importing torch (the score
+    stage's driver only needs this dict). Pretrained tags read the tag's preprocessing (no download); `hf-hub:`
+    models read the hub's `open_clip_config.json` (a small file, cached for the actors that load the weights).
     """
+    is_file = bool(pretrained) and Path(pretrained).is_file()
+    if ":" not in name and (not pretrained or is_file):
+        model_cfg = _config_json(name, model_config)
+        if model_cfg is not None:
+            size = model_cfg["vision_cfg"].get("image_size", 224)
+            return {**DEFAULT_PREPROCESS, "size": list(size) if isinstance(size, list | tuple) else [size, size]}
     import open_clip
     from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 

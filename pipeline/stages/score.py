@@ -254,6 +254,11 @@ def build_dataset(ds: Dataset, shards: list[str], cfg: ScoreConfig, resources: d
             compute=ray.data.ActorPoolStrategy(size=resources["actors"]),
             num_cpus=resources["actor_cpus"], num_gpus=resources["actor_gpus"] or None,
             batch_size=cfg.batch_size, batch_format="numpy")
+    # Ray Data merges a task's outputs up to `target_max_block_size` (128 MiB) before passing them on, so a shard's
+    # crops would reach the model only once the whole shard is read; chunk-sized blocks let the actor start on a
+    # shard's first rows while the rest is decoded. `data.context` is this dataset's own copy of the context.
+    row_bytes = 2048 + (int(np.prod(preprocess_cfg["size"])) * 3 if preprocess_cfg else 0)
+    data.context.target_max_block_size = max(1 << 20, cfg.chunk_rows * row_bytes)
     return data
 
 
@@ -275,9 +280,9 @@ def run(ctx: StageContext, cfg: ScoreConfig) -> dict[str, Any]:
     resources, scored_now, embed_dim, first_batch = {}, 0, None, None
     if todo:
         resources = plan_resources(cfg, init_ray(ctx.pipeline.ray))
-        data = build_dataset(ds, todo, cfg, resources, preprocess_cfg)
         collector = ShardCollector()
         bar = tqdm(total=len(inputs), initial=len(inputs) - len(todo), desc="score", unit="shard")
+        data = build_dataset(ds, todo, cfg, resources, preprocess_cfg)
         for batch in data.iter_batches(batch_size=None, batch_format="numpy"):
             if first_batch is None:
                 first_batch = time.time() - t0  # workers, actors and the model starting: not per-sample cost

@@ -80,3 +80,25 @@ def test_preprocess_crops_equal_open_clip_transforms(mode):
         want = ((ref(img).numpy().transpose(1, 2, 0) * 0.5 + 0.5) * 255).round().astype(np.uint8)
         np.testing.assert_array_equal(ours(img), want, err_msg=f"{mode} {size}")
     assert ours.fast == (mode != "longest")
+
+
+def test_preprocess_resolved_without_open_clip_equals_open_clips_own(tiny):
+    from dataclasses import asdict
+
+    import open_clip
+    from open_clip.transform import PreprocessCfg
+
+    from filtering.preprocess import DEFAULT_PREPROCESS, register_model_config, resolve_preprocess
+
+    register_model_config(tiny.config_file)  # for open_clip's side; ours reads the JSON files directly
+    defaults = asdict(PreprocessCfg())
+    assert {**defaults, "size": [224, 224], "mean": list(defaults["mean"]), "std": list(defaults["std"])} == \
+        DEFAULT_PREPROCESS
+    for name, pretrained, config in [(TINY_MODEL, tiny.pretrained, tiny.config_file), ("ViT-B-32", None, None),
+                                     ("RN50", None, None), ("tiny-clip-vit", None, None)]:
+        ours = resolve_preprocess(name, pretrained, config)
+        model = open_clip.create_model(name, pretrained=None) if name != TINY_MODEL else DFNScorer(tiny).model
+        theirs = model.visual.preprocess_cfg
+        size = theirs["size"]
+        assert ours["size"] == (list(size) if isinstance(size, tuple | list) else [size, size]), name
+        assert ours["mean"] == list(theirs["mean"]) and ours["resize_mode"] == theirs["resize_mode"], name
