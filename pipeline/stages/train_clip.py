@@ -91,4 +91,4 @@ def run(ctx: StageContext, cfg: TrainClipConfig) -> dict[str, Any]:
                                   f"text->image R@1 {rt['text_to_image_R@1']:.1%}"))
     rows.append(("weights", result["weights"]))
     print_summary(f"stage {ctx.stage}", rows)
-    return {"model_dir": out_dir, **{k: v for k, v in record.items() if k != "config"}}
+    return {"output": out_dir, **{k: v for k, v in record.items() if k != "config"}}
