@@ -33,8 +33,14 @@ class FilterConfig(StageConfig):
     @field_validator("recipe")
     @classmethod
     def _recipe_parses(cls, value: str) -> str:
-        from filtering.recipe import load_recipe
+        from filtering.recipe import RecipeError, load_recipe, resolve_recipe
 
+        try:
+            resolve_recipe(value)
+        except RecipeError:
+            if "/" in value or value.endswith((".yaml", ".yml")):
+                return value  # may be relative to the config file, unknown here: checked by preflight and run
+            raise
         load_recipe(value)  # unknown ops and bad parameters are config errors, before any stage runs
         return value
 

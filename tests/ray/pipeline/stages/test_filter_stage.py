@@ -128,3 +128,9 @@ def test_unknown_op_in_a_recipe_is_a_config_error_naming_the_file(tmp_path):
                               "p.yaml")
     msg = str(err.value)
     assert "bad.yaml: ops[1] clip_threshold: unknown op" in msg and "known ops: min_image_side" in msg
+
+
+def test_unknown_recipe_name_is_a_config_error_at_load(tmp_path):
+    with pytest.raises(ConfigError, match="recipe 'basicc': no such file.*recipes in configs/filters: .*basic"):
+        parse_pipeline_config({"root": str(tmp_path), "stages": {"filter": {"input": "pool", "recipe": "basicc"}}},
+                              "p.yaml")

@@ -106,3 +106,21 @@ def test_missing_selection_is_a_clear_error(filtered):
     root, _, _ = filtered
     with pytest.raises(Exception, match="no selection/basic.parquet; run a filter stage with recipe 'basic'"):
         reshard.run(*ctx_for(root, {"reshard": {"input": "pool", "recipe": "basic"}}, "reshard"))
+
+
+def test_score_filter_reshard_through_run_pipeline_then_report(ray_local, tmp_path):
+    from pipeline.run import run_pipeline
+
+    shards = [[sample(400 + 10 * s + i, caption=("IMG_1234.jpg" if i == 3 else None)) for i in range(10)]
+              for s in range(2)]
+    write_pool(tmp_path, "pool", shards)
+    stages = {"score": {"input": "pool"}, "filter": {"input": "pool", "recipe": "basic"},
+              "reshard": {"input": "pool", "recipe": "basic", "samples_per_shard": 6}}
+    pc = parse_pipeline_config({"name": "chain", "root": str(tmp_path), "stages": stages}, "chain.yaml")
+    res = run_pipeline(pc, config_path="chain.yaml")
+    assert res["filter"]["kept"] == 18 and res["reshard"]["samples"] == 18
+    out = Dataset(str(tmp_path), "pool-basic")  # the default output name: <input>-<recipe>
+    assert sum(json.loads(Path(out.path, "shards", "sizes.json").read_text()).values()) == 18
+    assert len(read_output(out)) == 18
+    report = Path(tmp_path, "pool", "report", "index.html").read_text()
+    assert "Recipe: basic" in report and "data:image/jpeg;base64," in report and "pool-basic" in report
