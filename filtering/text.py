@@ -13,8 +13,9 @@ _IMAGE_EXT = r"(?:jpe?g|png|gif|webp|bmp|tiff?|heic|avif|svg)"
 # A caption that is only a file name, with or without a path: "IMG_2041.jpg", "photos/DSC00012.JPG".
 _FILE_NAME = re.compile(rf"^\S*\.{_IMAGE_EXT}$", re.IGNORECASE)
 # Camera and phone default names without an extension: "IMG_2041", "DSC00012", "PXL_20230101_123456".
-_CAMERA_NAME = re.compile(r"^(?:img|dsc|dscn|dcim|pxl|pict?|photo|image|screenshot|scan|mvimg|gopr)[\s_-]*\d[\d_-]*$",
-                          re.IGNORECASE)
+_CAMERA_NAME = re.compile(
+    r"^(?:img|dsc|dscn|dcim|pxl|pict?|photo|image|screenshot|scan|mvimg|gopr|untitled|unnamed)[\s_-]*\d[\d_-]*$",
+    re.IGNORECASE)
 _WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*", re.UNICODE)
 
 # Phrases that web pages put on any picture. Compared after lower-casing and dropping punctuation.
@@ -27,6 +28,9 @@ BOILERPLATE = frozenset({
     "stock image", "product image", "featured image", "main image", "image of", "photo of", "picture of",
     "image description", "alt text", "alt", "logo", "icon", "banner", "advertisement", "ad", "spacer",
     "blank", "null", "none", "undefined", "n a", "na", "caption", "insert caption here", "your image here",
+    "download", "free download", "download now", "click here", "click here to download", "click to download",
+    "view full size", "view full image", "full size", "view image", "see more", "read more", "more info",
+    "screenshot", "screen shot", "image may contain", "no alt text", "image unavailable", "photo unavailable",
 })
 
 

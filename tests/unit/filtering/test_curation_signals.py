@@ -17,7 +17,8 @@ from filtering.text import caption_signals, generic_reason
     ("IMG_2041.jpg", "file_name"), ("photos/DSC00012.JPG", "file_name"), ("DSC_0042", "file_name"),
     ("PXL_20230101_123456", "file_name"), ("image", "boilerplate"), ("Click to enlarge!", "boilerplate"),
     ("No description available.", "boilerplate"), ("stock photo", "boilerplate"), ("sunset", "single_word"),
-    ("", "empty"), ("   ", "empty"), ("!!! ---", "no_words"),
+    ("", "empty"), ("   ", "empty"), ("!!! ---", "no_words"), ("Untitled-1", "file_name"),
+    ("click here to download", "boilerplate"), ("View full size", "boilerplate"), ("Free Download", "boilerplate"),
     ("a dog running on the beach", None), ("IMG of my cat sleeping", None), ("red car.jpg on a street", None),
 ])
 def test_generic_caption_reasons(caption, reason):
