@@ -99,14 +99,17 @@ def save_rank_rng(path: str, rank: int) -> list[str]:
 
 def save_checkpoint(path: str, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
                     world: int, scaler=None) -> None:
-    """Rank 0's part of a checkpoint: weights, optimizer and state.json (every rank adds its RNG files)."""
+    """Rank 0's part of a checkpoint, after its `save_rank_rng`: weights, optimizer and state.json (the other
+    ranks add their RNG files)."""
     os.makedirs(path, exist_ok=True)
     save_file(_tensors(model.state_dict()), os.path.join(path, "model.safetensors"))
     opt_tensors, opt_meta = flatten_optimizer(optimizer.state_dict())
     save_file(opt_tensors, os.path.join(path, "optimizer.safetensors"))
     _write_json(os.path.join(path, "optimizer.json"), opt_meta)
-    files = ["model.safetensors", "optimizer.safetensors", "optimizer.json"]
-    files += [f"rng_rank{r}.{ext}" for r in range(world) for ext in ("safetensors", "json")]
+    # sizes of rank 0's files (None: another rank's, unknown here) let a reader spot a half-copied directory
+    own = ("model.safetensors", "optimizer.safetensors", "optimizer.json", "rng_rank0.safetensors", "rng_rank0.json")
+    files = {name: os.path.getsize(os.path.join(path, name)) for name in own}
+    files |= {f"rng_rank{r}.{ext}": None for r in range(1, world) for ext in ("safetensors", "json")}
     scaler_state = scaler.state_dict() if scaler is not None and scaler.is_enabled() else None
     _write_json(os.path.join(path, "state.json"), {**state, "scaler": scaler_state, "world": world, "files": files})
 
@@ -120,18 +123,25 @@ def is_complete(path: str) -> bool:
             files = json.load(f)["files"]
     except (ValueError, KeyError):
         return False
-    return all(os.path.isfile(os.path.join(path, name)) for name in files)
+    for name, size in files.items():
+        full = os.path.join(path, name)
+        if not os.path.isfile(full) or (size is not None and os.path.getsize(full) != size):
+            return False
+    return True
+
+
+def complete_checkpoints(root: str) -> list[str]:
+    """Complete `step_*` directories under `root`, newest first."""
+    if not os.path.isdir(root):
+        return []
+    steps = sorted((int(m.group(1)), name) for name in os.listdir(root) if (m := STEP_DIR.match(name)))
+    return [os.path.join(root, name) for _, name in reversed(steps) if is_complete(os.path.join(root, name))]
 
 
 def latest_checkpoint(root: str) -> str | None:
     """The newest complete `step_*` directory under `root`, or None."""
-    if not os.path.isdir(root):
-        return None
-    steps = sorted((int(m.group(1)), name) for name in os.listdir(root) if (m := STEP_DIR.match(name)))
-    for _, name in reversed(steps):
-        if is_complete(os.path.join(root, name)):
-            return os.path.join(root, name)
-    return None
+    found = complete_checkpoints(root)
+    return found[0] if found else None
 
 
 def prune_checkpoints(root: str, keep: int) -> None:

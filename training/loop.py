@@ -84,8 +84,12 @@ def resume_state(ckpt_root: str, rank: int) -> dict | None:
     if found is not None:
         with found.as_directory() as path:
             return ckpt.load_checkpoint(path, rank)
-    path = ckpt.latest_checkpoint(ckpt_root)
-    return ckpt.load_checkpoint(path, rank) if path else None
+    for path in ckpt.complete_checkpoints(ckpt_root):  # newest first; one a crash left unreadable is passed over
+        try:
+            return ckpt.load_checkpoint(path, rank)
+        except Exception as err:  # safetensors raises its own error types for a damaged file
+            log.warning("checkpoint %s is unreadable (%s); trying an older one", path, err)
+    return None
 
 
 def record_resume(out_dir: str, step: int) -> None:

@@ -138,3 +138,15 @@ def test_coca_starts_from_the_same_finite_weights_whatever_memory_held():
     for name, tensor in states[0].items():
         assert torch.equal(tensor, states[1][name]), name
         assert tensor.float().abs().max() < 100, name
+
+
+def test_a_half_copied_checkpoint_is_passed_over(tmp_path):
+    model = torch.nn.Linear(64, 64)
+    opt = torch.optim.AdamW(model.parameters())
+    for step in (10, 20):
+        path = str(tmp_path / ckpt.step_dir_name(step))
+        ckpt.save_rank_rng(path, 0)
+        ckpt.save_checkpoint(path, model=model, optimizer=opt, state={"step": step, "samples_seen": 0}, world=1)
+    weights = tmp_path / ckpt.step_dir_name(20) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # an upload cut short: the file exists but is truncated
+    assert ckpt.latest_checkpoint(str(tmp_path)).endswith(ckpt.step_dir_name(10))
