@@ -150,3 +150,13 @@ def test_a_half_copied_checkpoint_is_passed_over(tmp_path):
     weights = tmp_path / ckpt.step_dir_name(20) / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # an upload cut short: the file exists but is truncated
     assert ckpt.latest_checkpoint(str(tmp_path)).endswith(ckpt.step_dir_name(10))
+
+
+def test_every_local_model_config_builds_a_model_of_a_few_million_parameters():
+    names = register_local_configs()
+    assert {"tiny-clip-vit", "tiny-sigmoid-vit", "tiny-coca"} <= set(names)
+    for name in names:
+        clip = open_clip.create_model(name)
+        params = sum(p.numel() for p in clip.parameters())
+        assert 1e6 < params < 1e7, f"{name}: {params / 1e6:.1f}M parameters"
+        assert clip.visual.image_size == (32, 32)
