@@ -175,20 +175,30 @@ def flat_metrics(result: dict) -> dict:
 
 
 def run_eval(cfg: EvalConfig | dict, model: str, weights: str | None = None, device: str | None = None,
-             out: str | None = None) -> dict:
+             out: str | None = None, catlip_dir: str | None = None) -> dict:
     """Evaluate open_clip model `model` with `weights` (a model.pt, an open_clip tag, or None for random init).
 
-    This is what `winnow eval CONFIG` calls; returns (and with `out`, writes as JSON) the metrics.
+    This is what `winnow eval CONFIG` calls; returns (and with `out`, writes as JSON) the metrics. For a CatLIP
+    run pass its output directory as `catlip_dir`: zero-shot then uses the word head and vocabulary saved there.
     """
     import open_clip
 
-    from training.models import check_model_name
+    from training.models import CatLIPModel, check_model_name, embed_dim
 
     cfg = cfg if isinstance(cfg, EvalConfig) else EvalConfig.model_validate(cfg)
     name = check_model_name(model)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     clip, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=weights, device=device)
-    result = Evaluator(cfg, preprocess, open_clip.get_tokenizer(name))(clip, clip, device)
+    net, words = clip, None
+    if catlip_dir:
+        from training.checkpoint import load_weights
+        from training.vocab import WordTargets
+
+        with open(f"{catlip_dir}/catlip_vocab.json") as f:
+            words = WordTargets(json.load(f)["words"])
+        net = CatLIPModel(clip, len(words.vocab), embed_dim(clip)).to(device)
+        net.head.load_state_dict(load_weights(f"{catlip_dir}/catlip_head.safetensors"))
+    result = Evaluator(cfg, preprocess, open_clip.get_tokenizer(name), words)(net, clip, device)
     result = {"model": model, "weights": weights, **result}
     if out:
         from pipeline.layout import write_json_atomic

@@ -118,6 +118,7 @@ def train_worker(config: dict) -> dict:
     model, clip = built.model, built.clip
     if cfg.objective != "siglip" and getattr(clip, "logit_bias", None) is not None:
         clip.logit_bias.requires_grad_(False)  # unused by this loss; DDP would wait for its gradient
+    model.to(device)  # before the optimizer exists, so a restored optimizer state lands on the device too
     objective = make_objective(cfg.objective, cfg.loss, rank, world)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
@@ -137,7 +138,6 @@ def train_worker(config: dict) -> dict:
         if rank == 0:
             log.warning("resuming from step %d (%d samples seen)", start_step, samples_seen)
             record_resume(out_dir, start_step)
-    model.to(device)
     ddp = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
     model.train()
 

@@ -45,6 +45,7 @@ def fit(cfg: TrainConfig, shards: list[str], out_dir: str) -> dict:
     """Train (or resume) a run in `out_dir`; return {"step", "eval", "seconds", ...}. Ray must be initialised
     unless `cfg.scaling.num_workers == 0`."""
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # the default in Ray 2.60; V1 lacks what we use
+    import torch
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -78,7 +79,11 @@ def fit(cfg: TrainConfig, shards: list[str], out_dir: str) -> dict:
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
     )
     t0 = time.time()
-    result = trainer.fit()
+    threads = torch.get_num_threads()
+    try:
+        result = trainer.fit()
+    finally:
+        torch.set_num_threads(threads)  # local mode trains in this process: leave its thread count as it was
     seconds = time.time() - t0
     if os.path.exists(stale):
         with open(stale) as f:

@@ -92,3 +92,19 @@ def run(ctx: StageContext, cfg: TrainClipConfig) -> dict[str, Any]:
     rows.append(("weights", result["weights"]))
     print_summary(f"stage {ctx.stage}", rows)
     return {"output": out_dir, **{k: v for k, v in record.items() if k != "config"}}
+
+
+def evaluate(ctx: StageContext, cfg: TrainClipConfig, out: str | None = None) -> dict[str, Any]:
+    """Evaluate this stage's trained model (`winnow eval CONFIG`): its final weights on its configured sets (or
+    the synthetic web's held-out set); writes `<model dir>/eval.json` unless `out` names another file."""
+    from training.eval import run_eval
+
+    model_dir = ctx.path(cfg.output or ctx.stage)
+    weights = join(model_dir, "model.pt")
+    if not os.path.exists(weights):
+        raise ConfigError(f"stages.{ctx.stage}: no trained weights at {weights}; run the stage first")
+    eval_cfg = default_eval(ctx, cfg.eval)
+    if not (eval_cfg.zeroshot or eval_cfg.retrieval):
+        raise ConfigError(f"stages.{ctx.stage}.eval: no evaluation set (set eval.zeroshot or eval.retrieval)")
+    return run_eval(eval_cfg, cfg.model.name, weights, out=out or join(model_dir, "eval.json"),
+                    catlip_dir=model_dir if cfg.objective == "catlip" else None)

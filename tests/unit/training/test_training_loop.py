@@ -93,3 +93,13 @@ def test_run_eval_on_saved_weights_matches_the_training_eval_also_from_an_image_
     from_folder = run_eval(folder_eval, "tiny-clip-vit", str(tmp_path / "run" / "model.pt"))
     assert from_folder["zeroshot"]["samples"] == during["zeroshot"]["samples"]
     assert from_folder["zeroshot"]["top1"] == pytest.approx(during["zeroshot"]["top1"])
+
+
+def test_catlip_zero_shot_uses_its_word_head_in_training_and_in_run_eval(shapes, tmp_path):
+    ev = {"zeroshot": {"shards": shapes["test"], "classnames": shapes["classnames"]}}
+    cfg = tiny_run("catlip", "tiny-clip-vit", {}, steps=30).model_copy(update={"eval": EvalConfig(**ev)})
+    fit(cfg, shapes["pool"], str(tmp_path))
+    with open(tmp_path / "eval.json") as f:
+        during = json.load(f)["zeroshot"]
+    after = run_eval(ev, "tiny-clip-vit", str(tmp_path / "model.pt"), catlip_dir=str(tmp_path))["zeroshot"]
+    assert after["top1"] == during["top1"] >= 2 / 12  # class names are caption words: twice chance after 30 steps

@@ -15,6 +15,8 @@ from training_shapes import CLASSNAMES, make_pool, make_testset  # tests/ is on 
 from pipeline.config import ConfigError
 from pipeline.pipeline_config import load_pipeline_config
 from pipeline.run import run_pipeline
+from pipeline.stages.base import StageContext
+from pipeline.stages.train_clip import evaluate
 from training.models import UnknownModelError
 
 CHANCE = 1 / len(CLASSNAMES)  # 12 classes: 8.3%
@@ -45,7 +47,8 @@ def run_root(tmp_path_factory) -> tuple[Path, tuple[str, str]]:
 
 def test_a_tiny_siglip_reaches_zero_shot_accuracy_far_above_chance(ray_local, run_root):
     root, test = run_root
-    result = run_pipeline(load_pipeline_config(write_config(root, test)), "train_encoder")["train_encoder"]
+    cfg = load_pipeline_config(write_config(root, test))
+    result = run_pipeline(cfg, "train_encoder")["train_encoder"]
     out = root / "encoder"
     zs, rt = result["eval"]["zeroshot"], result["eval"]["retrieval"]
     assert result["step"] == 200 and zs["chance"] == pytest.approx(CHANCE)
@@ -60,6 +63,10 @@ def test_a_tiny_siglip_reaches_zero_shot_accuracy_far_above_chance(ray_local, ru
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     assert os.listdir(out / "tb") and (out / "curves.png").stat().st_size > 0
     assert {"step_0000100", "step_0000200"} <= set(os.listdir(out / "checkpoints"))
+    # `winnow eval CONFIG`: the saved weights give the in-training numbers again
+    ctx = StageContext(pipeline=cfg, stage="train_encoder")
+    again = evaluate(ctx, cfg.stages["train_encoder"], out=str(root / "eval-again.json"))
+    assert again["zeroshot"]["top1"] == zs["top1"] and again["retrieval"] == rt
 
 
 def test_an_unknown_model_name_fails_before_training_with_the_closest_names(ray_local, run_root):
