@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import open_clip
 import torch
 from torch import nn
 
+from training.checkpoint import CheckpointError
 from training.config import ModelConfig
 
 LOCAL_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "models"
@@ -83,13 +85,20 @@ def embed_dim(clip: nn.Module) -> int:
 
 def build_model(cfg: ModelConfig, objective: str, vocab_size: int = 0) -> BuiltModel:
     """Create the model, transforms and tokenizer for a run; apply LiT, FLIP and checkpointing from `cfg`."""
-    name = check_model_name(cfg.name)
+    name, pretrained = cfg.name, cfg.pretrained
+    if pretrained and pretrained.startswith(("hf-hub:", "local-dir:")):
+        name, pretrained = pretrained, None  # open_clip takes hub and directory sources as the model name
+    name = check_model_name(name)
     model_cfg = open_clip.get_model_config(name) or {}
     kwargs = {}
     if objective == "siglip" and model_cfg.get("init_logit_bias") is None:
         kwargs.update(SIGLIP_INIT)  # a softmax-CLIP architecture trained with the sigmoid loss
-    clip, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
-        name, pretrained=cfg.pretrained, force_patch_dropout=cfg.patch_dropout or None, **kwargs)
+    try:
+        clip, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, force_patch_dropout=cfg.patch_dropout or None, **kwargs)
+    except pickle.UnpicklingError as err:  # open_clip loads with weights_only=True: say why it refused
+        raise CheckpointError(f"{pretrained}: refusing to load pretrained weights that contain pickled Python "
+                              f"objects, not only tensors ({err})") from None
     decoder = getattr(clip, "text_decoder", None)
     if decoder is not None and cfg.pretrained is None:
         # open_clip 3.3's CoCa leaves its decoder's text_projection as torch.empty (garbage memory; its own

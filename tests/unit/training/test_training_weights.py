@@ -160,3 +160,17 @@ def test_every_local_model_config_builds_a_model_of_a_few_million_parameters():
         params = sum(p.numel() for p in clip.parameters())
         assert 1e6 < params < 1e7, f"{name}: {params / 1e6:.1f}M parameters"
         assert clip.visual.image_size == (32, 32)
+
+
+def test_pretrained_weights_load_and_a_pickle_payload_is_refused(tmp_path):
+    torch.manual_seed(3)
+    source = build_model(ModelConfig(name="tiny-clip-vit"), "clip").clip
+    good = str(tmp_path / "good.pt")
+    ckpt.save_weights(good, source)
+    loaded = build_model(ModelConfig(name="tiny-clip-vit", pretrained=good), "clip").clip
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), source.state_dict().values(),
+                                                   strict=True))
+    evil = str(tmp_path / "evil.pt")
+    torch.save({**source.state_dict(), "extra": Payload()}, evil)
+    with pytest.raises(ckpt.CheckpointError, match="refusing to load pretrained weights"):
+        build_model(ModelConfig(name="tiny-clip-vit", pretrained=evil), "clip")
