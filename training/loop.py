@@ -176,7 +176,7 @@ def train_worker(config: dict) -> dict:
                          checkpoint_dir_name=ckpt.step_dir_name(step))
         shutil.rmtree(tmp, ignore_errors=True)
 
-    bad_in_a_row, window_loss, window_steps, window_skipped = 0, 0.0, 0, 0
+    bad_in_a_row, bad_total, window_loss, window_steps, window_skipped = 0, 0, 0.0, 0, 0
     window_t0, window_samples, last_metrics = time.time(), 0, {}
     try:
         for step in range(start_step, cfg.steps):
@@ -213,7 +213,7 @@ def train_worker(config: dict) -> dict:
                 finite = math.isfinite(grad_norm) or scaler.is_enabled()  # the scaler skips inf steps itself
             samples_seen += global_batch
             if not finite:
-                bad_in_a_row += 1
+                bad_in_a_row, bad_total = bad_in_a_row + 1, bad_total + 1
                 log.warning("step %d: non-finite %s, update skipped [%d in a row]", step + 1,
                             "gradient" if math.isfinite(step_loss) else "loss", bad_in_a_row)
                 if bad_in_a_row >= cfg.max_bad_steps:
@@ -234,7 +234,8 @@ def train_worker(config: dict) -> dict:
                 loss_avg, skipped_avg = mean_over_ranks([window_loss / window_steps, window_skipped], world, device)
                 rate = window_samples / (time.time() - window_t0)
                 last_metrics = {"loss": loss_avg, "lr": lr, "grad_norm": grad_norm, "samples_per_s": rate,
-                                "skipped_samples": int(round(skipped_avg * world)), **temperature_and_bias(clip)}
+                                "skipped_samples": int(round(skipped_avg * world)), "skipped_steps": bad_total,
+                                **temperature_and_bias(clip)}
                 metrics_log.log(done, last_metrics)
                 metrics_log.progress(window_steps, loss_avg, rate)
                 window_loss, window_steps, window_skipped, window_samples = 0.0, 0, 0, 0

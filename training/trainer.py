@@ -16,6 +16,7 @@ import logging
 import os
 import time
 
+from pipeline.config import ConfigError
 from pipeline.layout import read_json
 from training.config import TrainConfig
 
@@ -52,12 +53,13 @@ def fit(cfg: TrainConfig, shards: list[str], out_dir: str) -> dict:
     from training.loop import train_worker
     from training.models import check_model_name
 
-    check_model_name(cfg.model.name)  # fail here, before any worker starts
+    hub = (cfg.model.pretrained or "").startswith(("hf-hub:", "local-dir:"))  # then the source names the model
+    name = check_model_name(cfg.model.pretrained if hub else cfg.model.name)  # fail here, before workers start
     if cfg.objective == "coca":
         import open_clip
 
-        if "multimodal_cfg" not in (open_clip.get_model_config(cfg.model.name) or {}):
-            raise ValueError(f"objective coca needs a CoCa model (with multimodal_cfg), not {cfg.model.name!r}")
+        if "multimodal_cfg" not in (open_clip.get_model_config(name) or {}):
+            raise ConfigError(f"model.name: objective coca needs a CoCa model (with multimodal_cfg), not {name!r}")
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     stale = os.path.join(out_dir, "diverged.json")

@@ -56,8 +56,9 @@ def test_non_finite_steps_are_skipped_and_enough_of_them_stop_the_run(shapes, tm
     with pytest.raises(TrainingDiverged, match=r"3 consecutive steps had a non-finite loss.*step 6"):
         fit(cfg, shapes["pool"], str(tmp_path))
     with open(tmp_path / "metrics.csv") as f:
-        steps = [int(r["step"]) for r in csv.DictReader(f)]
-    assert steps == [1, 3]  # step 2 was skipped, 4-6 were bad, the run stopped at the third
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 3]  # step 2 was skipped, 4-6 were bad, the run stopped at 6
+    assert [int(r["skipped_steps"]) for r in rows] == [0, 1]
 
 
 def test_a_rerun_resumes_from_the_last_checkpoint(shapes, tmp_path):
