@@ -170,10 +170,10 @@ def load_checkpoint(path: str, rank: int = 0) -> dict:
 
 
 # --- final weights -----------------------------------------------------------------------------------------------
-def save_weights(path: str, model: torch.nn.Module) -> None:
-    """A plain tensor state dict, loadable by open_clip (torch.load with weights_only=True)."""
+def save_weights(path: str, model: torch.nn.Module, drop: tuple[str, ...] = ()) -> None:
+    """A plain tensor state dict, loadable by open_clip (torch.load with weights_only=True), minus `drop` keys."""
     tmp = f"{path}.tmp"
-    torch.save(_tensors(model.state_dict()), tmp)
+    torch.save({k: v for k, v in _tensors(model.state_dict()).items() if k not in drop}, tmp)
     os.replace(tmp, path)
 
 

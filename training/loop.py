@@ -273,9 +273,12 @@ def diverged(out_dir: str, rank: int, step: int, bad: int, lr: float) -> dict:
 
 
 def save_final(cfg: TrainConfig, out_dir: str, model, built, result: dict) -> None:
-    ckpt.save_weights(os.path.join(out_dir, "model.pt"), built.clip)
+    # A CLIP config trained with the sigmoid loss got a logit bias its named config lacks: leave it out of model.pt
+    # so `create_model_and_transforms(name, pretrained=model.pt)` loads strictly; the embeddings do not use it.
+    extra = {"logit_bias": float(built.clip.logit_bias)} if "init_logit_bias" in built.extra_kwargs else {}
+    ckpt.save_weights(os.path.join(out_dir, "model.pt"), built.clip, drop=tuple(extra))
     with open(os.path.join(out_dir, "model_config.json"), "w") as f:
-        json.dump({"name": cfg.model.name, "model_cfg": built.model_cfg}, f, indent=1)
+        json.dump({"name": cfg.model.name, "model_cfg": built.model_cfg, **extra}, f, indent=1)
     if cfg.objective == "catlip":
         ckpt.save_module(os.path.join(out_dir, "catlip_head.safetensors"), model.head)
     with open(os.path.join(out_dir, "eval.json"), "w") as f:

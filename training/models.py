@@ -74,6 +74,7 @@ class BuiltModel:
     preprocess_val: object
     tokenizer: object
     model_cfg: dict  # open_clip's architecture config, written next to the final weights
+    extra_kwargs: dict  # what we passed beyond the named config (SigLIP's temperature and bias on a CLIP config)
 
 
 def embed_dim(clip: nn.Module) -> int:
@@ -116,7 +117,7 @@ def build_model(cfg: ModelConfig, objective: str, vocab_size: int = 0) -> BuiltM
     model = clip
     if objective == "catlip":
         model = CatLIPModel(clip, vocab_size, embed_dim(clip))
-    return BuiltModel(model, clip, preprocess_train, preprocess_val, tokenizer, model_cfg)
+    return BuiltModel(model, clip, preprocess_train, preprocess_val, tokenizer, model_cfg, kwargs)
 
 
 def set_patch_dropout(clip: nn.Module, prob: float) -> None:

@@ -104,3 +104,17 @@ def test_catlip_zero_shot_uses_its_word_head_in_training_and_in_run_eval(shapes,
         during = json.load(f)["zeroshot"]
     after = run_eval(ev, "tiny-clip-vit", str(tmp_path / "model.pt"), catlip_dir=str(tmp_path))["zeroshot"]
     assert after["top1"] == during["top1"] >= 2 / 12  # class names are caption words: twice chance after 30 steps
+
+
+def test_a_clip_config_trained_with_siglip_still_loads_by_name(shapes, tmp_path):
+    import open_clip
+
+    from training.models import register_local_configs
+
+    fit(tiny_run("siglip", "tiny-clip-vit", {}, steps=5), shapes["pool"], str(tmp_path))
+    register_local_configs()
+    loaded, _, _ = open_clip.create_model_and_transforms("tiny-clip-vit", pretrained=str(tmp_path / "model.pt"))
+    trained = load_weights(str(tmp_path / "model.pt"))
+    assert all(torch.equal(v, trained[k]) for k, v in loaded.state_dict().items())
+    with open(tmp_path / "model_config.json") as f:
+        assert json.load(f)["logit_bias"] == pytest.approx(-10.0, abs=0.1)  # the trained bias is kept here
