@@ -33,18 +33,21 @@ def _client(address: str):
 
 def job_request(config: str, stage: str | None, overrides: list[str], extra_pip: list[str] | None = None) -> dict:
     """The entrypoint, runtime_env and metadata of a winnow job (validated locally first)."""
-    from pipeline.pipeline_config import load_pipeline_config
+    from pipeline.config import load_yaml
+    from pipeline.pipeline_config import PipelineConfig, apply_overrides, load_pipeline_config
 
     cfg = load_pipeline_config(config, overrides)  # a config error stops here, not on the cluster
+    # (the loaded config's root is already absolute: check the root as written)
+    raw_root = apply_overrides(load_yaml(config), overrides, config).get("root") or PipelineConfig().root
     cfg_path = Path(config).resolve()
     try:
         rel = cfg_path.relative_to(REPO)
     except ValueError:
         raise ConfigError(f"{config}: the config must live inside the repo ({REPO}), which is uploaded as the "
                           "job's working_dir") from None
-    if is_local(cfg.root) and not Path(cfg.root).is_absolute():
+    if is_local(raw_root) and not Path(raw_root).is_absolute():
         raise ConfigError(
-            f"{config}: root {cfg.root!r} is a relative local path: on the cluster it would land in the job's "
+            f"{config}: root {raw_root!r} is a relative local path: on the cluster it would land in the job's "
             "temporary working dir and vanish. Pass --set root=s3://bucket/runs/x (or gs://, or an absolute path "
             "on storage every node mounts)")
     args = ["python", "-m", "pipeline", "run", str(rel)]

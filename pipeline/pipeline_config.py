@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipeline.config import ConfigError, StrictModel, load_yaml, parse_override, set_path, validate
 from pipeline.runtime import RayConfig
@@ -22,6 +23,15 @@ class PipelineConfig(StrictModel):
     ray: RayConfig = RayConfig()
     synthetic: SyntheticWebConfig | None = Field(None, description="the synthetic web, for `source: synthetic`")
     stages: dict[str, Any] = Field(default_factory=dict, description="ordered stages: name -> stage config")
+
+    @field_validator("root")
+    @classmethod
+    def _absolute_root(cls, root: str) -> str:
+        # Ray workers (Ray Train's in particular) run in their own working directories: a relative local root
+        # would name a different folder there. Resolve it once, against the directory winnow was started in.
+        if "://" in root or os.path.isabs(root):
+            return root
+        return os.path.abspath(root)
 
     def stage(self, name: str) -> StageConfig:
         return self.stages[name]

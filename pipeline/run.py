@@ -21,6 +21,11 @@ def run_pipeline(cfg: PipelineConfig, only: str | None = None, config_path: str 
         raise ConfigError(f"{config_path or 'config'}: no stage named {only!r}; stages: {', '.join(cfg.stages)}")
     names = [only] if only else list(cfg.stages)
     results: dict[str, Any] = {}
+    # Every stage checks what it can before the first one starts: a bad recipe fails now, not an hour in.
+    for name in names:
+        module = stage_module(cfg.stages[name].kind)
+        if hasattr(module, "preflight"):
+            module.preflight(StageContext(pipeline=cfg, stage=name, config_path=config_path), cfg.stages[name])
     t0 = time.time()
     for name in names:
         stage_cfg = cfg.stages[name]

@@ -122,8 +122,11 @@ class ShardStream(IterableDataset):
         slot, _ = self.reader()
         rng = random.Random(f"{self.seed}-shuffle-{slot}")
         buf: list[dict] = []
+        empty_passes = 0
         for shards in self.shards():
+            read = 0
             for sample in tar_samples(shards, errors):
+                read += 1
                 if self.shuffle_buffer <= 1:
                     yield sample
                     continue
@@ -133,6 +136,11 @@ class ShardStream(IterableDataset):
                 i = rng.randrange(len(buf))
                 buf[i], sample = sample, buf[i]
                 yield sample
+            # An endless stream over shards that yield nothing would spin forever: fail, naming them.
+            empty_passes = empty_passes + 1 if read == 0 else 0
+            if empty_passes > max(8, len(self.urls)):
+                raise RuntimeError(f"no readable sample in {empty_passes} passes over shards such as {shards[:3]} "
+                                   f"({errors.count} read errors): are the paths right and the shards intact?")
 
     def __iter__(self):
         slot, _ = self.reader()

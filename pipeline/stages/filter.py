@@ -75,7 +75,7 @@ def preflight(ctx: StageContext, cfg: FilterConfig) -> None:
             earlier.append((name, stage))
     if earlier:
         name, stage = earlier[-1]
-        hint = f" (stage {name!r} has model: null)" if stage.model is None else ""
+        hint = f" (stage {name!r} has model: null)" if not stage.has_model else ""
         recipe.check(planned_signals(stage), hint)
         return
     signals = signal_names(ctx.dataset(cfg.input))

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 class ScoreConfig(StageConfig):
     model: ModelSpec | None = Field(None, description="filtering network for dfn_score; null = signals only")
+    model_from: str | None = Field(
+        None, description="a train-clip stage of this pipeline whose final weights (model.pt) score, instead of model")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the model runs (auto: GPU if any)")
     actors: int = Field(1, ge=1, description="model actors (each loads the model once)")
     actor_num_cpus: float = Field(1.0, gt=0, description="CPUs per model actor (its torch threads)")
@@ -52,7 +54,40 @@ class ScoreConfig(StageConfig):
     def _input(self) -> ScoreConfig:
         if not self.input:
             raise ValueError("score needs `input:` (the dataset whose shards to score)")
+        if self.model is not None and self.model_from is not None:
+            raise ValueError("give `model` or `model_from`, not both")
         return self
+
+    @property
+    def has_model(self) -> bool:
+        return self.model is not None or self.model_from is not None
+
+
+def _source_stage(ctx: StageContext, cfg: ScoreConfig):
+    stage = ctx.pipeline.stages.get(cfg.model_from)
+    if stage is None or stage.kind != "train-clip":
+        known = [n for n, st in ctx.pipeline.stages.items() if st.kind == "train-clip"]
+        raise ConfigError(f"{ctx.config_path or 'config'}: stages.{ctx.stage}.model_from: {cfg.model_from!r} is not "
+                          f"a train-clip stage of this pipeline (train-clip stages: {', '.join(known) or 'none'})")
+    return stage
+
+
+def preflight(ctx: StageContext, cfg: ScoreConfig) -> None:
+    if cfg.model_from:
+        _source_stage(ctx, cfg)
+
+
+def resolve_model(ctx: StageContext, cfg: ScoreConfig) -> ScoreConfig:
+    """`model_from: train_filter` -> the model that stage trained: its model name and its final `model.pt`."""
+    if not cfg.model_from:
+        return cfg
+    stage = _source_stage(ctx, cfg)
+    weights = ctx.path(stage.output or cfg.model_from, "model.pt")
+    fs, path = fs_and_path(weights)
+    if not fs.exists(path):
+        raise ConfigError(f"stages.{ctx.stage}.model_from: {weights} does not exist; run stage {cfg.model_from!r} "
+                          "first")
+    return cfg.model_copy(update={"model": ModelSpec(name=stage.model.name, pretrained=weights), "model_from": None})
 
 
 CONFIG = ScoreConfig
@@ -271,6 +306,7 @@ def run(ctx: StageContext, cfg: ScoreConfig) -> dict[str, Any]:
     from pipeline.summary import print_stage_summary
 
     t0 = time.time()
+    cfg = resolve_model(ctx, cfg)
     ds = ctx.dataset(cfg.input)
     inputs, todo = shards_to_score(ds, cfg)
     if not inputs:
@@ -343,6 +379,6 @@ def planned_signals(cfg: ScoreConfig) -> set[str]:
     """Signals a score stage with this config will compute (for checking recipes before any work)."""
     from filtering.signals import signals_schema
 
-    names = set(signals_schema(cfg.model is not None).names)
-    return names | ({"embedding"} if cfg.model is not None and cfg.keep_embeddings else set())
+    names = set(signals_schema(cfg.has_model).names)
+    return names | ({"embedding"} if cfg.has_model and cfg.keep_embeddings else set())
 

@@ -94,3 +94,12 @@ def test_one_of_several_captions_is_drawn_each_read(tmp_path):
     captions = {text for _, text, _ in itertools.islice(iter(stream), 40)}  # each image read 10 times
     written = {c for s in tar_samples([path], ErrorCounter()) for c in json.loads(s["json"])["captions"]}
     assert captions == written  # every caption of every image gets drawn
+
+
+def test_shards_that_yield_nothing_fail_instead_of_spinning(tmp_path):
+    from training.data import ShardStream
+
+    stream = ShardStream([str(tmp_path / "missing-00000.tar"), str(tmp_path / "missing-00001.tar")],
+                         preprocess=lambda im: im, encode_text=lambda t: t)
+    with pytest.raises(RuntimeError, match="no readable sample in .* passes over shards"):
+        next(iter(stream))
