@@ -18,6 +18,7 @@ import os
 import sys
 
 from pipeline.config import ConfigError
+from pipeline.errors import WinnowError
 
 
 def _config_args(p: argparse.ArgumentParser, stage: bool = True) -> None:
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error:\n{err}", file=sys.stderr)
         return 2
+    except WinnowError as err:
+        print(f"\nerror: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: finished shards are kept; run the same command again to continue", file=sys.stderr)
         return 130
@@ -77,14 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from pipeline.run import run_pipeline
-        from pipeline.runner import StageIncomplete
 
-        cfg = _load(args)
-        try:
-            run_pipeline(cfg, args.stage, config_path=args.config)
-        except StageIncomplete as err:
-            print(f"\nincomplete: {err}", file=sys.stderr)
-            return 1
+        run_pipeline(_load(args), args.stage, config_path=args.config)
         return 0
     if args.command == "status":
         from pipeline.status import print_status

@@ -155,6 +155,31 @@ class Dataset:
                 problems.append(f"{rel}: sha256 differs from the recorded checksum (corrupted)")
         return problems
 
+    def intact_shards(self, shards: list[str] | None = None, folder: str = "shards") -> dict[str, dict]:
+        """Markers of complete shards (all, or those named) after checking their files against the recorded
+        checksums: a consumer calls this before reading, so a shard damaged on disk is reported, not half-read."""
+        from pipeline.errors import DamagedShards
+
+        done = self.done_shards(folder)
+        wanted = sorted(done) if shards is None else [s for s in shards if s in done]
+        damaged = {s: problems for s in wanted if (problems := self.verify_shard(done[s]))}
+        if damaged:
+            writer = self.writer_of(folder)
+            lines = "\n".join(f"  {self.sub(folder)}/{s}: {'; '.join(p)}" for s, p in sorted(damaged.items()))
+            fix = (f"run stage {writer!r} again (`winnow run CONFIG --stage {writer}`): it finds the damage and "
+                   "rebuilds only these shards" if writer else "rerun the stage that wrote them")
+            raise DamagedShards(f"{len(damaged)} shard(s) of {self.url} changed on disk since they were written "
+                                f"(checksum mismatch):\n{lines}\nTo repair: {fix}.")
+        return {s: done[s] for s in wanted}
+
+    def writer_of(self, folder: str = "shards") -> str | None:
+        """The stage whose manifest section holds checksums of this folder's files (download, reshard, ...)."""
+        for stage, section in (self.manifest().get("stages") or {}).items():
+            files = next(iter((section.get("checksums") or {}).values()), {})
+            if any(f.startswith(f"{folder}/") for f in files):
+                return stage
+        return None
+
     def shard_files(self, folder: str = "shards", ext: str = "tar") -> list[str]:
         """Complete shards' files of one extension, in shard order (incomplete shards are not listed)."""
         return [self.shard_file(s, ext, folder) for s in sorted(self.done_shards(folder))]

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.errors import WinnowError
 from pipeline.layout import Dataset
 from pipeline.summary import print_stage_summary
 
@@ -69,7 +70,7 @@ class StageSummary:
         }
 
 
-class StageIncomplete(RuntimeError):
+class StageIncomplete(WinnowError):
     """Some shards still failed after their retries; the done ones are kept, a rerun retries the rest."""
 
 

@@ -189,6 +189,7 @@ def run(ctx: StageContext, cfg: ReshardConfig) -> dict[str, Any]:
     src = ctx.dataset(cfg.input)
     out = ctx.dataset(cfg.output_name())
     kept = read_kept(src, cfg.recipe_name)
+    src.intact_shards(sorted({shard for _, shard, _ in kept}))  # damaged sources are reported, not half-copied
     if not kept:
         raise RuntimeError(f"reshard: recipe {cfg.recipe_name!r} kept no samples of {src.url}; nothing to write")
     plan = plan_shards(kept, cfg.samples_per_shard, cfg.seed)

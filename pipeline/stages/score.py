@@ -309,6 +309,7 @@ def run(ctx: StageContext, cfg: ScoreConfig) -> dict[str, Any]:
     cfg = resolve_model(ctx, cfg)
     ds = ctx.dataset(cfg.input)
     inputs, todo = shards_to_score(ds, cfg)
+    ds.intact_shards(todo)  # a download shard damaged on disk is reported here, not half-scored
     if not inputs:
         raise ConfigError(f"{ctx.config_path or 'config'}: stages.{ctx.stage}: dataset {ds.url} has no complete "
                           "shards to score (run the download stage first)")
