@@ -75,7 +75,10 @@ class LocalCluster:
                   "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
                   "--dashboard-port", str(self.dashboard_port), "--ray-client-server-port", str(free_port()),
                   *common, *_node_ports())
-        self._ray("start", "--address", self.gcs_address, *common, *_node_ports())
+        # Its own temp dir, as on a real second machine: two nodes sharing one session dir would also share the
+        # runtime-env cache, and one node's cleanup would delete the other's job working dir.
+        self._ray("start", "--address", self.gcs_address, "--temp-dir", os.path.join(self.temp_dir, "worker"),
+                  *common, *_node_ports())
         self._wait_for_nodes(2)
         return self
 

@@ -1,0 +1,224 @@
+"""Against a real two-node Ray cluster (`ray start` head + worker on loopback): submit the demo as a Ray job, and
+survive a killed task worker, a killed model actor, a killed training worker and a killed driver."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from local_cluster import LocalCluster
+
+from pipeline.layout import Dataset
+from pipeline.pipeline_config import load_pipeline_config
+
+REPO = Path(__file__).resolve().parents[2]
+POOL = 300
+# A few slow URLs (past the 1 s timeout) keep each download shard busy long enough to be killed mid-shard.
+FAULTS = {"http_404": 0.02, "http_500": 0.0, "slow": 0.04, "truncated": 0.0, "not_image": 0.01, "oversized": 0.0,
+          "opt_out": 0.0}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = LocalCluster(cpus_per_node=1).start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def cluster_processes(cluster: LocalCluster, name: str) -> list[psutil.Process]:
+    """Processes of this cluster (children of its raylets) whose title is `name`, e.g. ray::RayTrainWorker."""
+    found = []
+    for pid in cluster.pids():
+        try:
+            proc = psutil.Process(pid)
+            if proc.name() != "raylet":
+                continue
+            found += [p for p in proc.children(recursive=True) if p.name().startswith(name)]
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the run ended before {what}: {proc.stdout.read()[-3000:] if proc.stdout else ''}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def kill_one(cluster: LocalCluster, name: str) -> int:
+    procs = wait_for(lambda: cluster_processes(cluster, name), 60, f"a {name} process")
+    os.kill(procs[0].pid, signal.SIGKILL)
+    return procs[0].pid
+
+
+def write_config(tmp: Path, stages: dict) -> Path:
+    path = tmp / "cfg.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "cluster-test", "root": str(tmp / "run"),
+        "synthetic": {"dir": str(tmp / "web"), "pool_size": POOL, "hq_size": 10, "test_size": 60,
+                      "slow_seconds": 2.0, "faults": FAULTS},
+        "stages": stages}))
+    return path
+
+
+DOWNLOAD = {"source": "synthetic", "output": "pool", "image_size": 32, "resize_mode": "center_crop",
+            "number_sample_per_shard": 50, "thread_count": 4, "timeout": 1}
+
+
+def start_driver(cluster: LocalCluster, cfg: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(cfg), *args], cwd=REPO,
+                            env={**cluster.env, "RAY_ADDRESS": cluster.gcs_address}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def rows(ds: Dataset, folder: str = "shards") -> pa.Table:
+    return pa.concat_tables([pq.read_table(p) for p in ds.shard_files(folder, "parquet")])
+
+
+@pytest.fixture(scope="module")
+def pool(cluster, tmp_path_factory) -> tuple[Path, Dataset]:
+    """The download stage on the cluster, with one task worker SIGKILLed mid-shard."""
+    tmp = tmp_path_factory.mktemp("pool")
+    cfg = write_config(tmp, {"download": DOWNLOAD, "score": {"input": "pool", "model": {"name": "tiny-clip-vit"},
+                                                             "batch_size": 8}})
+    proc = start_driver(cluster, cfg, "--stage", "download")
+    tmp_dir = tmp / "run" / "pool" / "_tmp"
+    wait_for(lambda: tmp_dir.exists() and any(tmp_dir.iterdir()), 120, "a shard in progress", proc)
+    kill_one(cluster, "ray::_run_and_mark")
+    finish(proc)
+    return cfg, Dataset(str(tmp / "run"), "pool")
+
+
+def test_killed_download_worker_is_retried_and_every_sample_is_there_once(pool) -> None:
+    _, ds = pool
+    section = ds.manifest()["stages"]["download"]
+    assert section["shards"]["retries_used"] >= 1 and section["shards"]["failed"] == []
+    table = rows(ds)
+    uids = table.column("uid").to_pylist()
+    assert len(uids) == len(set(uids)) == POOL
+    assert section["ok"] + sum(section["reasons"].values()) == POOL
+    assert section["reasons"].get("timeout") == round(FAULTS["slow"] * POOL)
+
+
+def test_killed_model_actor_is_replaced_and_every_uid_is_scored_once(cluster, pool) -> None:
+    cfg, ds = pool
+    proc = start_driver(cluster, cfg, "--stage", "score")
+    kill_one(cluster, "ray::MapWorker(MapBatches(DFNScorer))")
+    finish(proc)
+    scored = rows(ds, "signals")
+    uids = scored.column("uid").to_pylist()
+    downloaded = rows(ds).to_pandas()
+    assert len(uids) == len(set(uids)) == int((downloaded.status == "success").sum())
+    assert set(uids) == set(downloaded[downloaded.status == "success"].uid)
+    assert all(s is not None for s in scored.column("dfn_score").to_pylist())
+
+
+def train_stage(steps: int) -> dict:
+    return {"kind": "train-clip", "input": "pool", "model": {"name": "tiny-sigmoid-vit"}, "objective": "siglip",
+            "steps": steps, "log_every": 5, "checkpoint_every": 10, "seed": 3,
+            "data": {"batch_size": 32, "loader_workers": 0, "shuffle_buffer": 64},
+            "scaling": {"num_workers": 1, "cpus_per_worker": 1, "max_failures": 2},
+            "eval": {"max_samples": 60}}
+
+
+def test_killed_training_worker_resumes_and_ends_like_an_uninterrupted_run(cluster, pool) -> None:
+    cfg, _ = pool
+    base = yaml.safe_load(cfg.read_text())
+    base["stages"] = {"train_a": train_stage(40), "train_b": train_stage(40)}
+    cfg.write_text(yaml.safe_dump(base))
+    root = Path(base["root"])
+
+    finish(start_driver(cluster, cfg, "--stage", "train_a"))
+    proc = start_driver(cluster, cfg, "--stage", "train_b")
+    ckpt = root / "train_b" / "checkpoints"
+    wait_for(lambda: ckpt.exists() and any(p.name.startswith("step_") for p in ckpt.iterdir()), 240,
+             "the first checkpoint", proc)
+    kill_one(cluster, "ray::RayTrainWorker")
+    finish(proc)
+
+    a = json.loads((root / "train_a" / "train.json").read_text())
+    b = json.loads((root / "train_b" / "train.json").read_text())
+    assert a["step"] == b["step"] == 40 and b["samples_seen"] == 40 * 32
+    assert not a["resumed_from"] and len(b["resumed_from"]) == 1 and 10 <= b["resumed_from"][0] < 40
+    # Same final metrics within tolerance (a resumed stream draws different samples after the restart).
+    assert abs(a["metrics"]["loss"] - b["metrics"]["loss"]) < 0.25 * a["metrics"]["loss"]
+    za, zb = a["eval"]["zeroshot"]["top1"], b["eval"]["zeroshot"]["top1"]
+    assert abs(za - zb) <= 0.15, (za, zb)
+
+
+def test_killed_driver_then_same_command_continues(cluster, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, {"download": {**DOWNLOAD, "processes": 1}})
+    proc = start_driver(cluster, cfg)
+    done = tmp_path / "run" / "pool" / "shards" / "_done"
+    wait_for(lambda: done.exists() and len(list(done.iterdir())) >= 2, 120, "two finished shards", proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    ds = Dataset(str(tmp_path / "run"), "pool")
+    before = len(ds.done_shards())
+    assert 2 <= before < POOL // 50
+
+    out = finish(start_driver(cluster, cfg))
+    assert f"({before} already done" in out or f"({before + 1} already done" in out  # a shard may finish after kill
+    uids = rows(ds).column("uid").to_pylist()
+    assert len(uids) == len(set(uids)) == POOL
+
+
+def test_submit_the_demo_as_a_ray_job(cluster, tmp_path: Path) -> None:
+    demo = load_pipeline_config(REPO / "configs" / "demo.yaml")
+    sets = [f"root={tmp_path / 'run'}", "synthetic.pool_size=300", "synthetic.hq_size=100",
+            "synthetic.test_size=60"]
+    for name, stage in demo.stages.items():
+        if stage.kind == "download":
+            sets += [f"{name}.number_sample_per_shard=100", f"{name}.thread_count=8"]
+        if stage.kind == "train-clip":
+            sets += [f"{name}.steps=12", f"{name}.checkpoint_every=6", f"{name}.eval.max_samples=60"]
+    env = cluster.env
+    cmd = [sys.executable, "-m", "pipeline", "submit", "--address", cluster.dashboard_url, "configs/demo.yaml",
+           "--follow", *[x for s in sets for x in ("--set", s)]]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-5000:]
+    job_id = out.stdout.split("submitted ", 1)[1].split(":", 1)[0]
+    assert f"job {job_id}: SUCCEEDED" in out.stdout
+
+    root = tmp_path / "run"
+    download = json.loads((root / "pool" / "manifest.json").read_text())["stages"]["download"]
+    assert download["input"]["rows"] == 300 == download["ok"] + sum(download["reasons"].values())
+    for name, stage in demo.stages.items():
+        if stage.kind == "train-clip":
+            record = json.loads((root / (stage.output or name) / "train.json").read_text())
+            assert record["step"] == 12
+            assert (root / (stage.output or name) / "model.pt").exists()
+    listed = subprocess.run([sys.executable, "-m", "pipeline", "jobs", "--address", cluster.dashboard_url],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert job_id in listed.stdout and "SUCCEEDED" in listed.stdout
+
+
+def test_submit_refuses_a_relative_root_before_contacting_the_cluster(cluster) -> None:
+    out = subprocess.run([sys.executable, "-m", "pipeline", "submit", "--address", cluster.dashboard_url,
+                          "configs/demo.yaml"], cwd=REPO, env=cluster.env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and "relative local path" in out.stderr
