@@ -35,7 +35,7 @@ def status_rows(cfg: PipelineConfig) -> list[list[Any]]:
             rows.append([name, stage_cfg.kind, "-", "not started", "-", "-", "-", "-"])
             continue
         where, s = sections[name]
-        shards = s.get("shards") or {}
+        shards = s.get("shards") or s.get("steps") or {}  # train-clip reports steps where datasets report shards
         done = f"{shards.get('done', '-')}/{shards.get('total', '-')}" if shards else "-"
         samples = s.get("samples", "-")
         rate = f"{s['success_rate']:.1%}" if isinstance(s.get("success_rate"), (int, float)) else "-"
@@ -48,4 +48,4 @@ def status_rows(cfg: PipelineConfig) -> list[list[Any]]:
 def print_status(cfg: PipelineConfig) -> None:
     print(f"run {cfg.name} at {join(cfg.root)}")
     print(format_table(status_rows(cfg),
-                       header=["stage", "kind", "dataset", "state", "shards", "samples", "success", "wall"]))
+                       header=["stage", "kind", "output", "state", "shards/steps", "samples", "success", "wall"]))

@@ -74,6 +74,12 @@ def run(ctx: StageContext, cfg: TrainClipConfig) -> dict[str, Any]:
     record = {"kind": "train-clip", "config": cfg.model_dump(mode="json"), "config_hash": config_hash(cfg),
               "input": {"dataset": cfg.input, "shards": len(shards)}, "cluster": cluster, **result}
     write_json_atomic(join(out_dir, "train.json"), record)
+    # The model dir's manifest section is what `winnow status` reads, as for the datasets.
+    ctx.dataset(cfg.output or ctx.stage).update_manifest(ctx.stage, {
+        "kind": "train-clip", "state": "complete" if result["step"] >= cfg.steps else "partial",
+        "steps": {"done": result["step"], "total": cfg.steps}, "samples": result["samples_seen"],
+        "wall_seconds": round(result["seconds"], 2), "config_hash": record["config_hash"],
+        "zeroshot_top1": (result["eval"].get("zeroshot") or {}).get("top1")})
     zs, rt = result["eval"].get("zeroshot", {}), result["eval"].get("retrieval", {})
     rows: list[tuple[str, Any]] = [
         ("model", f"{cfg.model.name} ({cfg.objective})"),
