@@ -29,6 +29,29 @@ from bench.common import machine, result_line  # noqa: E402
 NO_FAULTS = {k: 0.0 for k in ("http_404", "http_500", "slow", "truncated", "not_image", "oversized", "opt_out")}
 
 
+PEER = ("import sys; from training.models import register_local_configs; register_local_configs(); "
+        "from open_clip_train.main import main; main(sys.argv[1:])")
+
+
+def open_clip_reads(shards: Path, samples: int, batch: int = 64) -> str:
+    """Train a tiny model for one epoch over the download shards with open_clip_train.main; return its last log."""
+    import re
+
+    tars = sorted(shards.glob("*.tar"))
+    pattern = str(shards / f"{{00000..{len(tars) - 1:05d}}}.tar")
+    args = ["--train-data", pattern, "--train-num-samples", str(samples // batch * batch), "--dataset-type",
+            "webdataset", "--model", "tiny-sigmoid-vit", "--siglip", "--batch-size", str(batch), "--workers", "1",
+            "--epochs", "1", "--precision", "fp32", "--save-frequency", "0", "--report-to", "", "--device", "cpu",
+            "--logs", str(shards.parent / "open_clip_logs"), "--name", "read-check", "--log-every-n-steps", "20"]
+    proc = subprocess.run([sys.executable, "-c", PEER, *args], capture_output=True, text=True, cwd=REPO)
+    log = proc.stdout + proc.stderr
+    steps = re.findall(r"Train Epoch: 0 \[\s*(\d+)/(\d+)", log)
+    if proc.returncode != 0 or not steps:
+        raise RuntimeError(f"open_clip_train.main could not train on winnow's shards:\n{log[-3000:]}")
+    losses = re.findall(r"Loss: ([0-9.]+)", log)
+    return f"read {steps[-1][0]}/{steps[-1][1]} samples in one epoch, loss {losses[0]} -> {losses[-1]}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--full", action="store_true", help="20,000 images instead of 5,000")
@@ -89,6 +112,9 @@ def main() -> None:
         counts["winnow"] = manifest["ok"]
         times["winnow_stage"] = manifest["wall_seconds"]
 
+    # winnow's shards feed open_clip's own trainer unchanged (`--dataset-type webdataset`).
+    peer = open_clip_reads(work / "winnow" / "pool" / "shards", counts["winnow"])
+
     rate = {k: counts[k] / times[k] for k in ("img2dataset", "winnow")}
     ratio = rate["winnow"] / rate["img2dataset"]
     print(f"\nmachine: {machine()}")
@@ -98,6 +124,7 @@ def main() -> None:
         print(f"{k:<14}{counts[k]:>10}{times[k]:>10.1f}{rate[k]:>10.0f}")
     print(f"(both timed as CLI commands, start-up included; winnow's stage alone took {times['winnow_stage']:.1f}s "
           f"= {counts['winnow'] / times['winnow_stage']:.0f} images/s)")
+    print(f"open_clip_train.main on winnow's shards: {peer}")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     print(result_line("download_vs_img2dataset", ratio, ">=", 0.9))
