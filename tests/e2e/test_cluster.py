@@ -222,3 +222,22 @@ def test_submit_refuses_a_relative_root_before_contacting_the_cluster(cluster) -
                           "configs/demo.yaml"], cwd=REPO, env=cluster.env, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 2 and "relative local path" in out.stderr
+
+
+def test_stop_a_running_job(cluster, tmp_path: Path) -> None:
+    submit = [sys.executable, "-m", "pipeline", "submit", "--address", cluster.dashboard_url, "configs/demo.yaml",
+              "--set", f"root={tmp_path / 'run'}", "--set", "synthetic.pool_size=20000"]
+    out = subprocess.run(submit, cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    job_id = out.stdout.split("submitted ", 1)[1].split(":", 1)[0]
+    stop = subprocess.run([sys.executable, "-m", "pipeline", "stop", "--address", cluster.dashboard_url, job_id],
+                          cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=60)
+    assert stop.returncode == 0 and f"{job_id}: stop requested" in stop.stdout
+
+    def stopped() -> bool:
+        listed = subprocess.run([sys.executable, "-m", "pipeline", "jobs", "--address", cluster.dashboard_url],
+                                cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=60).stdout
+        line = next((li for li in listed.splitlines() if li.startswith(job_id)), "")
+        return "STOPPED" in line
+
+    wait_for(stopped, 90, f"job {job_id} to stop")
