@@ -39,6 +39,8 @@ def run_pipeline(cfg: PipelineConfig, only: str | None = None, config_path: str 
 
 def _finish(cfg: PipelineConfig, results: dict[str, Any], seconds: float) -> None:
     rows: list[tuple[str, Any]] = [("run root", cfg.root)]
+    if cfg.synthetic is not None:
+        rows.append(("synthetic web", f"{cfg.synthetic_dir()} (ground truth: truth.parquet)"))
     try:
         from pipeline.report import build_report
 
