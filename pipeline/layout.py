@@ -32,7 +32,11 @@ def shard_name(shard_id: int) -> str:
 
 
 def fs_and_path(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, path = fsspec.core.url_to_fs(url)
+    protocol, _ = fsspec.core.split_protocol(url)
+    # Ray tasks in other processes write the shards and markers that the driver lists next: a cached listing of an
+    # object store (s3fs, gcsfs) would hide them, so remote listings are always fresh.
+    options = {} if protocol in (None, "file", "local") else {"use_listings_cache": False}
+    fs, path = fsspec.core.url_to_fs(url, **options)
     return fs, path
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,27 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# S3 tests talk to a moto server on loopback, never to AWS. Ray workers inherit the environment the session's Ray
+# started with, so the endpoint and fake credentials are set here, before anything starts Ray; the server itself
+# starts only when a test asks for `s3_endpoint`. fsspec passes FSSPEC_S3_* variables to s3fs; pyarrow and boto read
+# AWS_ENDPOINT_URL.
+S3_ENDPOINT = f"http://127.0.0.1:{_free_loopback_port()}"
+for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+    os.environ.pop(_var, None)
+os.environ.update({"FSSPEC_S3_ENDPOINT_URL": S3_ENDPOINT, "AWS_ENDPOINT_URL": S3_ENDPOINT,
+                   "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                   "AWS_DEFAULT_REGION": "us-east-1"})
+import fsspec.config  # noqa: E402  (fsspec reads FSSPEC_* variables when imported: read them again if it was)
+
+fsspec.config.set_conf_env(fsspec.config.conf)
 
 
 TESTS = Path(__file__).resolve().parent
@@ -37,3 +60,28 @@ def ray_local():
         init_ray(RayConfig(num_cpus=2, object_store_mb=1024), runtime_env={"env_vars": {"PYTHONPATH": _test_path()}})
     yield ray
     # left running until the session ends: ray.shutdown() at exit is handled by Ray's atexit hook
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """An S3-compatible server (moto) on the loopback port that S3_ENDPOINT names, for the session."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    host, port = S3_ENDPOINT.removeprefix("http://").split(":")
+    server = ThreadedMotoServer(ip_address=host, port=int(port), verbose=False)
+    server.start()
+    yield S3_ENDPOINT
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint) -> str:
+    """A new, empty bucket on the loopback S3 server: `s3://<name>`."""
+    import fsspec
+
+    name = f"winnow-{uuid.uuid4().hex[:12]}"
+    fsspec.filesystem("s3").mkdir(name)
+    return f"s3://{name}"

@@ -1,0 +1,111 @@
+"""A run's files on any fsspec path (local, `s3://`, `gs://`), for code that only speaks the local disk.
+
+torch, open_clip and img2dataset read and write local files, and Ray Train takes a pyarrow filesystem. This module
+bridges them to winnow's storage: `local_copy` stages a remote file or folder in a temporary local folder,
+`upload` puts a local file or folder in place (each file under a temporary name, then renamed), and
+`arrow_filesystem` gives Ray Train a pyarrow view of the same fsspec filesystem, so one set of credentials and
+endpoints serves every stage. Those come from fsspec: for S3 the usual AWS variables, `~/.aws` or an instance role,
+and `FSSPEC_S3_ENDPOINT_URL` for an S3-compatible server (fsspec passes `FSSPEC_<PROTOCOL>_<KWARG>` variables as
+filesystem arguments).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pipeline.layout import atomic_write, fs_and_path, is_local, join
+
+log = logging.getLogger(__name__)
+
+_warned: set[str] = set()
+
+
+def is_remote(url: str) -> bool:
+    return not is_local(url)
+
+
+def exists(url: str) -> bool:
+    fs, path = fs_and_path(url)
+    return fs.exists(path)
+
+
+def remove(url: str) -> None:
+    fs, path = fs_and_path(url)
+    fs.rm(path)
+
+
+def local_path(url: str) -> str:
+    """The plain path of a local URL (`file:///a/b` -> `/a/b`)."""
+    return fs_and_path(url)[1]
+
+
+@contextmanager
+def local_copy(url: str) -> Iterator[str]:
+    """A local path holding `url`'s file or folder: the path itself when local, else a temporary download that is
+    removed on exit."""
+    if not is_remote(url):
+        yield local_path(url)
+        return
+    fs, path = fs_and_path(url)
+    tmp = tempfile.mkdtemp(prefix="winnow-get-")
+    try:
+        local = os.path.join(tmp, posixpath.basename(path.rstrip("/")) or "data")
+        if fs.isdir(path):
+            base = path.rstrip("/")
+            for f in fs.find(base):
+                dst = os.path.join(local, *posixpath.relpath(f, base).split("/"))
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                fs.get_file(f, dst)
+        else:
+            fs.get_file(path, local)
+        yield local
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def upload(local: str, url: str) -> list[str]:
+    """Copy a local file, or every file under a local folder, to `url`; return the URLs written."""
+    if os.path.isfile(local):
+        _put(local, url)
+        return [url]
+    written = []
+    for folder, _, files in sorted(os.walk(local)):
+        rel = os.path.relpath(folder, local)
+        for name in sorted(files):
+            dst = join(url, *([] if rel == "." else rel.split(os.sep)), name)
+            _put(os.path.join(folder, name), dst)
+            written.append(dst)
+    return written
+
+
+def _put(src: str, url: str) -> None:
+    with open(src, "rb") as fi, atomic_write(url, "wb") as fo:
+        shutil.copyfileobj(fi, fo, 1 << 20)
+
+
+def arrow_filesystem(url: str):
+    """(pyarrow filesystem, path) of a URL for Ray Train's `RunConfig(storage_filesystem=, storage_path=)`:
+    (None, absolute path) for a local one, else fsspec's filesystem wrapped for pyarrow."""
+    if not is_remote(url):
+        return None, os.path.abspath(local_path(url))
+    import pyarrow.fs
+
+    fs, path = fs_and_path(url)
+    return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)), path
+
+
+def warn_local_root_on_cluster(root: str, cluster: dict) -> None:
+    """A local run root on a multi-node cluster: every node would write its own disk (fine on a shared mount)."""
+    if cluster.get("multi_node") and is_local(root) and root not in _warned:
+        _warned.add(root)
+        log.warning(
+            "run root %s is a local path but the Ray cluster has %d nodes: each node reads and writes its own disk "
+            "there, so shards written on one node are missing on the others. Use storage every node sees for "
+            "`root` (s3://bucket/prefix, gs://bucket/prefix, or a shared mount such as NFS).",
+            root, cluster.get("nodes", 0))
