@@ -21,7 +21,9 @@ class PipelineConfig(StrictModel):
     name: str = Field("winnow", description="run name, shown in reports and job names")
     root: str = Field("runs/default", description="run root: every dataset and model of this run lives under it")
     ray: RayConfig = RayConfig()
-    synthetic: SyntheticWebConfig | None = Field(None, description="the synthetic web, for `source: synthetic`")
+    synthetic: SyntheticWebConfig | None = Field(
+        None, description="the synthetic web, for `source: synthetic`: a local folder served on loopback (with a "
+                          "remote root, give `synthetic.dir` as an absolute local path)")
     stages: dict[str, Any] = Field(default_factory=dict, description="ordered stages: name -> stage config")
 
     @field_validator("root")
@@ -40,7 +42,14 @@ class PipelineConfig(StrictModel):
         from pipeline.layout import join
 
         web = self.synthetic or SyntheticWebConfig()
-        return web.dir if web.dir.startswith("/") or "://" in web.dir else join(self.root, web.dir)
+        if os.path.isabs(web.dir) or "://" in web.dir:
+            return web.dir
+        if "://" in self.root:
+            # The web is a local test source (built on disk, served on loopback), never shared storage.
+            raise ConfigError(f"synthetic.dir: {web.dir!r} would resolve under the remote root {self.root}; the "
+                              "synthetic web is a local folder served on loopback: give an absolute local path "
+                              "(e.g. --set synthetic.dir=/tmp/winnow-web)")
+        return join(self.root, web.dir)
 
 
 TOP_LEVEL = ("name", "root", "ray", "synthetic", "stages")

@@ -40,3 +40,12 @@ class StageContext:
 
     def path(self, *parts: str) -> str:
         return join(self.root, *parts)
+
+    def init_ray(self) -> dict:
+        """Start or attach to Ray (see `pipeline.runtime`); warn when a multi-node cluster gets a local run root."""
+        from pipeline.runtime import init_ray
+        from pipeline.storage import warn_local_root_on_cluster
+
+        cluster = init_ray(self.pipeline.ray)
+        warn_local_root_on_cluster(self.root, cluster)
+        return cluster

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import tempfile
 import uuid
 from collections import Counter
 from contextlib import ExitStack
@@ -22,7 +23,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pipeline.config import ConfigError, config_hash
-from pipeline.layout import Dataset, file_record, fs_and_path, join, sha256_file, write_json_atomic
+from pipeline.layout import Dataset, file_record, fs_and_path, is_local, join, sha256_file, write_json_atomic
 from pipeline.net_guard import GuardConfig, GuardPolicy
 from pipeline.runner import ShardJob
 from pipeline.stages.base import StageConfig, StageContext
@@ -112,11 +113,16 @@ class DownloadShard:
 
         from pipeline.download_reasons import classify
         from pipeline.net_guard import install_guard
+        from pipeline.storage import upload
 
         install_guard(self.policy)
         ds = Dataset(self.root, self.name)
         s = self.settings
-        tmp = ds.sub("_tmp", f"{job.shard}-{uuid.uuid4().hex[:8]}")
+        # img2dataset works in a local folder: inside a local dataset (its files are then renamed into place), or
+        # a temporary one when the dataset is remote (its files are then uploaded).
+        local = is_local(ds.url)
+        tmp = ds.sub("_tmp", f"{job.shard}-{uuid.uuid4().hex[:8]}") if local else \
+            tempfile.mkdtemp(prefix=f"winnow-download-{job.shard}-")
         fs, tmp_path = fs_and_path(tmp)
         fs.makedirs(tmp_path, exist_ok=True)
         try:
@@ -155,14 +161,17 @@ class DownloadShard:
                 pq.write_table(table, f)
 
             files = {}
-            fs.makedirs(fs_and_path(ds.sub("shards"))[1], exist_ok=True)
+            if local:
+                fs.makedirs(fs_and_path(ds.sub("shards"))[1], exist_ok=True)
             for src_name, dst_name in ((f"{job.shard}.tar", f"{job.shard}.tar"),
                                        (f"{job.shard}.meta.parquet", f"{job.shard}.parquet"),
                                        (f"{job.shard}_stats.json", f"{job.shard}_stats.json")):
-                dst = ds.sub("shards", dst_name)
-                _, dst_path = fs_and_path(dst)
-                fs.mv(f"{tmp_path}/{src_name}", dst_path)
-                files[f"shards/{dst_name}"] = file_record(fs, dst_path)
+                src, dst = f"{tmp_path}/{src_name}", ds.sub("shards", dst_name)
+                files[f"shards/{dst_name}"] = file_record(fs, src)
+                if local:
+                    fs.mv(src, fs_and_path(dst)[1])
+                else:
+                    upload(src, dst)
         finally:
             if fs.exists(tmp_path):
                 fs.rm(tmp_path, recursive=True)
@@ -225,7 +234,6 @@ def resolve_url_list(ctx: StageContext, cfg: DownloadConfig) -> str:
 
 def run(ctx: StageContext, cfg: DownloadConfig) -> dict[str, Any]:
     from pipeline.runner import run_shards
-    from pipeline.runtime import init_ray
     from pipeline.version import code_version
 
     output = cfg.output or ctx.stage
@@ -255,8 +263,7 @@ def run(ctx: StageContext, cfg: DownloadConfig) -> dict[str, Any]:
 
         plan = plan_input_shards(ds, cfg, url_list)
         _remove_stale_temp(ds)  # temp folders of a killed run: their shards have no marker and are redone
-        cluster = init_ray(ctx.pipeline.ray)
-        _warn_local_path_on_cluster(ds, cluster)
+        cluster = ctx.init_ray()
         settings = cfg.model_dump(include={
             "image_size", "resize_mode", "resize_only_if_bigger", "upscale_interpolation",
             "downscale_interpolation", "encode_format", "encode_quality", "skip_reencode", "min_image_size",
@@ -284,11 +291,3 @@ def _remove_stale_temp(ds: Dataset) -> None:
     if fs.exists(path):
         fs.rm(path, recursive=True)
 
-
-def _warn_local_path_on_cluster(ds: Dataset, cluster: dict) -> None:
-    from pipeline.layout import is_local
-
-    if cluster.get("multi_node") and is_local(ds.url):
-        log.warning(
-            "%s is a local path but the Ray cluster has %d nodes: each node would write its own disk. "
-            "Use shared storage (s3://, gs://, NFS) for `root` on a multi-node cluster.", ds.url, cluster["nodes"])

@@ -183,7 +183,6 @@ def discard_stale(out: Dataset, plan_id: str, n_out: int) -> None:
 
 def run(ctx: StageContext, cfg: ReshardConfig) -> dict[str, Any]:
     from pipeline.runner import run_shards
-    from pipeline.runtime import init_ray
 
     t0 = time.time()
     src = ctx.dataset(cfg.input)
@@ -197,7 +196,7 @@ def run(ctx: StageContext, cfg: ReshardConfig) -> dict[str, Any]:
     discard_stale(out, plan_id, len(plan))
     names = [f"{i:05d}" for i in range(len(plan))]
     done = {s for s, rec in out.done_shards("shards").items() if not out.verify_shard(rec)}  # the runner skips these
-    init_ray(ctx.pipeline.ray)
+    ctx.init_ray()
     index = index_sources(src, [p for n, p in zip(names, plan, strict=True) if n not in done], cfg.num_cpus,
                           cfg.max_in_flight)
     jobs = [ShardJob(name, [(u, s, k, index.get((s, k), {})) for u, s, k in part] if name not in done else None)

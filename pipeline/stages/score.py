@@ -302,7 +302,6 @@ def run(ctx: StageContext, cfg: ScoreConfig) -> dict[str, Any]:
 
     from filtering.signals import signals_schema
     from pipeline.runner import StageSummary, aggregate
-    from pipeline.runtime import init_ray
     from pipeline.summary import print_stage_summary
 
     t0 = time.time()
@@ -316,7 +315,7 @@ def run(ctx: StageContext, cfg: ScoreConfig) -> dict[str, Any]:
     preprocess_cfg = cfg.model.preprocess_cfg() if cfg.model else None  # fails early on a bad model name
     resources, scored_now, embed_dim, first_batch = {}, 0, None, None
     if todo:
-        resources = plan_resources(cfg, init_ray(ctx.pipeline.ray))
+        resources = plan_resources(cfg, ctx.init_ray())
         collector = ShardCollector()
         bar = tqdm(total=len(inputs), initial=len(inputs) - len(todo), desc="score", unit="shard")
         data = build_dataset(ds, todo, cfg, resources, preprocess_cfg)
