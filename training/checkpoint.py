@@ -17,13 +17,16 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import posixpath
 import random
 import re
-import shutil
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from pipeline.layout import fs_and_path, join
+from pipeline.storage import local_copy
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -114,28 +117,31 @@ def save_checkpoint(path: str, *, model: torch.nn.Module, optimizer: torch.optim
     _write_json(os.path.join(path, "state.json"), {**state, "scaler": scaler_state, "world": world, "files": files})
 
 
+# Checkpoint directories may live on any fsspec path (Ray Train uploads them to the run's storage); they are read
+# through fsspec, and a remote one is downloaded before its tensors load.
 def is_complete(path: str) -> bool:
-    state = os.path.join(path, "state.json")
-    if not os.path.isfile(state):
-        return False
+    fs, base = fs_and_path(path)
     try:
-        with open(state) as f:
+        with fs.open(f"{base}/state.json", "r") as f:
             files = json.load(f)["files"]
-    except (ValueError, KeyError):
+        sizes = {posixpath.basename(p["name"]): p["size"] for p in fs.ls(base, detail=True)}
+    except (OSError, ValueError, KeyError):  # FileNotFoundError included: no state.json yet
         return False
-    for name, size in files.items():
-        full = os.path.join(path, name)
-        if not os.path.isfile(full) or (size is not None and os.path.getsize(full) != size):
-            return False
-    return True
+    return all(name in sizes and (size is None or sizes[name] == size) for name, size in files.items())
+
+
+def step_dirs(root: str) -> list[str]:
+    """`step_*` directory names under `root`, oldest first."""
+    fs, base = fs_and_path(root)
+    if not fs.isdir(base):
+        return []
+    names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(base, detail=False)]
+    return sorted((name for name in names if STEP_DIR.match(name)), key=lambda n: int(STEP_DIR.match(n).group(1)))
 
 
 def complete_checkpoints(root: str) -> list[str]:
     """Complete `step_*` directories under `root`, newest first."""
-    if not os.path.isdir(root):
-        return []
-    steps = sorted((int(m.group(1)), name) for name in os.listdir(root) if (m := STEP_DIR.match(name)))
-    return [os.path.join(root, name) for _, name in reversed(steps) if is_complete(os.path.join(root, name))]
+    return [p for name in reversed(step_dirs(root)) if is_complete(p := join(root, name))]
 
 
 def latest_checkpoint(root: str) -> str | None:
@@ -146,15 +152,20 @@ def latest_checkpoint(root: str) -> str | None:
 
 def prune_checkpoints(root: str, keep: int) -> None:
     """Delete all but the newest `keep` step directories (used where Ray does not manage them: local mode)."""
-    steps = sorted(name for name in os.listdir(root) if STEP_DIR.match(name))
-    for name in steps[:-keep]:
-        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    fs, base = fs_and_path(root)
+    for name in step_dirs(root)[:-keep]:
+        fs.rm(f"{base}/{name}", recursive=True)
 
 
 def load_checkpoint(path: str, rank: int = 0) -> dict:
     """Read a step checkpoint (tensors via safetensors, the rest JSON): model, optimizer, state, this rank's RNG."""
     if not is_complete(path):
         raise CheckpointError(f"{path}: incomplete checkpoint (state.json or a listed file is missing)")
+    with local_copy(path) as local:
+        return _load_local_checkpoint(local, rank)
+
+
+def _load_local_checkpoint(path: str, rank: int) -> dict:
     with open(os.path.join(path, "state.json")) as f:
         state = json.load(f)
     with open(os.path.join(path, "optimizer.json")) as f:
@@ -183,11 +194,14 @@ def save_module(path: str, module: torch.nn.Module) -> None:
 
 
 def load_weights(path: str) -> dict[str, torch.Tensor]:
-    """Load a state dict of tensors from .safetensors or a torch file; refuse pickled Python objects."""
+    """Load a state dict of tensors from .safetensors or a torch file (any fsspec path); refuse pickled Python
+    objects."""
     if path.endswith(".safetensors"):
-        return load_file(path)
+        with local_copy(path) as local:
+            return load_file(local)
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        with local_copy(path) as local:
+            sd = torch.load(local, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"{path}: refusing to load: the file contains pickled Python objects, not only tensors "

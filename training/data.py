@@ -22,9 +22,11 @@ from collections.abc import Callable, Iterator
 import braceexpand
 import fsspec
 import torch
-import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from pipeline.layout import fs_and_path
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
@@ -38,12 +40,12 @@ def expand_shards(pattern: str) -> list[str]:
     out: list[str] = []
     for part in braceexpand.braceexpand(pattern):
         if any(c in part for c in "*?["):
-            fs, path = fsspec.core.url_to_fs(part)
+            fs, path = fs_and_path(part)
             found = sorted(glob.glob(path)) if "file" in fs.protocol else sorted(fs.glob(path))
             scheme = part.split("://", 1)[0] + "://" if "://" in part and "file" not in fs.protocol else ""
             out.extend(scheme + p for p in found)
         else:
-            fs, path = fsspec.core.url_to_fs(part)
+            fs, path = fs_and_path(part)
             if fs.exists(path):
                 out.append(part)
     if not out:
@@ -90,10 +92,35 @@ class ErrorCounter:
         return True  # keep going with the next member / shard
 
 
+def open_shard(url: str):
+    """A readable binary stream of a shard: a plain file for local paths (the fast path), fsspec for the rest
+    (`s3://`, `gs://`, ...; webdataset's own opener does not speak them)."""
+    protocol, path = fsspec.core.split_protocol(url)
+    if protocol in (None, "file", "local"):
+        return open(path, "rb")
+    fs, path = fs_and_path(url)
+    return fs.open(path, "rb")
+
+
+def _streams(urls: list[str], on_error: ErrorCounter) -> Iterator[dict]:
+    """webdataset's `url_opener` through `open_shard`; each stream is closed once its tar has been read."""
+    for url in urls:
+        try:
+            stream = open_shard(url)
+        except Exception as exn:  # a missing or unreadable shard is counted, like a damaged one
+            if on_error(exn):
+                continue
+            raise
+        try:
+            yield {"url": url, "stream": stream}
+        finally:
+            stream.close()
+
+
 def tar_samples(urls: list[str], on_error: ErrorCounter) -> Iterator[dict]:
     """Raw samples (`{"__key__", "jpg": bytes, "txt": bytes, ...}`) of the shards, in order."""
-    source = [{"url": u} for u in urls]
-    yield from wds.tarfile_to_samples(handler=on_error)(iter(source))
+    files = tar_file_expander(_streams(urls, on_error), handler=on_error)
+    yield from group_by_keys(files, handler=on_error)
 
 
 class ShardStream(IterableDataset):

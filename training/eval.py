@@ -14,10 +14,13 @@ import argparse
 import json
 import random
 from collections.abc import Iterator
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 
+from pipeline.layout import join, read_json
+from pipeline.storage import local_copy
 from training.config import EvalConfig, RetrievalConfig, ZeroShotConfig
 from training.data import ErrorCounter, decode_image, expand_shards, pick_caption, tar_samples
 
@@ -26,8 +29,7 @@ DEFAULT_TEMPLATES = ["a photo of a {}."]
 
 def read_classnames(path: str) -> tuple[list[str], list[str]]:
     """`{"classnames": [...], "templates": [...]}` (templates optional) or a plain JSON list of names."""
-    with open(path) as f:
-        data = json.load(f)
+    data = read_json(path)
     if isinstance(data, list):
         return data, DEFAULT_TEMPLATES
     return list(data["classnames"]), list(data.get("templates") or DEFAULT_TEMPLATES)
@@ -188,16 +190,17 @@ def run_eval(cfg: EvalConfig | dict, model: str, weights: str | None = None, dev
     cfg = cfg if isinstance(cfg, EvalConfig) else EvalConfig.model_validate(cfg)
     name = check_model_name(model)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    clip, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=weights, device=device)
+    # open_clip reads weight files from the local disk: a remote model.pt is downloaded first
+    with local_copy(weights) if weights and "://" in weights else nullcontext(weights) as local_weights:
+        clip, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=local_weights, device=device)
     net, words = clip, None
     if catlip_dir:
         from training.checkpoint import load_weights
         from training.vocab import WordTargets
 
-        with open(f"{catlip_dir}/catlip_vocab.json") as f:
-            words = WordTargets(json.load(f)["words"])
+        words = WordTargets(read_json(join(catlip_dir, "catlip_vocab.json"))["words"])
         net = CatLIPModel(clip, len(words.vocab), embed_dim(clip)).to(device)
-        net.head.load_state_dict(load_weights(f"{catlip_dir}/catlip_head.safetensors"))
+        net.head.load_state_dict(load_weights(join(catlip_dir, "catlip_head.safetensors")))
     result = Evaluator(cfg, preprocess, open_clip.get_tokenizer(name), words)(net, clip, device)
     result = {"model": model, "weights": weights, **result}
     if out:

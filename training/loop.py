@@ -20,7 +20,8 @@ from contextlib import nullcontext
 import torch
 import torch.distributed as dist
 
-from pipeline.layout import read_json, write_json_atomic
+from pipeline.layout import fs_and_path, join, read_json, write_json_atomic
+from pipeline.storage import arrow_filesystem, is_remote, upload
 from training import checkpoint as ckpt
 from training.config import OptimConfig, TrainConfig
 from training.data import ShardStream, TokenEncoder, make_loader
@@ -28,6 +29,7 @@ from training.eval import Evaluator, flat_metrics
 from training.metrics_log import MetricsLog, plot_curves
 from training.models import build_model, param_groups, register_local_configs, set_patch_dropout
 from training.objectives import make_objective, temperature_and_bias
+from training.run_dir import RunDir
 from training.vocab import WordTargets
 
 log = logging.getLogger("winnow.train")
@@ -92,11 +94,35 @@ def resume_state(ckpt_root: str, rank: int) -> dict | None:
     return None
 
 
-def record_resume(out_dir: str, step: int) -> None:
+def record_resume(run: RunDir, step: int) -> None:
     """`resumes.json` lists the steps this run resumed from (after a worker failure or a rerun)."""
-    path = os.path.join(out_dir, "resumes.json")
+    path = run.path("resumes.json")
     steps = read_json(path) if os.path.isfile(path) else []
     write_json_atomic(path, [*steps, step])
+
+
+def place_checkpoint(tmp: str, root: str, step: int, keep: int) -> str:
+    """Local mode has no Ray storage: move (or upload) a written checkpoint directory into `root`, keep the newest
+    `keep`; return where it went."""
+    final = join(root, ckpt.step_dir_name(step))
+    fs, path = fs_and_path(final)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    if is_remote(final):
+        upload(tmp, final)  # a half-uploaded directory reads as incomplete: state.json lists every file's size
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        shutil.move(tmp, path)
+    ckpt.prune_checkpoints(root, keep)
+    return final
+
+
+def ray_checkpoint(url: str):
+    import ray.train
+
+    filesystem, path = arrow_filesystem(url)
+    return ray.train.Checkpoint(path, filesystem=filesystem)
 
 
 def train_worker(config: dict) -> dict:
@@ -105,7 +131,8 @@ def train_worker(config: dict) -> dict:
 
     cfg = TrainConfig.model_validate(config["train"])
     out_dir, local_mode, vocab = config["out_dir"], config["local_mode"], config.get("vocab") or []
-    ckpt_root = os.path.join(out_dir, "checkpoints")
+    ckpt_root = join(out_dir, "checkpoints")
+    run = RunDir(out_dir)  # rank 0's logs and final files, staged locally when out_dir is remote
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = worker_device()
@@ -126,6 +153,8 @@ def train_worker(config: dict) -> dict:
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     start_step, samples_seen = 0, 0
+    if rank == 0:
+        run.pull()
     resumed = resume_state(ckpt_root, rank)
     if resumed is not None:
         model.load_state_dict(resumed["model"])
@@ -137,7 +166,7 @@ def train_worker(config: dict) -> dict:
         start_step, samples_seen = resumed["state"]["step"], resumed["state"]["samples_seen"]
         if rank == 0:
             log.warning("resuming from step %d (%d samples seen)", start_step, samples_seen)
-            record_resume(out_dir, start_step)
+            record_resume(run, start_step)
     ddp = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
     model.train()
 
@@ -149,7 +178,7 @@ def train_worker(config: dict) -> dict:
     batches = iter(make_loader(stream, cfg.data.batch_size, cfg.data.loader_workers))
     global_batch = cfg.data.batch_size * world * cfg.optim.accum_steps
 
-    metrics_log = MetricsLog(out_dir, cfg.steps, start_step, enabled=rank == 0)
+    metrics_log = MetricsLog(run.local, cfg.steps, start_step, enabled=rank == 0)
     evaluator = None
     if rank == 0 and (cfg.eval.zeroshot or cfg.eval.retrieval):
         evaluator = Evaluator(cfg.eval, built.preprocess_val, built.tokenizer,
@@ -165,16 +194,15 @@ def train_worker(config: dict) -> dict:
         if rank == 0:
             ckpt.save_checkpoint(tmp, model=model, optimizer=optimizer, state=state, world=world, scaler=scaler)
         if local_mode:  # no Ray storage in local mode: place the directory ourselves
-            final = os.path.join(ckpt_root, ckpt.step_dir_name(step))
-            shutil.rmtree(final, ignore_errors=True)
-            os.makedirs(ckpt_root, exist_ok=True)
-            shutil.move(tmp, final)
-            ckpt.prune_checkpoints(ckpt_root, cfg.keep_checkpoints)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(final))
-            return
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=ckpt.step_dir_name(step))
-        shutil.rmtree(tmp, ignore_errors=True)
+            final = place_checkpoint(tmp, ckpt_root, step, cfg.keep_checkpoints)
+            ray.train.report(metrics, checkpoint=ray_checkpoint(final))
+        else:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=ckpt.step_dir_name(step))
+            shutil.rmtree(tmp, ignore_errors=True)
+        if rank == 0:  # a remote output directory is as current as its newest checkpoint
+            metrics_log.flush()
+            run.push()
 
     bad_in_a_row, bad_total, window_loss, window_steps, window_skipped = 0, 0, 0.0, 0, 0
     window_t0, window_samples, last_metrics = time.time(), 0, {}
@@ -217,6 +245,8 @@ def train_worker(config: dict) -> dict:
                 log.warning("step %d: non-finite %s, update skipped [%d in a row]", step + 1,
                             "gradient" if math.isfinite(step_loss) else "loss", bad_in_a_row)
                 if bad_in_a_row >= cfg.max_bad_steps:
+                    metrics_log.flush()
+                    run.push()
                     return diverged(out_dir, rank, step + 1, bad_in_a_row, lr)
                 continue
             bad_in_a_row = 0
@@ -255,10 +285,13 @@ def train_worker(config: dict) -> dict:
         # --- rank 0, after the last step: final weights open_clip can load, evaluation, curves --------------
         result = evaluator(model, clip, device) if evaluator is not None else {}
         metrics_log.log(cfg.steps, flat_metrics(result))
-        save_final(cfg, out_dir, model, built, result)
+        save_final(cfg, run.local, model, built, result)
+        metrics_log.flush()
+        run.push()
         return {"eval": result, "step": cfg.steps}
     finally:
         metrics_log.close()
+        run.close()
         del batches  # stops the DataLoader's worker processes
 
 
@@ -267,8 +300,7 @@ def diverged(out_dir: str, rank: int, step: int, bad: int, lr: float) -> dict:
     reason = (f"training diverged: {bad} consecutive steps had a non-finite loss or gradient (last: step {step}, "
               f"lr {lr:.3g}); lower optim.lr, raise optim.warmup_steps or check the data")
     if rank == 0:
-        with open(os.path.join(out_dir, "diverged.json"), "w") as f:
-            json.dump({"error": reason, "step": step}, f)
+        write_json_atomic(join(out_dir, "diverged.json"), {"error": reason, "step": step})
     return {"error": reason}
 
 

@@ -62,11 +62,18 @@ class MetricsLog:
             w.writerows(self.rows)
         os.replace(tmp, self.csv_path)
 
+    def flush(self) -> None:
+        """Put buffered TensorBoard events on disk (before the run directory is uploaded)."""
+        if self.tb is not None:
+            self.tb.flush()
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+            self.tb = None
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 def plot_curves(csv_path: str, png_path: str) -> None:

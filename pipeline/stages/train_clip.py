@@ -12,12 +12,12 @@ config, the web's held-out test set is the zero-shot and retrieval evaluation.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from pipeline.config import ConfigError, config_hash
 from pipeline.layout import join, write_json_atomic
 from pipeline.stages.base import StageConfig, StageContext
+from pipeline.storage import exists
 from training.config import EvalConfig, RetrievalConfig, TrainConfig, ZeroShotConfig
 
 
@@ -51,7 +51,7 @@ def default_eval(ctx: StageContext, cfg: EvalConfig) -> EvalConfig:
     if cfg.zeroshot or cfg.retrieval or not cfg.synthetic_test or ctx.pipeline.synthetic is None:
         return cfg
     test = join(ctx.pipeline.synthetic_dir(), "test")
-    if not os.path.exists(join(test, "classnames.json")):
+    if not exists(join(test, "classnames.json")):
         return cfg
     pattern = join(test, "*.tar")
     return cfg.model_copy(update={
@@ -60,7 +60,6 @@ def default_eval(ctx: StageContext, cfg: EvalConfig) -> EvalConfig:
 
 
 def run(ctx: StageContext, cfg: TrainClipConfig) -> dict[str, Any]:
-    from pipeline.runtime import init_ray
     from pipeline.summary import fmt_seconds, print_summary
     from training.trainer import fit
 
@@ -68,7 +67,7 @@ def run(ctx: StageContext, cfg: TrainClipConfig) -> dict[str, Any]:
     shards = input_shards(ctx, cfg)
     train_cfg = TrainConfig.model_validate(cfg.model_dump(exclude={"kind", "input", "output"}))
     train_cfg = train_cfg.model_copy(update={"eval": default_eval(ctx, train_cfg.eval)})
-    cluster = init_ray(ctx.pipeline.ray) if train_cfg.scaling.num_workers > 0 else {}
+    cluster = ctx.init_ray() if train_cfg.scaling.num_workers > 0 else {}
     result = fit(train_cfg, shards, out_dir)
 
     record = {"kind": "train-clip", "config": cfg.model_dump(mode="json"), "config_hash": config_hash(cfg),
@@ -107,7 +106,7 @@ def evaluate(ctx: StageContext, cfg: TrainClipConfig, out: str | None = None) ->
 
     model_dir = ctx.path(cfg.output or ctx.stage)
     weights = join(model_dir, "model.pt")
-    if not os.path.exists(weights):
+    if not exists(weights):
         raise ConfigError(f"stages.{ctx.stage}: no trained weights at {weights}; run the stage first")
     eval_cfg = default_eval(ctx, cfg.eval)
     if not (eval_cfg.zeroshot or eval_cfg.retrieval):
