@@ -39,22 +39,29 @@ class ModelSpec(StrictModel):
 
 
 def _is_file(pretrained: str | None) -> bool:
+    """A checkpoint file (local, or a remote URL such as a train-clip stage's model.pt on s3://), not a tag."""
     from pathlib import Path
 
+    if pretrained and "://" in pretrained:
+        return True
     return bool(pretrained) and ("/" in pretrained or "\\" in pretrained or Path(pretrained).suffix != "") \
         and Path(pretrained).is_file()
 
 
 def load_state_dict_safely(path: str) -> dict:
-    """Weights only: safetensors, or torch.load(weights_only=True); unwraps trainer checkpoints and DDP prefixes."""
+    """Weights only: safetensors, or torch.load(weights_only=True); unwraps trainer checkpoints and DDP prefixes.
+    `path` may be any fsspec URL: a remote file is downloaded first."""
     import torch
 
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    from pipeline.storage import local_copy
 
-        state = load_file(path, device="cpu")
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    with local_copy(path) as local:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(local, device="cpu")
+        else:
+            state = torch.load(local, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

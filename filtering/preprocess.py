@@ -70,7 +70,7 @@ def resolve_preprocess(name: str, pretrained: str | None = None, model_config: s
     stage's driver only needs this dict). Pretrained tags read the tag's preprocessing (no download); `hf-hub:`
     models read the hub's `open_clip_config.json` (a small file, cached for the actors that load the weights).
     """
-    is_file = bool(pretrained) and Path(pretrained).is_file()
+    is_file = bool(pretrained) and ("://" in pretrained or Path(pretrained).is_file())  # s3://.../model.pt too
     if ":" not in name and (not pretrained or is_file):
         model_cfg = _config_json(name, model_config)
         if model_cfg is not None:

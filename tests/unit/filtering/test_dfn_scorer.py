@@ -102,3 +102,18 @@ def test_preprocess_resolved_without_open_clip_equals_open_clips_own(tiny):
         size = theirs["size"]
         assert ours["size"] == (list(size) if isinstance(size, tuple | list) else [size, size]), name
         assert ours["mean"] == list(theirs["mean"]) and ours["resize_mode"] == theirs["resize_mode"], name
+
+
+def test_weights_on_s3_score_like_the_local_file(tiny, s3_bucket):
+    # score's `model_from:` a train-clip stage whose run root is a bucket: the actor downloads model.pt itself
+    from pipeline.layout import join
+    from pipeline.storage import upload
+
+    url = join(s3_bucket, "train", "model.safetensors")
+    upload(tiny.pretrained, url)
+    remote = tiny.model_copy(update={"pretrained": url})
+    assert remote.preprocess_cfg() == tiny.preprocess_cfg()
+    (batch,) = signal_batches([("k", {"jpg": jpeg(smooth_image(2)), "txt": b"a thing"})], "0",
+                              preprocess=Preprocessor(tiny.preprocess_cfg()))
+    a, b = DFNScorer(tiny, device="cpu"), DFNScorer(remote, device="cpu")
+    assert a(dict(batch))["dfn_score"][0] == pytest.approx(b(dict(batch))["dfn_score"][0], abs=1e-6)
