@@ -104,3 +104,26 @@ def test_shards_stream_from_the_bucket_and_a_missing_one_is_counted(s3_bucket):
     samples = list(tar_samples(urls, errors))
     assert [(s["__key__"], s["txt"]) for s in samples] == [("a", b"one"), ("b", b"two")]
     assert errors.count == 1  # 00001.tar does not exist: counted, not raised
+
+
+def test_a_local_mode_run_on_s3_trains_from_the_bucket_and_a_rerun_resumes_there(shapes, s3_bucket):
+    from test_training_objectives import tiny_run
+
+    from training.trainer import fit
+
+    shards = []
+    for path in shapes["pool"][:2]:
+        shards.append(join(s3_bucket, "curated", os.path.basename(path)))
+        upload(path, shards[-1])
+    out = join(s3_bucket, "train")
+    first = tiny_run("siglip", "tiny-sigmoid-vit", {}, steps=6, checkpoint_every=3)
+    result = fit(first, shards, out)
+    assert result["step"] == 6 and result["weights"] == join(out, "model.pt")
+    assert result["last_checkpoint"] == join(out, "checkpoints", ckpt.step_dir_name(6))
+    result = fit(first.model_copy(update={"steps": 9}), shards, out)  # the same command, more steps
+    assert result["step"] == 9 and result["resumed_from"] == [6]
+    files = keys_under(out)
+    assert {"model.pt", "eval.json", "metrics.csv", "resumes.json", "curves.png"} <= set(files)
+    assert ckpt.step_dirs(join(out, "checkpoints")) == [ckpt.step_dir_name(6), ckpt.step_dir_name(9)]
+    fs, base = fs_and_path(join(out, "metrics.csv"))
+    assert [line.split(",")[0] for line in fs.cat_file(base).decode().splitlines()[1:]] == ["5", "6", "9"]
