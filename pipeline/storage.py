@@ -5,8 +5,8 @@ bridges them to winnow's storage: `local_copy` stages a remote file or folder in
 `upload` puts a local file or folder in place (each file under a temporary name, then renamed), and
 `arrow_filesystem` gives Ray Train a pyarrow view of the same fsspec filesystem, so one set of credentials and
 endpoints serves every stage. Those come from fsspec: for S3 the usual AWS variables, `~/.aws` or an instance role,
-and `FSSPEC_S3_ENDPOINT_URL` for an S3-compatible server (fsspec passes `FSSPEC_<PROTOCOL>_<KWARG>` variables as
-filesystem arguments).
+and `AWS_ENDPOINT_URL` or `FSSPEC_S3_ENDPOINT_URL` for an S3-compatible server (fsspec passes
+`FSSPEC_<PROTOCOL>_<KWARG>` variables as filesystem arguments).
 """
 
 from __future__ import annotations
