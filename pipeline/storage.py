@@ -69,6 +69,17 @@ def local_copy(url: str) -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def local_if_url(value: str | None) -> Iterator[str | None]:
+    """`value` as is (a tag, a name, a local path, None), or a local copy when it is a URL such as `s3://b/model.pt`:
+    for arguments like open_clip's `pretrained`, which take either."""
+    if value and "://" in value:
+        with local_copy(value) as path:
+            yield path
+    else:
+        yield value
+
+
 def upload(local: str, url: str) -> list[str]:
     """Copy a local file, or every file under a local folder, to `url`; return the URLs written."""
     if os.path.isfile(local):

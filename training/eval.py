@@ -14,13 +14,12 @@ import argparse
 import json
 import random
 from collections.abc import Iterator
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 
 from pipeline.layout import join, read_json
-from pipeline.storage import local_copy
+from pipeline.storage import local_if_url
 from training.config import EvalConfig, RetrievalConfig, ZeroShotConfig
 from training.data import ErrorCounter, decode_image, expand_shards, pick_caption, tar_samples
 
@@ -191,7 +190,7 @@ def run_eval(cfg: EvalConfig | dict, model: str, weights: str | None = None, dev
     name = check_model_name(model)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # open_clip reads weight files from the local disk: a remote model.pt is downloaded first
-    with local_copy(weights) if weights and "://" in weights else nullcontext(weights) as local_weights:
+    with local_if_url(weights) as local_weights:
         clip, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=local_weights, device=device)
     net, words = clip, None
     if catlip_dir:

@@ -16,6 +16,7 @@ import open_clip
 import torch
 from torch import nn
 
+from pipeline.storage import local_if_url
 from training.checkpoint import CheckpointError
 from training.config import ModelConfig
 
@@ -95,8 +96,9 @@ def build_model(cfg: ModelConfig, objective: str, vocab_size: int = 0) -> BuiltM
     if objective == "siglip" and model_cfg.get("init_logit_bias") is None:
         kwargs.update(SIGLIP_INIT)  # a softmax-CLIP architecture trained with the sigmoid loss
     try:
-        clip, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
-            name, pretrained=pretrained, force_patch_dropout=cfg.patch_dropout or None, **kwargs)
+        with local_if_url(pretrained) as weights:  # e.g. another stage's model.pt on s3://: open_clip reads files
+            clip, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
+                name, pretrained=weights, force_patch_dropout=cfg.patch_dropout or None, **kwargs)
     except pickle.UnpicklingError as err:  # open_clip loads with weights_only=True: say why it refused
         raise CheckpointError(f"{pretrained}: refusing to load pretrained weights that contain pickled Python "
                               f"objects, not only tensors ({err})") from None

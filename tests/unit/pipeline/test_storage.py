@@ -12,7 +12,7 @@ import pytest
 import s3fs
 
 from pipeline.layout import Dataset, fs_and_path, join, write_json_atomic
-from pipeline.storage import arrow_filesystem, local_copy, upload, warn_local_root_on_cluster
+from pipeline.storage import arrow_filesystem, local_copy, local_if_url, upload, warn_local_root_on_cluster
 
 
 def write(url: str, data: bytes) -> None:
@@ -93,3 +93,13 @@ def test_a_remote_root_needs_an_absolute_local_synthetic_web():
         cfg.synthetic_dir()
     cfg = parse_pipeline_config({"root": "s3://bucket/run", "synthetic": {"dir": "/tmp/web"}}, "c.yaml")
     assert cfg.synthetic_dir() == "/tmp/web"
+
+
+def test_local_if_url_stages_urls_and_passes_tags_and_paths_through(s3_bucket):
+    write(join(s3_bucket, "model.pt"), b"w")
+    for value in (None, "openai", "hf-hub:org/repo", "/data/model.pt"):
+        with local_if_url(value) as got:
+            assert got == value
+    with local_if_url(join(s3_bucket, "model.pt")) as path:
+        assert Path(path).read_bytes() == b"w"
+    assert not os.path.exists(path)

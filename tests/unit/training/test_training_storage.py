@@ -127,3 +127,18 @@ def test_a_local_mode_run_on_s3_trains_from_the_bucket_and_a_rerun_resumes_there
     assert ckpt.step_dirs(join(out, "checkpoints")) == [ckpt.step_dir_name(6), ckpt.step_dir_name(9)]
     fs, base = fs_and_path(join(out, "metrics.csv"))
     assert [line.split(",")[0] for line in fs.cat_file(base).decode().splitlines()[1:]] == ["5", "6", "9"]
+
+
+def test_a_run_starts_from_pretrained_weights_in_the_bucket(s3_bucket, tmp_path):
+    from training.config import ModelConfig
+    from training.models import build_model
+
+    torch.manual_seed(3)
+    source = build_model(ModelConfig(name="tiny-clip-vit"), "clip").clip
+    ckpt.save_weights(str(tmp_path / "model.pt"), source)
+    url = join(s3_bucket, "filter-net", "model.pt")
+    upload(str(tmp_path / "model.pt"), url)
+    torch.manual_seed(4)  # a different random init: equal weights can only come from the file
+    built = build_model(ModelConfig(name="tiny-clip-vit", pretrained=url), "clip").clip
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(built.state_dict()[name], tensor), name
