@@ -110,8 +110,11 @@ def parse_recipe(data: dict, source: str, name: str) -> Recipe:
     if unknown:
         raise RecipeError(f"{source}: unknown key(s) {', '.join(unknown)}; a recipe has `ops:` (and `description:`)")
     ops = data.get("ops")
-    if not isinstance(ops, list) or not ops:
-        raise RecipeError(f"{source}: ops: expected a non-empty list of ops, e.g. `- min_image_side: 64`")
+    # An explicit `ops: []` is the `none` recipe (keep every decodable sample: the raw-pool baseline); a missing
+    # or null `ops` is more likely a typo than a wish to keep everything.
+    if not isinstance(ops, list):
+        raise RecipeError(f"{source}: ops: expected a list of ops, e.g. `- min_image_side: 64` (`ops: []` keeps "
+                          "every sample)")
     return Recipe(name=name, source=source, ops=[parse_op(item, source, i) for i, item in enumerate(ops)],
                   description=str(data.get("description") or ""), raw=ops)
 

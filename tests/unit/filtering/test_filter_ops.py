@@ -66,6 +66,14 @@ def test_undecodable_and_repeated_uids_are_dropped_before_the_recipe():
     assert [f["left"] for f in sel.funnel] == [3, 2, 1, 1]
 
 
+def test_the_empty_recipe_keeps_every_decodable_sample_whatever_its_signals():
+    pool = make_pool([{"caption_words": 0, "generic_caption": True, "dfn_score": -0.9}, {"width": 2, "height": 2},
+                      {"sha256": "sha0"}, {"decodable": False, "decode_error": "OSError: truncated"}])
+    sel, rows = run([], pool)
+    assert [r["kept"] for r in rows] == [True, True, True, False]
+    assert [f["op"] for f in sel.funnel] == ["pool", "unique_uid", "decodable"] and sel.kept == 3
+
+
 def test_top_fraction_keeps_ties_at_the_boundary():
     # 10 scored samples, top 0.3 -> k = 3; the 3rd best is 0.8 and two more tie with it: all four 0.8s pass.
     scores = [0.9, 0.85, 0.8, 0.8, 0.8, 0.8, 0.5, 0.4, 0.3, 0.2]
