@@ -45,13 +45,17 @@ def test_flip_patch_dropout_is_random_in_training_and_off_for_tuning_and_eval():
     assert torch.equal(clip.encode_image(x), clip.encode_image(x))
 
 
-@pytest.mark.parametrize("name", ["tiny-sigmoid-vit", "tiny-coca"])
-def test_final_weights_load_in_open_clip_with_identical_embeddings(tmp_path, name):
+@pytest.mark.parametrize("name, objective", [("tiny-sigmoid-vit", "siglip"), ("tiny-coca", "coca"),
+                                             ("tiny-clip-rn", "clip")])
+def test_final_weights_load_in_open_clip_with_identical_embeddings(tmp_path, name, objective):
     torch.manual_seed(1)
-    built = build_model(ModelConfig(name=name), "siglip" if "sigmoid" in name else "coca")
+    built = build_model(ModelConfig(name=name), objective)
     with torch.no_grad():  # move away from any default init, so equality means the weights were loaded
         for p in built.clip.parameters():
             p.add_(torch.randn_like(p) * 0.01)
+        for key, b in built.clip.named_buffers():  # the ResNet tower's BatchNorm statistics must travel too
+            if "running_" in key:
+                b.add_(torch.rand_like(b))
     path = str(tmp_path / "model.pt")
     ckpt.save_weights(path, built.clip)
 
@@ -159,7 +163,8 @@ def test_every_local_model_config_builds_a_model_of_a_few_million_parameters():
         clip = open_clip.create_model(name)
         params = sum(p.numel() for p in clip.parameters())
         assert 1e6 < params < 1e7, f"{name}: {params / 1e6:.1f}M parameters"
-        assert clip.visual.image_size == (32, 32)
+        size = clip.visual.image_size  # a ResNet tower keeps an int, a ViT a pair
+        assert (size if isinstance(size, tuple) else (size, size)) == (32, 32)
 
 
 def test_pretrained_weights_load_and_a_pickle_payload_is_refused(tmp_path):
