@@ -131,6 +131,12 @@ def train_worker(config: dict) -> dict:
 
     cfg = TrainConfig.model_validate(config["train"])
     out_dir, local_mode, vocab = config["out_dir"], config["local_mode"], config.get("vocab") or []
+    if not local_mode:
+        # Ray Train configured this worker's root logger at INFO after our start-up hook ran; its per-step
+        # "Reporting training result" lines and open_clip's model-loading chatter would bury the progress bar.
+        from pipeline.runtime import quiet_worker_logs
+
+        quiet_worker_logs()
     ckpt_root = join(out_dir, "checkpoints")
     run = RunDir(out_dir)  # rank 0's logs and final files, staged locally when out_dir is remote
     context = ray.train.get_context()
@@ -307,7 +313,7 @@ def diverged(out_dir: str, rank: int, step: int, bad: int, lr: float) -> dict:
 def save_final(cfg: TrainConfig, out_dir: str, model, built, result: dict) -> None:
     # A CLIP config trained with the sigmoid loss got a logit bias its named config lacks: leave it out of model.pt
     # so `create_model_and_transforms(name, pretrained=model.pt)` loads strictly; the embeddings do not use it.
-    extra = {"logit_bias": float(built.clip.logit_bias)} if "init_logit_bias" in built.extra_kwargs else {}
+    extra = {"logit_bias": float(built.clip.logit_bias.detach())} if "init_logit_bias" in built.extra_kwargs else {}
     ckpt.save_weights(os.path.join(out_dir, "model.pt"), built.clip, drop=tuple(extra))
     with open(os.path.join(out_dir, "model_config.json"), "w") as f:
         json.dump({"name": cfg.model.name, "model_cfg": built.model_cfg, **extra}, f, indent=1)

@@ -46,7 +46,7 @@ def fit(cfg: TrainConfig, shards: list[str], out_dir: str) -> dict:
     unless `cfg.scaling.num_workers == 0`."""
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # the default in Ray 2.60; V1 lacks what we use
     import torch
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from training.loop import train_worker
@@ -79,7 +79,8 @@ def fit(cfg: TrainConfig, shards: list[str], out_dir: str) -> dict:
         torch_config=TorchConfig(backend="nccl" if sc.gpus_per_worker > 0 else "gloo"),
         run_config=RunConfig(name="checkpoints", storage_path=storage_path, storage_filesystem=storage_fs,
                              failure_config=FailureConfig(max_failures=sc.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                             logging_config=LoggingConfig(log_level="WARNING")),
     )
     t0 = time.time()
     threads = torch.get_num_threads()

@@ -20,6 +20,7 @@ from local_cluster import LocalCluster
 
 from pipeline.layout import Dataset
 from pipeline.pipeline_config import load_pipeline_config
+from training.checkpoint import latest_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 POOL = 300
@@ -155,8 +156,8 @@ def test_killed_training_worker_resumes_and_ends_like_an_uninterrupted_run(clust
     finish(start_driver(cluster, cfg, "--stage", "train_a"))
     proc = start_driver(cluster, cfg, "--stage", "train_b")
     ckpt = root / "train_b" / "checkpoints"
-    wait_for(lambda: ckpt.exists() and any(p.name.startswith("step_") for p in ckpt.iterdir()), 240,
-             "the first checkpoint", proc)
+    # A complete checkpoint, not just its directory: a kill while step_10 is half written restarts from step 0.
+    wait_for(lambda: ckpt.exists() and latest_checkpoint(str(ckpt)), 240, "the first complete checkpoint", proc)
     kill_one(cluster, "ray::RayTrainWorker")
     finish(proc)
 
