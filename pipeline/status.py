@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from pipeline.layout import fs_and_path, join
+from pipeline.layout import join
 from pipeline.pipeline_config import PipelineConfig
+from pipeline.storage import read_json_glob
 from pipeline.summary import fmt_seconds, format_table
 
 
 def stage_sections(cfg: PipelineConfig) -> dict[str, tuple[str, dict]]:
     """stage name -> (dataset dir, its manifest section), found by scanning the run root's manifests."""
-    fs, root = fs_and_path(cfg.root)
     found: dict[str, tuple[str, dict]] = {}
-    if not fs.exists(root):
-        return found
-    for path in sorted(fs.glob(f"{root}/*/manifest.json")):
-        with fs.open(path, "r") as f:
-            try:
-                m = json.load(f)
-            except json.JSONDecodeError:
-                continue
+    for path, m in read_json_glob(cfg.root, "*/manifest.json"):
         for stage, section in (m.get("stages") or {}).items():
             found[stage] = (path.rsplit("/", 2)[-2], section)
     return found

@@ -100,6 +100,22 @@ def _put(src: str, url: str) -> None:
         shutil.copyfileobj(fi, fo, 1 << 20)
 
 
+def read_json_glob(root: str, pattern: str) -> Iterator[tuple[str, dict]]:
+    """(path, parsed object) for each JSON file matching `pattern` under `root`, sorted by path; a file that does
+    not parse (a crash mid-write on a store without atomic rename) is passed over."""
+    import json
+
+    fs, base = fs_and_path(root)
+    if not fs.exists(base):
+        return
+    for path in sorted(fs.glob(f"{base}/{pattern}")):
+        with fs.open(path, "r") as f:
+            try:
+                yield path, json.load(f)
+            except json.JSONDecodeError:
+                continue
+
+
 def arrow_filesystem(url: str):
     """(pyarrow filesystem, path) of a URL for Ray Train's `RunConfig(storage_filesystem=, storage_path=)`:
     (None, absolute path) for a local one, else fsspec's filesystem wrapped for pyarrow."""

@@ -12,7 +12,6 @@ A recipe that names an unknown op, or an op whose signal was not computed, fails
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from pydantic import Field, field_validator, model_validator
 from pipeline.config import ConfigError, config_hash
 from pipeline.layout import Dataset, atomic_write, file_record, fs_and_path, write_json_atomic
 from pipeline.stages.base import StageConfig, StageContext
+from pipeline.storage import read_json_glob
 
 ALWAYS_READ = ["uid", "shard", "key", "decodable", "decode_error", "dfn_score", "width", "height"]
 
@@ -166,15 +166,4 @@ def run(ctx: StageContext, cfg: FilterConfig) -> dict[str, Any]:
 
 def read_selection_info(ds: Dataset) -> dict[str, dict]:
     """recipe name -> its selection/<recipe>.json (the funnel and counts), for the report."""
-    fs, path = fs_and_path(ds.sub("selection"))
-    if not fs.exists(path):
-        return {}
-    out = {}
-    for p in sorted(fs.glob(f"{path}/*.json")):
-        with fs.open(p, "r") as f:
-            try:
-                info = json.load(f)
-            except json.JSONDecodeError:
-                continue
-        out[info.get("recipe") or Path(p).stem] = info
-    return out
+    return {info.get("recipe") or Path(p).stem: info for p, info in read_json_glob(ds.sub("selection"), "*.json")}

@@ -7,7 +7,18 @@ from pydantic import Field, model_validator
 from pipeline.config import StrictModel
 
 
-class NoiseRates(StrictModel):
+class DisjointRates(StrictModel):
+    """Fractions of the pool, one per kind; a sample gets at most one kind, so they add up to at most 1."""
+
+    @model_validator(mode="after")
+    def _total(self) -> DisjointRates:
+        total = sum(self.model_dump().values())
+        if total > 1:
+            raise ValueError(f"the rates add up to {total:.3g}; a sample gets at most one kind, so at most 1")
+        return self
+
+
+class NoiseRates(DisjointRates):
     """Fractions of the pool carrying each kind of web noise (disjoint; the rest is clean)."""
 
     mismatched_caption: float = Field(0.15, ge=0, le=1, description="caption belongs to another image")
@@ -17,14 +28,8 @@ class NoiseRates(StrictModel):
     near_duplicate: float = Field(0.04, ge=0, le=1, description="re-rendered with jitter / re-encoded")
     tiny_image: float = Field(0.03, ge=0, le=1, description="a few pixels on a side")
 
-    @model_validator(mode="after")
-    def _total(self) -> NoiseRates:
-        if sum(self.model_dump().values()) > 1:
-            raise ValueError("noise rates add up to more than 1")
-        return self
 
-
-class FaultRates(StrictModel):
+class FaultRates(DisjointRates):
     """Fractions of pool URLs the server answers badly (disjoint)."""
 
     http_404: float = Field(0.02, ge=0, le=1)
@@ -34,12 +39,6 @@ class FaultRates(StrictModel):
     not_image: float = Field(0.01, ge=0, le=1, description="an HTML page served as image/jpeg")
     oversized: float = Field(0.005, ge=0, le=1, description="an image with far more pixels than allowed")
     opt_out: float = Field(0.01, ge=0, le=1, description="X-Robots-Tag: noai")
-
-    @model_validator(mode="after")
-    def _total(self) -> FaultRates:
-        if sum(self.model_dump().values()) > 1:
-            raise ValueError("fault rates add up to more than 1")
-        return self
 
 
 class SyntheticWebConfig(StrictModel):
