@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except WinnowError as err:
         print(f"\nerror: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `winnow status ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 0
     except KeyboardInterrupt:
         print("interrupted: finished shards are kept; run the same command again to continue", file=sys.stderr)
         return 130

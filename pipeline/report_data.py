@@ -13,6 +13,7 @@ import numpy as np
 
 from pipeline.layout import Dataset, fs_and_path, join
 from pipeline.report_html import jpeg_uri
+from pipeline.storage import read_json_glob
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +29,7 @@ def _read_json(url: str) -> Any:
 
 def find_manifests(root: str) -> dict[str, dict]:
     """dataset name -> manifest, for every `<root>/<name>/manifest.json`."""
-    fs, path = fs_and_path(root)
-    out = {}
-    if not fs.exists(path):
-        return out
-    for p in sorted(fs.glob(f"{path}/*/manifest.json")):
-        try:
-            with fs.open(p, "r") as f:
-                out[p.rstrip("/").split("/")[-2]] = json.load(f)
-        except (OSError, json.JSONDecodeError):
-            log.warning("report: unreadable manifest %s", p)
-    return out
+    return {p.rstrip("/").split("/")[-2]: m for p, m in read_json_glob(root, "*/manifest.json")}
 
 
 def find_results(root: str, names: tuple[str, ...] = ("train.json", "eval.json")) -> dict[str, dict]:
@@ -81,18 +72,14 @@ def load_selections(ds: Dataset) -> dict[str, tuple[dict, Any]]:
     """recipe -> (selection/<recipe>.json, selection/<recipe>.parquet as a DataFrame)."""
     import pyarrow.parquet as pq
 
-    fs, path = fs_and_path(ds.sub("selection"))
     out = {}
-    if not fs.exists(path):
-        return out
-    for p in sorted(fs.glob(f"{path}/*.json")):
+    for p, info in read_json_glob(ds.sub("selection"), "*.json"):
+        name = info.get("recipe") or p.rsplit("/", 1)[-1][:-5]
         try:
-            with fs.open(p, "r") as f:
-                info = json.load(f)
-            name = info.get("recipe") or p.rsplit("/", 1)[-1][:-5]
-            with fs.open(ds.sub("selection", f"{name}.parquet"), "rb") as f:
+            fs, path = fs_and_path(ds.sub("selection", f"{name}.parquet"))
+            with fs.open(path, "rb") as f:
                 out[name] = (info, pq.read_table(f).to_pandas())
-        except (OSError, json.JSONDecodeError, KeyError):
+        except OSError:
             log.warning("report: unreadable selection %s", p)
     return out
 

@@ -109,11 +109,13 @@ def read_json_glob(root: str, pattern: str) -> Iterator[tuple[str, dict]]:
     if not fs.exists(base):
         return
     for path in sorted(fs.glob(f"{base}/{pattern}")):
-        with fs.open(path, "r") as f:
-            try:
-                yield path, json.load(f)
-            except json.JSONDecodeError:
-                continue
+        try:
+            with fs.open(path, "r") as f:
+                found = json.load(f)
+        except (OSError, json.JSONDecodeError) as err:
+            log.warning("passing over unreadable %s (%s)", path, err)
+            continue
+        yield path, found
 
 
 def arrow_filesystem(url: str):
