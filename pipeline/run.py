@@ -43,8 +43,10 @@ def _finish(cfg: PipelineConfig, results: dict[str, Any], seconds: float) -> Non
         rows.append(("synthetic web", f"{cfg.synthetic_dir()} (ground truth: truth.parquet)"))
     try:
         from pipeline.report import build_report
+        from pipeline.report_encoders import summary_rows
 
         rows.append(("report", build_report(cfg)))
+        rows += summary_rows(cfg)
     except ImportError:
         pass
     for name, res in results.items():

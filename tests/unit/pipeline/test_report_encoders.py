@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipeline.pipeline_config import parse_pipeline_config
 from pipeline.report_data import ReportData
-from pipeline.report_encoders import comparisons, encoders, section
+from pipeline.report_encoders import comparisons, encoders, section, summary_rows
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -54,3 +54,9 @@ def test_curated_is_compared_only_with_the_raw_encoder_of_equal_steps_on_its_sou
     assert "52.0% vs train_raw (unfiltered, 3688 samples) 29.5% zero-shot top-1: +22.5 points" in text
     assert "train_filter (filtering network) hq: unfiltered 1,900" in text
     assert "train curated: recipe dfn_synthetic of pool 1,012 tiny-clip-rn (clip) 400 x 64 52.0% 95.0% +22.5" in text
+
+
+def test_the_run_summary_names_the_pair_and_the_gain(tmp_path):
+    data = build(tmp_path)
+    assert summary_rows(data.pipeline) == [("curated vs raw", "train 52.0% vs train_raw 29.5% zero-shot top-1 "
+                                                              "(+22.5 points; same model, steps and batch)")]
