@@ -62,10 +62,16 @@ def render(data: ReportData) -> str:
     return page(f"winnow report: {data.name}", subtitle, rendered)
 
 
-def build_report(cfg, dataset: str | None = None, out: str | None = None, max_cards: int = 8) -> str:
-    """Build `<root>/<dataset>/report/index.html` for a pipeline config; return where it was written."""
-    name = dataset or report_dataset(cfg) or "pool"
-    data = ReportData.load(cfg.root, name, pipeline=cfg, max_cards=max_cards)
+def load_report_data(cfg, dataset: str | None = None, max_cards: int = 8) -> ReportData:
+    """What the report of a pipeline config shows: its dataset's signals and selections, every manifest and result."""
+    return ReportData.load(cfg.root, dataset or report_dataset(cfg) or "pool", pipeline=cfg, max_cards=max_cards)
+
+
+def build_report(cfg, dataset: str | None = None, out: str | None = None, max_cards: int = 8,
+                 data: ReportData | None = None) -> str:
+    """Build `<root>/<dataset>/report/index.html` for a pipeline config (from `data` when already loaded); return
+    where it was written."""
+    data = data or load_report_data(cfg, dataset, max_cards)
     html = render(data)
     url = out or data.report_url()
     with atomic_write(url, "w") as f:

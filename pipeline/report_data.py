@@ -4,7 +4,6 @@ selections, training results (`train.json`, `eval.json`), and thumbnails read fr
 from __future__ import annotations
 
 import io
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,12 +20,6 @@ SIGNAL_COLUMNS = ["uid", "shard", "key", "caption", "width", "height", "aspect_r
                   "decode_error", "caption_chars", "caption_words", "generic_caption", "generic_reason", "dfn_score"]
 
 
-def _read_json(url: str) -> Any:
-    fs, path = fs_and_path(url)
-    with fs.open(path, "r") as f:
-        return json.load(f)
-
-
 def find_manifests(root: str) -> dict[str, dict]:
     """dataset name -> manifest, for every `<root>/<name>/manifest.json`."""
     return {p.rstrip("/").split("/")[-2]: m for p, m in read_json_glob(root, "*/manifest.json")}
@@ -34,19 +27,12 @@ def find_manifests(root: str) -> dict[str, dict]:
 
 def find_results(root: str, names: tuple[str, ...] = ("train.json", "eval.json")) -> dict[str, dict]:
     """'<dir>/<file>' -> JSON, for training and evaluation results one or two folders below the run root."""
-    fs, path = fs_and_path(root)
+    base = fs_and_path(root)[1].rstrip("/")
     out = {}
-    if not fs.exists(path):
-        return out
     for pattern in ("*/{n}", "*/*/{n}"):
         for name in names:
-            for p in sorted(fs.glob(f"{path}/{pattern.format(n=name)}")):
-                rel = p[len(path.rstrip("/")) + 1:]
-                try:
-                    with fs.open(p, "r") as f:
-                        out[rel] = json.load(f)
-                except (OSError, json.JSONDecodeError):
-                    continue
+            for p, found in read_json_glob(root, pattern.format(n=name)):
+                out[p[len(base) + 1:]] = found
     return out
 
 

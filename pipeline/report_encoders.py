@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.layout import Dataset
-from pipeline.report_data import ReportData, find_manifests, find_results
+from pipeline.report_data import ReportData
 from pipeline.report_html import esc, table
 
 RAW_RECIPES = (None, "none")
@@ -97,10 +96,8 @@ def section(data: ReportData) -> str | None:
     return "".join(notes) + body
 
 
-def summary_rows(cfg) -> list[tuple[str, str]]:
-    """The run summary's lines for each curated-vs-raw pair of encoders (read from manifests and train.json)."""
-    data = ReportData(root=cfg.root, dataset=Dataset(cfg.root, "pool"), pipeline=cfg,
-                      manifests=find_manifests(cfg.root), results=find_results(cfg.root))
+def summary_rows(data: ReportData) -> list[tuple[str, str]]:
+    """The run summary's lines for each curated-vs-raw pair of encoders."""
     return [("curated vs raw", f"{c['dir']} {_pct(c['top1'])} vs {r['dir']} {_pct(r['top1'])} zero-shot top-1 "
              f"({100 * (c['top1'] - r['top1']):+.1f} points; same model, steps and batch)")
             for c, r in comparisons(encoders(data))]

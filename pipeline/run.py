@@ -42,11 +42,12 @@ def _finish(cfg: PipelineConfig, results: dict[str, Any], seconds: float) -> Non
     if cfg.synthetic is not None:
         rows.append(("synthetic web", f"{cfg.synthetic_dir()} (ground truth: truth.parquet)"))
     try:
-        from pipeline.report import build_report
+        from pipeline.report import build_report, load_report_data
         from pipeline.report_encoders import summary_rows
 
-        rows.append(("report", build_report(cfg)))
-        rows += summary_rows(cfg)
+        data = load_report_data(cfg)  # read once: the report and the curated-vs-raw lines below
+        rows.append(("report", build_report(cfg, data=data)))
+        rows += summary_rows(data)
     except ImportError:
         pass
     for name, res in results.items():

@@ -31,6 +31,7 @@ from filtering.images import DEFAULT_MAX_PIXELS
 from pipeline.config import ConfigError, config_hash
 from pipeline.layout import Dataset, atomic_write, file_record, fs_and_path
 from pipeline.stages.base import StageConfig, StageContext
+from pipeline.storage import exists
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,7 @@ def resolve_model(ctx: StageContext, cfg: ScoreConfig) -> ScoreConfig:
         return cfg
     stage = _source_stage(ctx, cfg)
     weights = ctx.path(stage.output or cfg.model_from, "model.pt")
-    fs, path = fs_and_path(weights)
-    if not fs.exists(path):
+    if not exists(weights):
         raise ConfigError(f"stages.{ctx.stage}.model_from: {weights} does not exist; run stage {cfg.model_from!r} "
                           "first")
     return cfg.model_copy(update={"model": ModelSpec(name=stage.model.name, pretrained=weights), "model_from": None})

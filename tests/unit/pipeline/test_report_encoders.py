@@ -58,5 +58,5 @@ def test_curated_is_compared_only_with_the_raw_encoder_of_equal_steps_on_its_sou
 
 def test_the_run_summary_names_the_pair_and_the_gain(tmp_path):
     data = build(tmp_path)
-    assert summary_rows(data.pipeline) == [("curated vs raw", "train 52.0% vs train_raw 29.5% zero-shot top-1 "
+    assert summary_rows(data) == [("curated vs raw", "train 52.0% vs train_raw 29.5% zero-shot top-1 "
                                                               "(+22.5 points; same model, steps and batch)")]

@@ -103,13 +103,17 @@ def test_a_step_checkpoint_restores_model_optimizer_and_rng(tmp_path):
         assert torch.equal(a, b)
 
 
-def test_an_incomplete_checkpoint_is_not_the_latest(tmp_path):
-    model = torch.nn.Linear(2, 2)
+def write_checkpoints(root, model: torch.nn.Module, steps: tuple[int, ...]) -> None:
+    """Complete single-rank checkpoints of `model` at each step under `root`."""
     opt = torch.optim.AdamW(model.parameters())
-    for step in (10, 20):
-        path = str(tmp_path / ckpt.step_dir_name(step))
+    for step in steps:
+        path = str(root / ckpt.step_dir_name(step))
         ckpt.save_rank_rng(path, 0)
         ckpt.save_checkpoint(path, model=model, optimizer=opt, state={"step": step, "samples_seen": 0}, world=1)
+
+
+def test_an_incomplete_checkpoint_is_not_the_latest(tmp_path):
+    write_checkpoints(tmp_path, torch.nn.Linear(2, 2), (10, 20))
     (tmp_path / ckpt.step_dir_name(20) / "optimizer.safetensors").unlink()  # a crash mid-copy
     assert ckpt.latest_checkpoint(str(tmp_path)).endswith(ckpt.step_dir_name(10))
     with pytest.raises(ckpt.CheckpointError, match="incomplete"):
@@ -145,12 +149,7 @@ def test_coca_starts_from_the_same_finite_weights_whatever_memory_held():
 
 
 def test_a_half_copied_checkpoint_is_passed_over(tmp_path):
-    model = torch.nn.Linear(64, 64)
-    opt = torch.optim.AdamW(model.parameters())
-    for step in (10, 20):
-        path = str(tmp_path / ckpt.step_dir_name(step))
-        ckpt.save_rank_rng(path, 0)
-        ckpt.save_checkpoint(path, model=model, optimizer=opt, state={"step": step, "samples_seen": 0}, world=1)
+    write_checkpoints(tmp_path, torch.nn.Linear(64, 64), (10, 20))
     weights = tmp_path / ckpt.step_dir_name(20) / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # an upload cut short: the file exists but is truncated
     assert ckpt.latest_checkpoint(str(tmp_path)).endswith(ckpt.step_dir_name(10))
