@@ -29,7 +29,7 @@ from bench.common import machine, result_line  # noqa: E402
 NO_FAULTS = {k: 0.0 for k in ("http_404", "http_500", "slow", "truncated", "not_image", "oversized", "opt_out")}
 
 
-PEER = ("import sys; from training.models import register_local_configs; register_local_configs(); "
+PEER = ("import sys; from pipeline.core.model_configs import register_model_configs; register_model_configs(); "
         "from open_clip_train.main import main; main(sys.argv[1:])")
 
 

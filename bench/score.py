@@ -49,9 +49,9 @@ def make_pool(root: Path, images: int, shard_size: int, side: int = 256) -> None
     import numpy as np
     from PIL import Image
 
-    from pipeline.ids import uid_of
-    from pipeline.layout import Dataset, file_record
-    from pipeline.shards import write_tar
+    from pipeline.core.ids import uid_of
+    from pipeline.core.layout import Dataset, file_record
+    from pipeline.core.shards import write_tar
 
     rng = np.random.default_rng(0)
     ds = Dataset(str(root), "pool")
@@ -96,7 +96,7 @@ def forward_throughput(spec: dict, root: Path, threads: int, batch: int, n: int 
     from filtering.dfn import DFNScorer, ModelSpec
     from filtering.preprocess import Preprocessor
     from filtering.signals import signal_batches
-    from pipeline.shards import read_samples
+    from pipeline.core.shards import read_samples
 
     torch.set_num_threads(threads)
     scorer = DFNScorer(ModelSpec(**spec), device="cpu", num_threads=threads)
@@ -118,8 +118,8 @@ def plain_loop(spec: dict, root: Path, threads: int, batch: int) -> tuple[float,
     from filtering.dfn import DFNScorer, ModelSpec
     from filtering.preprocess import Preprocessor
     from filtering.signals import signal_batches
-    from pipeline.layout import Dataset
-    from pipeline.shards import ReadReport, read_samples
+    from pipeline.core.layout import Dataset
+    from pipeline.core.shards import ReadReport, read_samples
     from pipeline.stages.score import ScoreConfig, write_scored_shard
 
     t0 = time.perf_counter()
@@ -143,7 +143,7 @@ def plain_loop(spec: dict, root: Path, threads: int, batch: int) -> tuple[float,
 def score_stage(spec: dict, root: Path, cpus: int, batch: int, address: str) -> tuple[int, float | None]:
     from pipeline.pipeline_config import parse_pipeline_config
     from pipeline.stages import score
-    from pipeline.stages.base import StageContext
+    from pipeline.stages.context import StageContext
 
     stage = {"input": "pool", "model": spec, "batch_size": batch}  # the stage's defaults otherwise
     pc = parse_pipeline_config({"root": str(root), "ray": {"num_cpus": cpus, "address": address},

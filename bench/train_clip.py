@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the shapes shard maker lives with the
 from bench.common import machine, result_line  # noqa: E402
 
 MODEL = "tiny-sigmoid-vit"
-PEER = ("import sys; from training.models import register_local_configs; register_local_configs(); "
+PEER = ("import sys; from pipeline.core.model_configs import register_model_configs; register_model_configs(); "
         "from open_clip_train.main import main; main(sys.argv[1:])")
 
 
@@ -78,10 +78,10 @@ def open_clip_rate(shards: list[str], out: str, steps: int, batch: int, threads:
 def loader_rate(shards: list[str], batch: int, batches: int) -> float:
     import open_clip
 
+    from pipeline.core.model_configs import register_model_configs
     from training.data import ShardStream, TokenEncoder, make_loader
-    from training.models import register_local_configs
 
-    register_local_configs()
+    register_model_configs()
     _, preprocess, _ = open_clip.create_model_and_transforms(MODEL)
     stream = ShardStream(shards, preprocess, TokenEncoder(open_clip.get_tokenizer(MODEL)), shuffle_buffer=1000)
     it = iter(make_loader(stream, batch, workers=1))

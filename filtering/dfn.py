@@ -20,8 +20,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from filtering.preprocess import normalize_batch, register_model_config, resolve_preprocess
-from pipeline.config import StrictModel
+from filtering.preprocess import normalize_batch, resolve_preprocess
+from pipeline.core.config import StrictModel
+from pipeline.core.model_configs import register_model_configs
 
 
 class ModelSpec(StrictModel):
@@ -53,7 +54,7 @@ def load_state_dict_safely(path: str) -> dict:
     `path` may be any fsspec URL: a remote file is downloaded first."""
     import torch
 
-    from pipeline.storage import local_copy
+    from pipeline.core.storage import local_copy
 
     with local_copy(path) as local:
         if path.endswith(".safetensors"):
@@ -79,7 +80,7 @@ def load_model(spec: ModelSpec, device: str = "cpu"):
     """(model in eval mode, tokenizer) for a spec; checkpoint files never go through pickle."""
     import open_clip
 
-    register_model_config(spec.config_file)
+    register_model_configs(spec.config_file)
     if _is_file(spec.pretrained):
         logging.disable(logging.WARNING)  # open_clip warns "initialized randomly": the weights load just below
         try:

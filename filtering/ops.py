@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from filtering import dedup
 from filtering.images import phash_to_uint64
-from pipeline.config import StrictModel
+from pipeline.core.config import StrictModel
 
 
 class Pool:

@@ -17,50 +17,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO_MODEL_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "models"  # winnow's tiny models
-
-
-def register_model_config(path: str | None) -> None:
-    """Make winnow's configs/models/ and a model config JSON (file or folder) known to open_clip; idempotent."""
-    import open_clip
-    from open_clip import factory
-
-    paths = [REPO_MODEL_CONFIGS] if REPO_MODEL_CONFIGS.is_dir() else []
-    if path:
-        if not Path(path).exists():
-            raise FileNotFoundError(f"model config {path}: no such file or folder")
-        paths.append(Path(path))
-    known = {q.resolve() for q in factory._MODEL_CONFIG_PATHS}
-    for p in paths:
-        if p.resolve() not in known:
-            open_clip.add_model_config(p)
-
+from pipeline.core.model_configs import find_model_config, register_model_configs
 
 # open_clip's PreprocessCfg() defaults (OpenAI's mean/std), used when no pretrained tag or hub config says otherwise
 DEFAULT_PREPROCESS = {"size": [224, 224], "mode": "RGB", "mean": [0.48145466, 0.4578275, 0.40821073],
                       "std": [0.26862954, 0.26130258, 0.27577711], "interpolation": "bicubic",
                       "resize_mode": "shortest", "fill_color": 0}
-
-
-def _config_json(name: str, model_config: str | None) -> dict | None:
-    """A model's config JSON found without importing open_clip (which imports torch): ours, the user's, built-in."""
-    import importlib.util
-
-    dirs = [REPO_MODEL_CONFIGS]
-    if model_config:
-        p = Path(model_config)
-        if p.is_file():
-            if p.stem == name:
-                return json.loads(p.read_text())
-        else:
-            dirs.insert(0, p)
-    spec = importlib.util.find_spec("open_clip")
-    if spec and spec.submodule_search_locations:
-        dirs.append(Path(list(spec.submodule_search_locations)[0]) / "model_configs")
-    for d in dirs:
-        if (d / f"{name}.json").is_file():
-            return json.loads((d / f"{name}.json").read_text())
-    return None
 
 
 def resolve_preprocess(name: str, pretrained: str | None = None, model_config: str | None = None) -> dict:
@@ -72,14 +34,14 @@ def resolve_preprocess(name: str, pretrained: str | None = None, model_config: s
     """
     is_file = bool(pretrained) and ("://" in pretrained or Path(pretrained).is_file())  # s3://.../model.pt too
     if ":" not in name and (not pretrained or is_file):
-        model_cfg = _config_json(name, model_config)
+        model_cfg = find_model_config(name, model_config)
         if model_cfg is not None:
             size = model_cfg["vision_cfg"].get("image_size", 224)
             return {**DEFAULT_PREPROCESS, "size": list(size) if isinstance(size, list | tuple) else [size, size]}
     import open_clip
     from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
-    register_model_config(model_config)  # before name lookups: the name may be one of winnow's own configs
+    register_model_configs(model_config)  # before name lookups: the name may be one of winnow's own configs
     cfg = asdict(PreprocessCfg())
     if name.startswith("hf-hub:"):
         from open_clip.pretrained import download_pretrained_from_hf

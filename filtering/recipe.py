@@ -25,10 +25,10 @@ from pydantic import ValidationError
 
 from filtering.ops import NAMED_OPS, SCALAR_PARAMS, Op, ScoreThreshold, ThresholdParams
 from filtering.signals import signals_schema
-from pipeline.config import ConfigError, format_validation_error, load_yaml
+from pipeline.core.config import ConfigError, format_validation_error, load_yaml
+from pipeline.core.paths import RECIPES_DIR
 
-REPO = Path(__file__).resolve().parent.parent
-RECIPE_DIR = REPO / "configs" / "filters"
+RECIPE_DIR = RECIPES_DIR
 # Numeric signals the score stage can compute: usable as `<signal>: {min|max|top_fraction}`.
 NUMERIC_SIGNALS = sorted(f.name for f in signals_schema(with_model=True)
                          if pa.types.is_integer(f.type) or pa.types.is_floating(f.type))

@@ -9,17 +9,16 @@ stage runs it in CPU tasks and the model in actors.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 
-from filtering.images import DEFAULT_MAX_PIXELS, decode_image, phash_hex, sha256_hex
+from filtering.images import phash_hex, sha256_hex
 from filtering.text import caption_signals
-from pipeline.ids import uid_of
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
+from pipeline.core.ids import uid_of
+from pipeline.core.images import DEFAULT_MAX_PIXELS, decode_image
+from pipeline.core.sample import image_member, primary_caption, sample_meta
 
 BASE_SCHEMA = pa.schema([
     ("uid", pa.string()),
@@ -51,27 +50,15 @@ def signals_schema(with_model: bool) -> pa.Schema:
     return schema
 
 
-def _meta(files: dict[str, bytes]) -> dict:
-    try:
-        meta = json.loads(files["json"]) if "json" in files else {}
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
-
-
 def sample_row(key: str, files: dict[str, bytes], shard: str, max_pixels: int = DEFAULT_MAX_PIXELS,
                preprocess=None) -> tuple[dict, np.ndarray | None]:
     """One sample's signals, and its preprocessed crop when `preprocess` is given and the image decodes."""
-    meta = _meta(files)
-    if "txt" in files:
-        caption = files["txt"].decode("utf-8", errors="replace")
-    else:
-        caption = str(meta.get("caption") or "")
+    meta = sample_meta(files)
+    caption = primary_caption(files, meta) or ""
     url = meta.get("url")
     # The download stage writes the uid; without it, the URL's hash is the same uid by construction.
     uid = str(meta.get("uid") or (uid_of(url) if url else uid_of(f"{shard}/{key}")))
-    image_ext = next((e for e in IMAGE_EXTS if e in files), None)
-    data = files.get(image_ext) if image_ext else None
+    image_ext, data = image_member(files)
     info, img = decode_image(data, max_pixels)
     pixels = None
     if img is not None and preprocess is not None:

@@ -17,8 +17,8 @@ import logging
 import os
 import sys
 
-from pipeline.config import ConfigError
-from pipeline.errors import WinnowError
+from pipeline.core.config import ConfigError
+from pipeline.core.errors import WinnowError
 
 
 def _config_args(p: argparse.ArgumentParser, stage: bool = True) -> None:

@@ -16,10 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.config import ConfigError
-from pipeline.layout import is_local
+from pipeline.core.config import ConfigError
+from pipeline.core.layout import is_local
+from pipeline.core.paths import REPO_ROOT as REPO
 
-REPO = Path(__file__).resolve().parent.parent
 EXCLUDES = [".venv", "runs", ".git", "bench/out", "**/__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis",
             "*.egg-info", "web"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -33,7 +33,7 @@ def _client(address: str):
 
 def job_request(config: str, stage: str | None, overrides: list[str], extra_pip: list[str] | None = None) -> dict:
     """The entrypoint, runtime_env and metadata of a winnow job (validated locally first)."""
-    from pipeline.config import load_yaml
+    from pipeline.core.config import load_yaml
     from pipeline.pipeline_config import PipelineConfig, apply_overrides, load_pipeline_config
 
     cfg = load_pipeline_config(config, overrides)  # a config error stops here, not on the cluster

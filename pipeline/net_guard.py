@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from pydantic import Field
 
-from pipeline.config import StrictModel
+from pipeline.core.config import StrictModel
 
 # Addresses that are not "the web" even though ipaddress does not flag all of them as private.
 METADATA_ADDRESSES = {

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from pipeline.config import ConfigError, StrictModel, load_yaml, parse_override, set_path, validate
+from pipeline.core.config import ConfigError, StrictModel, load_yaml, parse_override, set_path, validate
 from pipeline.runtime import RayConfig
 from pipeline.stages import available_kinds, stage_module
 from pipeline.stages.base import StageConfig
@@ -38,8 +38,19 @@ class PipelineConfig(StrictModel):
     def stage(self, name: str) -> StageConfig:
         return self.stages[name]
 
+    def output_of(self, name: str) -> str:
+        """Where stage `name` writes: its dataset or model directory name under the run root."""
+        return self.stages[name].output_dataset(name)
+
+    def stages_producing(self, what: str) -> list[str]:
+        """Names of this pipeline's stages whose kind produces `what` (e.g. "encoder")."""
+        from pipeline.stages import kinds_producing
+
+        kinds = set(kinds_producing(what))
+        return [name for name, st in self.stages.items() if st.kind in kinds]
+
     def synthetic_dir(self) -> str:
-        from pipeline.layout import join
+        from pipeline.core.layout import join
 
         web = self.synthetic or SyntheticWebConfig()
         if os.path.isabs(web.dir) or "://" in web.dir:

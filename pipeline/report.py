@@ -19,7 +19,7 @@ import logging
 import pkgutil
 import time
 
-from pipeline.layout import atomic_write
+from pipeline.core.layout import atomic_write
 from pipeline.report_data import ReportData
 from pipeline.report_html import esc, page
 

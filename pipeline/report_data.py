@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.layout import Dataset, fs_and_path, join
+from pipeline.core.images import IMAGE_EXTS, open_rgb
+from pipeline.core.layout import Dataset, fs_and_path, join
+from pipeline.core.storage import read_json_glob
 from pipeline.report_html import jpeg_uri
-from pipeline.storage import read_json_glob
 
 log = logging.getLogger(__name__)
 
@@ -84,23 +85,18 @@ class Thumbnails:
         return self.cache[(shard, key)]
 
     def _make(self, shard: str, key: str) -> str | None:
-        from PIL import Image
-
-        from pipeline.shards import index_samples, read_ranges
+        from pipeline.core.shards import index_samples, read_ranges
 
         url = self.ds.shard_file(shard, "tar")
         try:
             if shard not in self.index:
                 self.index[shard] = index_samples(url)
             members = self.index[shard].get(key, {})
-            ext = next((e for e in ("jpg", "jpeg", "png", "webp") if e in members), None)
+            ext = next((e for e in IMAGE_EXTS if e in members), None)
             if ext is None:
                 return None
             (data,) = read_ranges(url, [members[ext]])
-            im = Image.open(io.BytesIO(data))
-            if im.width * im.height > 40_000_000:
-                return None
-            im = im.convert("RGB")
+            im = open_rgb(data)
             im.thumbnail((self.size, self.size))
             buf = io.BytesIO()
             im.save(buf, format="JPEG", quality=80)

@@ -12,6 +12,7 @@ from typing import Any
 
 from pipeline.report_data import ReportData
 from pipeline.report_html import esc, table
+from pipeline.stages import kinds_producing
 
 RAW_RECIPES = (None, "none")
 
@@ -31,7 +32,7 @@ def encoders(data: ReportData) -> list[dict[str, Any]]:
     """One dict per trained encoder (a `train.json` of kind train-clip), with its zero-shot result."""
     out = []
     for rel, rec in sorted(data.results.items()):
-        if not rel.endswith("train.json") or rec.get("kind") != "train-clip":
+        if not rel.endswith("train.json") or rec.get("kind") not in kinds_producing("encoder"):
             continue
         model_dir = rel.rsplit("/", 1)[0]
         cfg = rec.get("config") or {}
@@ -48,7 +49,7 @@ def encoders(data: ReportData) -> list[dict[str, Any]]:
 def filter_networks(data: ReportData) -> set[str]:
     """Model directories that a score stage of the pipeline scores with (`model_from`)."""
     stages = getattr(data.pipeline, "stages", {}) or {}
-    return {stages[st.model_from].output or st.model_from for st in stages.values()
+    return {data.pipeline.output_of(st.model_from) for st in stages.values()
             if getattr(st, "model_from", None) in stages}
 
 

@@ -6,10 +6,10 @@ import logging
 import time
 from typing import Any
 
-from pipeline.config import ConfigError
+from pipeline.core.config import ConfigError
 from pipeline.pipeline_config import PipelineConfig
 from pipeline.stages import stage_module
-from pipeline.stages.base import StageContext
+from pipeline.stages.context import StageContext
 from pipeline.summary import fmt_seconds, print_summary
 
 log = logging.getLogger(__name__)

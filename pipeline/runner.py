@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.errors import WinnowError
-from pipeline.layout import Dataset
+from pipeline.core.errors import WinnowError
+from pipeline.core.layout import Dataset
 from pipeline.summary import print_stage_summary
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import os
 
 from pydantic import Field
 
-from pipeline.config import StrictModel
+from pipeline.core.config import StrictModel
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def init_ray(cfg: RayConfig | None = None, runtime_env: dict | None = None) -> d
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     address = cluster_address(cfg)
     if not address:
-        runtime_env = {"worker_process_setup_hook": "pipeline.runtime.quiet_worker_logs", **(runtime_env or {})}
+        runtime_env = {"worker_process_setup_hook": "pipeline.core.logs.quiet_worker_logs", **(runtime_env or {})}
     if address:
         ray.init(address=address, namespace=cfg.namespace, log_to_driver=True, runtime_env=runtime_env)
     else:
@@ -59,16 +59,6 @@ def init_ray(cfg: RayConfig | None = None, runtime_env: dict | None = None) -> d
     info = describe_cluster()
     log.info("ray: %s", info)
     return info
-
-
-def quiet_worker_logs() -> None:
-    """Worker start-up hook: keep workers' INFO chatter (open_clip's model loading, Ray Train's resource requests,
-    and the placement-group cleaner that cannot reach the State API without a dashboard) out of the user's terminal.
-    Warnings and errors still come through."""
-    logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
 def describe_cluster() -> dict:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.layout import join
+from pipeline.core.layout import join
+from pipeline.core.storage import read_json_glob
 from pipeline.pipeline_config import PipelineConfig
-from pipeline.storage import read_json_glob
 from pipeline.summary import fmt_seconds, format_table
 
 

@@ -8,9 +8,9 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.config import ConfigError
-from pipeline.ids import uid_of
-from pipeline.layout import fs_and_path
+from pipeline.core.config import ConfigError
+from pipeline.core.ids import uid_of
+from pipeline.core.layout import fs_and_path
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 

@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.ids import uid_of
-from pipeline.layout import Dataset, file_record
+from pipeline.core.ids import uid_of
+from pipeline.core.layout import Dataset, file_record
 
 TINY_MODEL = "tiny-curation-clip"
 TINY_CONFIG = {

@@ -76,7 +76,7 @@ def write_shard(path: str, start: int, n: int, seed: int, *, labels: bool = Fals
 
 def make_pool(root: str, name: str = "pool", shards: int = 4, per_shard: int = 256, seed: int = 0, **kw) -> list[str]:
     """A winnow dataset `<root>/<name>` with complete (marked) shards; returns the tar paths."""
-    from pipeline.layout import Dataset
+    from pipeline.core.layout import Dataset
 
     ds = Dataset(root, name)
     paths = []

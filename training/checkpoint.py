@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.layout import fs_and_path, join
-from pipeline.storage import local_copy
+from pipeline.core.layout import fs_and_path, join
+from pipeline.core.storage import local_copy
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 

@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.config import StrictModel
+from pipeline.core.config import StrictModel
 
 Objective = Literal["clip", "siglip", "coca", "catlip"]
 

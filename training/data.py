@@ -6,29 +6,26 @@ readers each reader instead draws a random shard per pass (webdataset's "resampl
 in a bounded buffer of raw bytes, then decoded and preprocessed inside the DataLoader worker. A sample whose image
 does not decode or that has no caption is skipped and counted; the count rides along with each batch.
 
-Captions: `<key>.json` may hold `captions: [...]` (several captions per image, e.g. from CapFilt); one is drawn at
-random each time the sample is read. Without it, `<key>.txt` is the caption (then the JSON's `caption`).
+Shards are read by the one capped reader (`pipeline.core.shards`), images decoded by the one decoder
+(`pipeline.core.images`: accepted formats, pixel cap) and captions chosen by the one rule (`pipeline.core.sample`):
+one of a sample's captions is drawn at random each time it is read.
 """
 
 from __future__ import annotations
 
 import glob
-import io
 import itertools
-import json
 import random
 from collections.abc import Callable, Iterator
 
 import braceexpand
-import fsspec
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from pipeline.layout import fs_and_path
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+from pipeline.core.images import open_rgb
+from pipeline.core.layout import fs_and_path
+from pipeline.core.sample import image_member, pick_caption
+from pipeline.core.shards import ReadReport, read_samples
 
 
 class NoShardsError(ValueError):
@@ -53,74 +50,28 @@ def expand_shards(pattern: str) -> list[str]:
     return out
 
 
-def pick_caption(sample: dict, rng: random.Random) -> str | None:
-    """One caption: a random entry of the JSON's `captions` list if present, else `.txt`, else JSON `caption`."""
-    meta = {}
-    if "json" in sample:
-        try:
-            meta = json.loads(sample["json"])
-        except (ValueError, UnicodeDecodeError):
-            meta = {}
-    captions = [c for c in meta.get("captions") or [] if isinstance(c, str) and c.strip()]
-    if captions:
-        return rng.choice(captions)
-    if "txt" in sample:
-        text = sample["txt"].decode("utf-8", errors="replace").strip()
-        if text:
-            return text
-    caption = meta.get("caption")
-    return caption if isinstance(caption, str) and caption.strip() else None
-
-
-def decode_image(sample: dict) -> Image.Image:
-    for ext in IMAGE_EXTS:
-        if ext in sample:
-            img = Image.open(io.BytesIO(sample[ext]))
-            img.load()  # decode now, so a truncated file fails here and is counted
-            return img.convert("RGB")
-    raise KeyError("no image member")
-
-
 class ErrorCounter:
-    """Collects tar-level errors (a truncated shard, a bad member) instead of raising; see `tar_samples`."""
+    """Counts what a read passed over: refused or repeated tar members, a damaged or missing shard."""
 
     def __init__(self):
         self.count = 0
 
-    def __call__(self, exn: Exception) -> bool:
-        self.count += 1
-        return True  # keep going with the next member / shard
+    def add(self, report: ReadReport) -> None:
+        self.count += sum(report.skipped.values()) + (1 if report.error else 0)
 
 
-def open_shard(url: str):
-    """A readable binary stream of a shard: a plain file for local paths (the fast path), fsspec for the rest
-    (`s3://`, `gs://`, ...; webdataset's own opener does not speak them)."""
-    protocol, path = fsspec.core.split_protocol(url)
-    if protocol in (None, "file", "local"):
-        return open(path, "rb")
-    fs, path = fs_and_path(url)
-    return fs.open(path, "rb")
-
-
-def _streams(urls: list[str], on_error: ErrorCounter) -> Iterator[dict]:
-    """webdataset's `url_opener` through `open_shard`; each stream is closed once its tar has been read."""
+def tar_samples(urls: list[str], errors: ErrorCounter) -> Iterator[dict]:
+    """Raw samples (`{"__key__", "jpg": bytes, "txt": bytes, ...}`) of the shards, in order, through the one capped
+    reader (`pipeline.core.shards`): refused members and damaged or missing shards are counted in `errors`."""
     for url in urls:
+        report = ReadReport()
         try:
-            stream = open_shard(url)
-        except Exception as exn:  # a missing or unreadable shard is counted, like a damaged one
-            if on_error(exn):
-                continue
-            raise
-        try:
-            yield {"url": url, "stream": stream}
+            for key, files in read_samples(url, report):
+                yield {"__key__": key, **files}
+        except OSError as err:  # a missing or unreadable shard is counted, like a damaged one
+            report.error = f"{type(err).__name__}: {err}"
         finally:
-            stream.close()
-
-
-def tar_samples(urls: list[str], on_error: ErrorCounter) -> Iterator[dict]:
-    """Raw samples (`{"__key__", "jpg": bytes, "txt": bytes, ...}`) of the shards, in order."""
-    files = tar_file_expander(_streams(urls, on_error), handler=on_error)
-    yield from group_by_keys(files, handler=on_error)
+            errors.add(report)
 
 
 class ShardStream(IterableDataset):
@@ -178,7 +129,7 @@ class ShardStream(IterableDataset):
             seen_errors = errors.count
             caption = pick_caption(sample, rng)
             try:
-                image = self.preprocess(decode_image(sample))
+                image = self.preprocess(open_rgb(image_member(sample)[1]))
             except Exception:  # any undecodable image: PIL raises many kinds
                 skipped += 1
                 continue

@@ -18,10 +18,12 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from pipeline.layout import join, read_json
-from pipeline.storage import local_if_url
+from pipeline.core.images import open_rgb
+from pipeline.core.layout import join, read_json
+from pipeline.core.sample import image_member, pick_caption
+from pipeline.core.storage import local_if_url
 from training.config import EvalConfig, RetrievalConfig, ZeroShotConfig
-from training.data import ErrorCounter, decode_image, expand_shards, pick_caption, tar_samples
+from training.data import ErrorCounter, expand_shards, tar_samples
 
 DEFAULT_TEMPLATES = ["a photo of a {}."]
 
@@ -41,7 +43,7 @@ def shard_batches(pattern: str, preprocess, batch_size: int, limit: int | None) 
     n = 0
     for sample in tar_samples(expand_shards(pattern), ErrorCounter()):
         try:
-            image = preprocess(decode_image(sample))
+            image = preprocess(open_rgb(image_member(sample)[1]))
         except Exception:
             continue
         images.append(image)
@@ -203,7 +205,7 @@ def run_eval(cfg: EvalConfig | dict, model: str, weights: str | None = None, dev
     result = Evaluator(cfg, preprocess, open_clip.get_tokenizer(name), words)(net, clip, device)
     result = {"model": model, "weights": weights, **result}
     if out:
-        from pipeline.layout import write_json_atomic
+        from pipeline.core.layout import write_json_atomic
 
         write_json_atomic(out, result)
     return result

@@ -20,14 +20,15 @@ from contextlib import nullcontext
 import torch
 import torch.distributed as dist
 
-from pipeline.layout import fs_and_path, join, read_json, write_json_atomic
-from pipeline.storage import arrow_filesystem, is_remote, upload
+from pipeline.core.layout import fs_and_path, join, read_json, write_json_atomic
+from pipeline.core.model_configs import register_model_configs
+from pipeline.core.storage import arrow_filesystem, is_remote, upload
 from training import checkpoint as ckpt
 from training.config import OptimConfig, TrainConfig
 from training.data import ShardStream, TokenEncoder, make_loader
 from training.eval import Evaluator, flat_metrics
 from training.metrics_log import MetricsLog, plot_curves
-from training.models import build_model, param_groups, register_local_configs, set_patch_dropout
+from training.models import build_model, param_groups, set_patch_dropout
 from training.objectives import make_objective, temperature_and_bias
 from training.run_dir import RunDir
 from training.vocab import WordTargets
@@ -134,7 +135,7 @@ def train_worker(config: dict) -> dict:
     if not local_mode:
         # Ray Train configured this worker's root logger at INFO after our start-up hook ran; its per-step
         # "Reporting training result" lines and open_clip's model-loading chatter would bury the progress bar.
-        from pipeline.runtime import quiet_worker_logs
+        from pipeline.core.logs import quiet_worker_logs
 
         quiet_worker_logs()
     ckpt_root = join(out_dir, "checkpoints")
@@ -143,7 +144,7 @@ def train_worker(config: dict) -> dict:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = worker_device()
     torch.set_num_threads(cfg.scaling.torch_threads or max(1, int(cfg.scaling.cpus_per_worker)))
-    register_local_configs()
+    register_model_configs()
 
     # --- model, objective, optimizer (the same seed on every rank: identical initial weights) -------------------
     torch.manual_seed(cfg.seed)

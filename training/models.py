@@ -1,7 +1,7 @@
 """Build the network a run trains: an open_clip model by name, plus our tiny configs and the cost savers.
 
-`register_local_configs()` makes `configs/models/*.json` visible to open_clip, after which
-`open_clip.create_model_and_transforms("tiny-sigmoid-vit", pretrained="<run>/model.pt")` loads our weights.
+`pipeline.core.model_configs.register_model_configs()` makes `configs/models/*.json` visible to open_clip, after
+which `open_clip.create_model_and_transforms("tiny-sigmoid-vit", pretrained="<run>/model.pt")` loads our weights.
 """
 
 from __future__ import annotations
@@ -10,17 +10,17 @@ import difflib
 import math
 import pickle
 from dataclasses import dataclass
-from pathlib import Path
 
 import open_clip
 import torch
 from torch import nn
 
-from pipeline.storage import local_if_url
+from pipeline.core.model_configs import register_model_configs
+from pipeline.core.paths import MODEL_CONFIGS_DIR
+from pipeline.core.storage import local_if_url
 from training.checkpoint import CheckpointError
 from training.config import ModelConfig
 
-LOCAL_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "models"
 SIGLIP_INIT = {"init_logit_scale": math.log(10), "init_logit_bias": -10.0}  # SigLIP paper: t' = ln 10, b = -10
 
 
@@ -28,26 +28,16 @@ class UnknownModelError(ValueError):
     """A model name that neither open_clip nor configs/models/ knows."""
 
 
-def register_local_configs(path: str | Path = LOCAL_CONFIGS) -> list[str]:
-    """Add `configs/models/*.json` to open_clip's registry (idempotent); return their names."""
-    from open_clip import factory
-
-    path = Path(path)
-    if path not in factory._MODEL_CONFIG_PATHS:
-        open_clip.add_model_config(path)
-    return sorted(p.stem for p in path.glob("*.json"))
-
-
 def check_model_name(name: str) -> str:
     """Return `name` if open_clip can build it; else raise with the closest known names."""
-    register_local_configs()
+    register_model_configs()
     if name.startswith(("hf-hub:", "local-dir:")) or name.replace("/", "-") in open_clip.list_models():
         return name
     known = open_clip.list_models()
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.3)
     hint = f"closest known: {', '.join(close)}" if close else f"known include: {', '.join(known[:8])}, ..."
     raise UnknownModelError(
-        f"unknown model {name!r}; {hint} (open_clip's built-in configs and {LOCAL_CONFIGS}/*.json)")
+        f"unknown model {name!r}; {hint} (open_clip's built-in configs and {MODEL_CONFIGS_DIR}/*.json)")
 
 
 class CatLIPModel(nn.Module):

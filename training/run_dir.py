@@ -14,8 +14,8 @@ import os
 import shutil
 import tempfile
 
-from pipeline.layout import fs_and_path, join
-from pipeline.storage import is_remote, local_path, upload
+from pipeline.core.layout import fs_and_path, join
+from pipeline.core.storage import is_remote, local_path, upload
 
 RESUME_FILES = ("metrics.csv", "resumes.json")
 

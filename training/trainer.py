@@ -16,9 +16,9 @@ import logging
 import os
 import time
 
-from pipeline.config import ConfigError
-from pipeline.layout import join, read_json, write_json_atomic
-from pipeline.storage import arrow_filesystem, exists, is_remote, local_path, remove
+from pipeline.core.config import ConfigError
+from pipeline.core.layout import join, read_json, write_json_atomic
+from pipeline.core.storage import arrow_filesystem, exists, is_remote, local_path, remove
 from training.config import TrainConfig
 
 log = logging.getLogger("winnow.train")

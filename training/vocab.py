@@ -12,7 +12,8 @@ from collections.abc import Iterable
 
 import torch
 
-from training.data import ErrorCounter, pick_caption, tar_samples
+from pipeline.core.sample import captions
+from training.data import ErrorCounter, tar_samples
 
 STOP_WORDS = frozenset(
     "a an the of on in at to and or with for from by is are was were be this that these those it its as into "
@@ -37,23 +38,11 @@ def build_vocab(captions: Iterable[str], size: int, min_count: int = 1) -> list[
 
 def captions_of(urls: list[str], limit: int) -> Iterable[str]:
     """Up to `limit` captions read from the shards (every caption of a multi-caption sample)."""
-    import json
-    import random
-
     n = 0
-    rng = random.Random(0)
     for sample in tar_samples(urls, ErrorCounter()):
-        meta = {}
-        if "json" in sample:
-            try:
-                meta = json.loads(sample["json"])
-            except ValueError:
-                pass
-        many = [c for c in meta.get("captions") or [] if isinstance(c, str)]
-        for caption in many or [pick_caption(sample, rng)]:
-            if caption:
-                yield caption
-                n += 1
+        for caption in captions(sample):
+            yield caption
+            n += 1
         if n >= limit:
             return
 

@@ -1,5 +1,10 @@
 """The stage kinds winnow knows. Each kind is a module with `CONFIG` (its pydantic model) and `run(ctx, cfg)`.
 
+A stage module may also define `preflight(ctx, cfg)` (checks before any stage runs), `evaluate(ctx, cfg)` and
+`eval_row(cfg, result)` (what `winnow eval` runs and prints), and `PRODUCES` (what it writes besides datasets:
+"encoder" for a stage whose `model.pt` another stage may score with). Adding a stage is adding its module and one
+line here.
+
 Modules import only light dependencies at the top (pydantic, the config models), so loading and validating a
 pipeline config never imports torch or Ray; the heavy work is imported inside `run`.
 """
@@ -31,3 +36,13 @@ def available_kinds() -> list[str]:
         if importlib.util.find_spec(mod) is not None:
             out.append(kind)
     return out
+
+
+def kinds_producing(what: str) -> list[str]:
+    """Stage kinds whose module declares `PRODUCES = what` (e.g. "encoder")."""
+    return [kind for kind in available_kinds() if getattr(stage_module(kind), "PRODUCES", None) == what]
+
+
+def evaluable_kinds() -> list[str]:
+    """Stage kinds `winnow eval` can evaluate (their module has `evaluate`)."""
+    return [kind for kind in available_kinds() if hasattr(stage_module(kind), "evaluate")]

@@ -22,11 +22,12 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from pipeline.config import ConfigError, config_hash
-from pipeline.layout import Dataset, file_record, fs_and_path, is_local, join, sha256_file, write_json_atomic
+from pipeline.core.config import ConfigError, config_hash
+from pipeline.core.layout import Dataset, file_record, fs_and_path, is_local, join, sha256_file, write_json_atomic
 from pipeline.net_guard import GuardConfig, GuardPolicy
 from pipeline.runner import ShardJob
-from pipeline.stages.base import StageConfig, StageContext
+from pipeline.stages.base import StageConfig
+from pipeline.stages.context import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +112,9 @@ class DownloadShard:
         from img2dataset.resizer import Resizer
         from img2dataset.writer import WebDatasetSampleWriter
 
+        from pipeline.core.storage import upload
         from pipeline.download_reasons import classify
         from pipeline.net_guard import install_guard
-        from pipeline.storage import upload
 
         install_guard(self.policy)
         ds = Dataset(self.root, self.name)
@@ -233,10 +234,10 @@ def resolve_url_list(ctx: StageContext, cfg: DownloadConfig) -> str:
 
 
 def run(ctx: StageContext, cfg: DownloadConfig) -> dict[str, Any]:
+    from pipeline.core.version import code_version
     from pipeline.runner import run_shards
-    from pipeline.version import code_version
 
-    output = cfg.output or ctx.stage
+    output = ctx.output
     ds = Dataset(ctx.root, output)
     url_list = resolve_url_list(ctx, cfg)
     if cfg.source == "urls":

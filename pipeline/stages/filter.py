@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.config import ConfigError, config_hash
-from pipeline.layout import Dataset, atomic_write, file_record, fs_and_path, write_json_atomic
-from pipeline.stages.base import StageConfig, StageContext
-from pipeline.storage import read_json_glob
+from pipeline.core.config import ConfigError, config_hash
+from pipeline.core.layout import Dataset, atomic_write, file_record, fs_and_path, write_json_atomic
+from pipeline.core.storage import read_json_glob
+from pipeline.stages.base import StageConfig
+from pipeline.stages.context import StageContext
 
 ALWAYS_READ = ["uid", "shard", "key", "decodable", "decode_error", "dfn_score", "width", "height"]
 

@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 from pydantic import Field, model_validator
 
-from pipeline.config import ConfigError, config_hash
-from pipeline.layout import Dataset, atomic_write, file_record, fs_and_path, write_json_atomic
+from pipeline.core.config import ConfigError, config_hash
+from pipeline.core.layout import Dataset, atomic_write, file_record, fs_and_path, write_json_atomic
 from pipeline.runner import ShardJob
-from pipeline.stages.base import StageConfig, StageContext
+from pipeline.stages.base import StageConfig
+from pipeline.stages.context import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class ReshardConfig(StageConfig):
     def recipe_name(self) -> str:
         return self.recipe.rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml")
 
-    def output_name(self) -> str:
+    def output_dataset(self, stage: str) -> str:
         return self.output or f"{self.input}-{self.recipe_name}"
 
 
@@ -97,7 +98,7 @@ def index_sources(ds: Dataset, plan: list[list[tuple]], num_cpus: float, max_in_
     """(source shard, key) -> {ext: MemberRange}, from the source tars' headers, one Ray task per source shard."""
     import ray
 
-    from pipeline.shards import index_samples
+    from pipeline.core.shards import index_samples
 
     wanted: dict[str, set[str]] = defaultdict(set)
     for part in plan:
@@ -127,7 +128,7 @@ def write_shard(job: ShardJob, root: str, output: str, source: str, plan_id: str
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.shards import read_ranges, write_tar
+    from pipeline.core.shards import read_ranges, write_tar
 
     src, out = Dataset(root, source), Dataset(root, output)
     by_source: dict[str, list[tuple[int, str, Any]]] = defaultdict(list)
@@ -186,7 +187,7 @@ def run(ctx: StageContext, cfg: ReshardConfig) -> dict[str, Any]:
 
     t0 = time.time()
     src = ctx.dataset(cfg.input)
-    out = ctx.dataset(cfg.output_name())
+    out = ctx.dataset(ctx.output)
     kept = read_kept(src, cfg.recipe_name)
     src.intact_shards(sorted({shard for _, shard, _ in kept}))  # damaged sources are reported, not half-copied
     if not kept:

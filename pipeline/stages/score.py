@@ -27,11 +27,13 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from filtering.dfn import ModelSpec
-from filtering.images import DEFAULT_MAX_PIXELS
-from pipeline.config import ConfigError, config_hash
-from pipeline.layout import Dataset, atomic_write, file_record, fs_and_path
-from pipeline.stages.base import StageConfig, StageContext
-from pipeline.storage import exists
+from pipeline.core.config import ConfigError, config_hash
+from pipeline.core.images import DEFAULT_MAX_PIXELS
+from pipeline.core.layout import Dataset, atomic_write, file_record, fs_and_path
+from pipeline.core.storage import exists
+from pipeline.stages import stage_module
+from pipeline.stages.base import StageConfig
+from pipeline.stages.context import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +67,11 @@ class ScoreConfig(StageConfig):
 
 
 def _source_stage(ctx: StageContext, cfg: ScoreConfig):
-    stage = ctx.pipeline.stages.get(cfg.model_from)
-    if stage is None or stage.kind != "train-clip":
-        known = [n for n, st in ctx.pipeline.stages.items() if st.kind == "train-clip"]
+    known = ctx.pipeline.stages_producing("encoder")
+    if cfg.model_from not in known:
         raise ConfigError(f"{ctx.config_path or 'config'}: stages.{ctx.stage}.model_from: {cfg.model_from!r} is not "
-                          f"a train-clip stage of this pipeline (train-clip stages: {', '.join(known) or 'none'})")
-    return stage
+                          f"a stage of this pipeline that trains an encoder (those: {', '.join(known) or 'none'})")
+    return ctx.pipeline.stages[cfg.model_from]
 
 
 def preflight(ctx: StageContext, cfg: ScoreConfig) -> None:
@@ -83,7 +84,7 @@ def resolve_model(ctx: StageContext, cfg: ScoreConfig) -> ScoreConfig:
     if not cfg.model_from:
         return cfg
     stage = _source_stage(ctx, cfg)
-    weights = ctx.path(stage.output or cfg.model_from, "model.pt")
+    weights = ctx.path(ctx.pipeline.output_of(cfg.model_from), stage_module(stage.kind).WEIGHTS)
     if not exists(weights):
         raise ConfigError(f"stages.{ctx.stage}.model_from: {weights} does not exist; run stage {cfg.model_from!r} "
                           "first")
@@ -103,7 +104,7 @@ def read_shard(batch: dict[str, np.ndarray], chunk_rows: int, max_pixels: int, p
     """Ray Data UDF: shard paths in, signal batches out (then one sentinel row per shard with its row count)."""
     from filtering.preprocess import Preprocessor
     from filtering.signals import rows_to_columns, signal_batches
-    from pipeline.shards import ReadReport, read_samples
+    from pipeline.core.shards import ReadReport, read_samples
 
     pre = Preprocessor(preprocess_cfg) if preprocess_cfg else None
     for shard, url in zip(batch["shard"], batch["url"], strict=True):

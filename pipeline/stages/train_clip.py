@@ -4,20 +4,21 @@
 
 Input: the complete shards of dataset `input` (or `data.input_shards`, a glob/brace pattern). Output, under
 `<root>/<output>/` (default: the stage's name): `checkpoints/step_*`, `metrics.csv`, `tb/`, `curves.png`,
-`model.pt` (open_clip-loadable: `open_clip.create_model_and_transforms(name, pretrained=".../model.pt")`, after
-`training.models.register_local_configs()` for our tiny configs), `eval.json` and `train.json`. Rerunning the
-command resumes from the newest checkpoint. With no evaluation set configured and a synthetic web in the pipeline
-config, the web's held-out test set is the zero-shot and retrieval evaluation.
+`model.pt` (open_clip-loadable: `open_clip.create_model_and_transforms(name, pretrained=".../model.pt")`,
+after `pipeline.core.model_configs.register_model_configs()` for our tiny configs), `eval.json` and `train.json`.
+Rerunning the command resumes from the newest checkpoint. With no evaluation set configured and a synthetic web in
+the pipeline config, the web's held-out test set is the zero-shot and retrieval evaluation.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import ConfigError, config_hash
-from pipeline.layout import join, write_json_atomic
-from pipeline.stages.base import StageConfig, StageContext
-from pipeline.storage import exists
+from pipeline.core.config import ConfigError, config_hash
+from pipeline.core.layout import join, write_json_atomic
+from pipeline.core.storage import exists
+from pipeline.stages.base import StageConfig
+from pipeline.stages.context import StageContext
 from training.config import EvalConfig, RetrievalConfig, TrainConfig, ZeroShotConfig
 
 
@@ -26,6 +27,8 @@ class TrainClipConfig(StageConfig, TrainConfig):
 
 
 CONFIG = TrainClipConfig
+PRODUCES = "encoder"  # `<output>/model.pt`, which a score stage may use (`model_from`)
+WEIGHTS = "model.pt"
 
 
 def input_shards(ctx: StageContext, cfg: TrainClipConfig) -> list[str]:
@@ -63,7 +66,7 @@ def run(ctx: StageContext, cfg: TrainClipConfig) -> dict[str, Any]:
     from pipeline.summary import fmt_seconds, print_summary
     from training.trainer import fit
 
-    out_dir = ctx.path(cfg.output or ctx.stage)
+    out_dir = ctx.path(ctx.output)
     shards = input_shards(ctx, cfg)
     train_cfg = TrainConfig.model_validate(cfg.model_dump(exclude={"kind", "input", "output"}))
     train_cfg = train_cfg.model_copy(update={"eval": default_eval(ctx, train_cfg.eval)})
@@ -74,7 +77,7 @@ def run(ctx: StageContext, cfg: TrainClipConfig) -> dict[str, Any]:
               "input": {"dataset": cfg.input, "shards": len(shards)}, "cluster": cluster, **result}
     write_json_atomic(join(out_dir, "train.json"), record)
     # The model dir's manifest section is what `winnow status` reads, as for the datasets.
-    ctx.dataset(cfg.output or ctx.stage).update_manifest(ctx.stage, {
+    ctx.dataset(ctx.output).update_manifest(ctx.stage, {
         "kind": "train-clip", "state": "complete" if result["step"] >= cfg.steps else "partial",
         "steps": {"done": result["step"], "total": cfg.steps}, "samples": result["samples_seen"],
         "wall_seconds": round(result["seconds"], 2), "config_hash": record["config_hash"],
@@ -104,8 +107,8 @@ def evaluate(ctx: StageContext, cfg: TrainClipConfig, out: str | None = None) ->
     the synthetic web's held-out set); writes `<model dir>/eval.json` unless `out` names another file."""
     from training.eval import run_eval
 
-    model_dir = ctx.path(cfg.output or ctx.stage)
-    weights = join(model_dir, "model.pt")
+    model_dir = ctx.path(ctx.output)
+    weights = join(model_dir, WEIGHTS)
     if not exists(weights):
         raise ConfigError(f"stages.{ctx.stage}: no trained weights at {weights}; run the stage first")
     eval_cfg = default_eval(ctx, cfg.eval)
@@ -113,3 +116,12 @@ def evaluate(ctx: StageContext, cfg: TrainClipConfig, out: str | None = None) ->
         raise ConfigError(f"stages.{ctx.stage}.eval: no evaluation set (set eval.zeroshot or eval.retrieval)")
     return run_eval(eval_cfg, cfg.model.name, weights, out=out or join(model_dir, "eval.json"),
                     catlip_dir=model_dir if cfg.objective == "catlip" else None)
+
+
+def eval_row(cfg: TrainClipConfig, res: dict) -> dict[str, str]:
+    """This stage's row in `winnow eval`'s table."""
+    zs, rt = res.get("zeroshot") or {}, res.get("retrieval") or {}
+    return {"model": cfg.model.name, "top-1": f"{zs['top1']:.1%}" if zs else "-",
+            "top-5": f"{zs['top5']:.1%}" if zs else "-", "chance": f"{zs['chance']:.1%}" if zs else "-",
+            "i->t R@1": f"{rt['image_to_text_R@1']:.1%}" if rt else "-",
+            "t->i R@1": f"{rt['text_to_image_R@1']:.1%}" if rt else "-"}

@@ -10,7 +10,7 @@ import argparse
 import json
 import time
 
-from pipeline.config import ConfigError, parse_override, set_path, validate
+from pipeline.core.config import ConfigError, parse_override, set_path, validate
 from pipeline.synthetic.config import SyntheticWebConfig
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from pipeline.config import StrictModel
+from pipeline.core.config import StrictModel
 
 
 class DisjointRates(StrictModel):

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.layout import atomic_write
+from pipeline.core.layout import atomic_write
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # holds the `pipeline` package
 _CHILD = f"import sys; sys.path.insert(0, {_ROOT!r}); from pipeline.synthetic.httpd import main; main()"

@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import config_hash
-from pipeline.ids import uid_of
-from pipeline.layout import read_json, write_json_atomic
+from pipeline.core.config import config_hash
+from pipeline.core.ids import uid_of
+from pipeline.core.layout import read_json, write_json_atomic
 from pipeline.synthetic.assign import assign_kinds
 from pipeline.synthetic.captions import CLASS_TEMPLATES, HQ_TEMPLATES, POOL_TEMPLATES, describe, generic_caption
 from pipeline.synthetic.config import SyntheticWebConfig

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from local_cluster import LocalCluster
 
-from pipeline.layout import Dataset
+from pipeline.core.layout import Dataset
 from pipeline.pipeline_config import load_pipeline_config
 from training.checkpoint import latest_checkpoint
 

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.errors import DamagedShards
-from pipeline.layout import Dataset
+from pipeline.core.errors import DamagedShards
+from pipeline.core.layout import Dataset
 from pipeline.pipeline_config import load_pipeline_config
 from pipeline.run import run_pipeline
 

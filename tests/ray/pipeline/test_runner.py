@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.layout import Dataset, file_record, fs_and_path
+from pipeline.core.layout import Dataset, file_record, fs_and_path
 from pipeline.runner import ShardJob, StageIncomplete, run_shards
 
 

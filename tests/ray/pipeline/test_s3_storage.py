@@ -12,11 +12,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
+from pipeline.core.layout import Dataset, fs_and_path, join, read_json
+from pipeline.core.shards import read_samples
 from pipeline.evaluate import evaluate_stage
-from pipeline.layout import Dataset, fs_and_path, join, read_json
 from pipeline.pipeline_config import load_pipeline_config
 from pipeline.run import run_pipeline
-from pipeline.shards import read_samples
 from pipeline.status import status_rows
 
 NO_FAULTS = {k: 0.0 for k in ("http_404", "http_500", "slow", "truncated", "not_image", "oversized", "opt_out")}
@@ -150,13 +150,13 @@ def _assert_weights_embed(url: str) -> None:
     import open_clip
     import torch
 
-    from pipeline.storage import local_copy
+    from pipeline.core.model_configs import register_model_configs
+    from pipeline.core.storage import local_copy
     from training.checkpoint import load_weights
-    from training.models import register_local_configs
 
     state = load_weights(url)
     assert state and all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
-    register_local_configs()
+    register_model_configs()
     with local_copy(url) as path:
         model, _, preprocess = open_clip.create_model_and_transforms("tiny-sigmoid-vit", pretrained=path)
     with torch.no_grad():

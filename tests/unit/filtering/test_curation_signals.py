@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from curation_testdata import jpeg, png, smooth_image
 
-from filtering.images import decode_image, phash_hex, phash_to_uint64
+from filtering.images import phash_hex, phash_to_uint64
 from filtering.signals import sample_row, signal_batches, to_table
 from filtering.text import caption_signals, generic_reason
+from pipeline.core.images import decode_image
 
 
 @pytest.mark.parametrize("caption, reason", [

@@ -8,9 +8,9 @@ import torch
 from curation_testdata import TINY_MODEL, jpeg, smooth_image, tiny_model_files
 
 from filtering.dfn import DFNScorer, ModelSpec, load_state_dict_safely
-from filtering.images import decode_image
 from filtering.preprocess import Preprocessor
 from filtering.signals import signal_batches
+from pipeline.core.images import decode_image
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +88,10 @@ def test_preprocess_resolved_without_open_clip_equals_open_clips_own(tiny):
     import open_clip
     from open_clip.transform import PreprocessCfg
 
-    from filtering.preprocess import DEFAULT_PREPROCESS, register_model_config, resolve_preprocess
+    from filtering.preprocess import DEFAULT_PREPROCESS, resolve_preprocess
+    from pipeline.core.model_configs import register_model_configs
 
-    register_model_config(tiny.config_file)  # for open_clip's side; ours reads the JSON files directly
+    register_model_configs(tiny.config_file)  # for open_clip's side; ours reads the JSON files directly
     defaults = asdict(PreprocessCfg())
     assert {**defaults, "size": [224, 224], "mean": list(defaults["mean"]), "std": list(defaults["std"])} == \
         DEFAULT_PREPROCESS
@@ -106,8 +107,8 @@ def test_preprocess_resolved_without_open_clip_equals_open_clips_own(tiny):
 
 def test_weights_on_s3_score_like_the_local_file(tiny, s3_bucket):
     # score's `model_from:` a train-clip stage whose run root is a bucket: the actor downloads model.pt itself
-    from pipeline.layout import join
-    from pipeline.storage import upload
+    from pipeline.core.layout import join
+    from pipeline.core.storage import upload
 
     url = join(s3_bucket, "train", "model.safetensors")
     upload(tiny.pretrained, url)

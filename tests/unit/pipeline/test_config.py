@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, load_yaml
+from pipeline.core.config import ConfigError, load_yaml
 from pipeline.pipeline_config import load_pipeline_config
 
 REPO = Path(__file__).resolve().parents[3]

@@ -10,7 +10,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import ConfigError
+from pipeline.core.config import ConfigError
 from pipeline.pipeline_config import PipelineConfig, load_pipeline_config
 
 REPO = Path(__file__).resolve().parents[3]

@@ -10,11 +10,11 @@ import numpy as np
 from curation_testdata import Sample, jpeg, sample, smooth_image, write_pool
 
 from filtering.signals import signal_batches
+from pipeline.core.shards import ReadReport, read_samples
 from pipeline.pipeline_config import parse_pipeline_config
 from pipeline.report import build_report
-from pipeline.shards import ReadReport, read_samples
 from pipeline.stages import filter as filter_stage
-from pipeline.stages.base import StageContext
+from pipeline.stages.context import StageContext
 from pipeline.stages.score import ScoreConfig, write_scored_shard
 
 

@@ -8,7 +8,7 @@ import tarfile
 
 from curation_testdata import add_hostile_members, jpeg, sample, smooth_image, write_pool
 
-from pipeline.shards import ReadReport, index_samples, read_ranges, read_samples, write_tar
+from pipeline.core.shards import ReadReport, index_samples, read_ranges, read_samples, write_tar
 
 
 def test_hostile_members_are_counted_and_never_written(tmp_path, monkeypatch):

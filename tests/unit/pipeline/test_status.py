@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.layout import Dataset
+from pipeline.core.layout import Dataset
 from pipeline.pipeline_config import load_pipeline_config
 from pipeline.status import status_rows
 

@@ -11,8 +11,8 @@ import pyarrow.fs
 import pytest
 import s3fs
 
-from pipeline.layout import Dataset, fs_and_path, join, write_json_atomic
-from pipeline.storage import arrow_filesystem, local_copy, local_if_url, upload, warn_local_root_on_cluster
+from pipeline.core.layout import Dataset, fs_and_path, join, write_json_atomic
+from pipeline.core.storage import arrow_filesystem, local_copy, local_if_url, upload, warn_local_root_on_cluster
 
 
 def write(url: str, data: bytes) -> None:
@@ -74,7 +74,7 @@ def test_ray_trains_pyarrow_view_reads_what_fsspec_wrote(s3_bucket, tmp_path):
 
 def test_a_local_root_on_a_multi_node_cluster_is_warned_about_once(caplog, tmp_path):
     root = str(tmp_path / "run")
-    with caplog.at_level(logging.WARNING, logger="pipeline.storage"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.core.storage"):
         warn_local_root_on_cluster(root, {"multi_node": False, "nodes": 1})
         warn_local_root_on_cluster("s3://bucket/run", {"multi_node": True, "nodes": 3})
         assert not caplog.records
@@ -85,7 +85,7 @@ def test_a_local_root_on_a_multi_node_cluster_is_warned_about_once(caplog, tmp_p
 
 
 def test_a_remote_root_needs_an_absolute_local_synthetic_web():
-    from pipeline.config import ConfigError
+    from pipeline.core.config import ConfigError
     from pipeline.pipeline_config import parse_pipeline_config
 
     cfg = parse_pipeline_config({"root": "s3://bucket/run", "synthetic": {"dir": "web"}}, "c.yaml")

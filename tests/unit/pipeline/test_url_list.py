@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import ConfigError
-from pipeline.ids import uid_of
+from pipeline.core.config import ConfigError
+from pipeline.core.ids import uid_of
 from pipeline.url_list import load_url_list
 
 ROWS = [{"link": f"http://h.invalid/{i}.jpg", "text": f"cap {i}", "extra": i} for i in range(5)]

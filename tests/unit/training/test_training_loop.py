@@ -109,10 +109,10 @@ def test_catlip_zero_shot_uses_its_word_head_in_training_and_in_run_eval(shapes,
 def test_a_clip_config_trained_with_siglip_still_loads_by_name(shapes, tmp_path):
     import open_clip
 
-    from training.models import register_local_configs
+    from pipeline.core.model_configs import register_model_configs
 
     fit(tiny_run("siglip", "tiny-clip-vit", {}, steps=5), shapes["pool"], str(tmp_path))
-    register_local_configs()
+    register_model_configs()
     loaded, _, _ = open_clip.create_model_and_transforms("tiny-clip-vit", pretrained=str(tmp_path / "model.pt"))
     trained = load_weights(str(tmp_path / "model.pt"))
     assert all(torch.equal(v, trained[k]) for k, v in loaded.state_dict().items())

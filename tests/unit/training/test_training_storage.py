@@ -9,8 +9,8 @@ import tarfile
 
 import torch
 
-from pipeline.layout import fs_and_path, join
-from pipeline.storage import upload
+from pipeline.core.layout import fs_and_path, join
+from pipeline.core.storage import upload
 from training import checkpoint as ckpt
 from training.data import ErrorCounter, tar_samples
 from training.run_dir import RunDir

@@ -10,9 +10,10 @@ import open_clip
 import pytest
 import torch
 
+from pipeline.core.model_configs import register_model_configs
 from training import checkpoint as ckpt
 from training.config import ModelConfig
-from training.models import UnknownModelError, build_model, check_model_name, register_local_configs, set_patch_dropout
+from training.models import UnknownModelError, build_model, check_model_name, set_patch_dropout
 
 
 def test_an_unknown_model_name_lists_the_closest_known_names():
@@ -59,7 +60,7 @@ def test_final_weights_load_in_open_clip_with_identical_embeddings(tmp_path, nam
     path = str(tmp_path / "model.pt")
     ckpt.save_weights(path, built.clip)
 
-    register_local_configs()
+    register_model_configs()
     loaded, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=path)
     images = torch.randn(3, 3, 32, 32)
     texts = open_clip.get_tokenizer(name)(["a red circle", "a blue square", "a green triangle"])
@@ -156,7 +157,7 @@ def test_a_half_copied_checkpoint_is_passed_over(tmp_path):
 
 
 def test_every_local_model_config_builds_a_model_of_a_few_million_parameters():
-    names = register_local_configs()
+    names = register_model_configs()
     assert {"tiny-clip-vit", "tiny-sigmoid-vit", "tiny-coca"} <= set(names)
     for name in names:
         clip = open_clip.create_model(name)

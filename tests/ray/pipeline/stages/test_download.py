@@ -18,9 +18,9 @@ import webdataset as wds
 import yaml
 from PIL import Image
 
-from pipeline.config import ConfigError
-from pipeline.ids import uid_of
-from pipeline.layout import Dataset
+from pipeline.core.config import ConfigError
+from pipeline.core.ids import uid_of
+from pipeline.core.layout import Dataset
 from pipeline.pipeline_config import load_pipeline_config
 from pipeline.run import run_pipeline
 

@@ -11,11 +11,11 @@ from curation_testdata import TINY_MODEL, Sample, jpeg, sample, smooth_image, ti
 
 from filtering.ops import top_fraction_threshold
 from filtering.recipe import RecipeError
-from pipeline.config import ConfigError
+from pipeline.core.config import ConfigError
 from pipeline.pipeline_config import parse_pipeline_config
 from pipeline.stages import filter as filter_stage
 from pipeline.stages import score
-from pipeline.stages.base import StageContext
+from pipeline.stages.context import StageContext
 
 CLEAN = 20
 

@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from curation_testdata import add_hostile_members, mark, sample, write_pool
 
-from pipeline.layout import Dataset
+from pipeline.core.layout import Dataset
 from pipeline.pipeline_config import parse_pipeline_config
 from pipeline.stages import filter as filter_stage
 from pipeline.stages import reshard, score
-from pipeline.stages.base import StageContext
+from pipeline.stages.context import StageContext
 
 
 def ctx_for(root, stages: dict, name: str):

@@ -17,7 +17,7 @@ from curation_testdata import TINY_MODEL, Sample, add_hostile_members, mark, sam
 
 from pipeline.pipeline_config import parse_pipeline_config
 from pipeline.stages import score
-from pipeline.stages.base import StageContext
+from pipeline.stages.context import StageContext
 
 
 def score_ctx(root: str, model: dict | None, **extra) -> tuple[StageContext, score.ScoreConfig]:
@@ -81,7 +81,7 @@ def test_score_signals_then_model_rescore_and_skip(ray_local, tmp_path, tiny_spe
     from filtering.dfn import DFNScorer, ModelSpec
     from filtering.preprocess import Preprocessor
     from filtering.signals import signal_batches
-    from pipeline.shards import read_samples
+    from pipeline.core.shards import read_samples
 
     spec = ModelSpec(**tiny_spec)
     direct = {}
@@ -111,7 +111,7 @@ KILL_SCRIPT = textwrap.dedent("""
     import sys, time
     from pipeline.stages import score
     from pipeline.pipeline_config import parse_pipeline_config
-    from pipeline.stages.base import StageContext
+    from pipeline.stages.context import StageContext
 
     root, address = sys.argv[1], sys.argv[2]
     real = score.write_scored_shard
@@ -156,7 +156,7 @@ def test_kill_mid_run_then_rerun_scores_every_uid_exactly_once(ray_local, tmp_pa
 
 
 def test_resources_leave_a_cpu_for_reads_and_refuse_a_missing_gpu():
-    from pipeline.config import ConfigError
+    from pipeline.core.config import ConfigError
 
     model = {"name": "ViT-B-32"}
     _, cfg = score_ctx("/tmp/unused", model, actors=4)

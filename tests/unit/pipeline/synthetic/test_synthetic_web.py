@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.ids import uid_of
+from pipeline.core.ids import uid_of
 from pipeline.synthetic.render import COLOURS, SHAPES
 from pipeline.synthetic.web import CLEAN_NOISE, build_web, web_hash
 

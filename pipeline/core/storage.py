@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pipeline.layout import atomic_write, fs_and_path, is_local, join
+from pipeline.core.layout import atomic_write, fs_and_path, is_local, join
 
 log = logging.getLogger(__name__)
 

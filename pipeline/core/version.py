@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import functools
 import subprocess
-from pathlib import Path
+
+from pipeline.core.paths import REPO_ROOT
 
 
 @functools.cache
 def code_version() -> str:
-    repo = Path(__file__).resolve().parent.parent
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=repo,
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=REPO_ROOT,
                              capture_output=True, text=True, timeout=5)
         if out.returncode == 0 and out.stdout.strip():
             return out.stdout.strip()

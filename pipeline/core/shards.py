@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from pipeline.layout import atomic_write, fs_and_path
+from pipeline.core.layout import atomic_write, fs_and_path, open_binary
 
 MAX_MEMBER_BYTES = 64 << 20  # no image-text sample needs more; a bigger member is skipped, not read
 _KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]+)$")  # webdataset's base_plus_ext: key up to the first dot
@@ -131,8 +131,7 @@ def iter_samples(fileobj, report: ReadReport | None = None) -> Iterator[tuple[st
 
 def read_samples(url: str, report: ReadReport | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Open a shard by URL and yield its samples (see iter_samples)."""
-    fs, path = fs_and_path(url)
-    with fs.open(path, "rb") as f:
+    with open_binary(url) as f:
         yield from iter_samples(f, report)
 
 

@@ -40,6 +40,16 @@ def fs_and_path(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path
 
 
+def open_binary(url: str):
+    """A readable binary stream: a plain file for local paths (the fast path: no fsspec wrapper on every read),
+    fsspec for the rest (`s3://`, `gs://`, ...)."""
+    protocol, path = fsspec.core.split_protocol(url)
+    if protocol in (None, "file", "local"):
+        return open(path, "rb")
+    fs, path = fs_and_path(url)
+    return fs.open(path, "rb")
+
+
 def is_local(url: str) -> bool:
     fs, _ = fs_and_path(url)
     return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
@@ -162,7 +172,7 @@ class Dataset:
     def intact_shards(self, shards: list[str] | None = None, folder: str = "shards") -> dict[str, dict]:
         """Markers of complete shards (all, or those named) after checking their files against the recorded
         checksums: a consumer calls this before reading, so a shard damaged on disk is reported, not half-read."""
-        from pipeline.errors import DamagedShards
+        from pipeline.core.errors import DamagedShards
 
         done = self.done_shards(folder)
         wanted = sorted(done) if shards is None else [s for s in shards if s in done]

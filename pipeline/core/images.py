@@ -1,0 +1,78 @@
+"""The one image decoder: a listed set of formats, a pixel cap checked from the header, errors as results.
+
+Every reader of images (the score stage, the training and evaluation loaders, the report's thumbnails) decodes
+through `decode_image`. PIL is told which formats it may try (`ACCEPTED_FORMATS`), so a file in any other format,
+whatever its name (an EPS named `.jpg` would otherwise reach Ghostscript), is refused before a decoder runs. The
+pixel count comes from the header and is checked before any pixel is decoded, so a decompression bomb costs a
+header read. A corrupt or hostile image is a result (`decodable=False`, `decode_error=...`), never an exception.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image
+
+DEFAULT_MAX_PIXELS = 40_000_000  # ~6300x6300; the web has bigger images, but not ones worth training on
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # PIL format names; nothing else is opened
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")  # sample members holding an image
+
+
+@dataclass
+class ImageInfo:
+    width: int | None
+    height: int | None
+    image_bytes: int
+    decodable: bool
+    decode_error: str | None
+
+    @property
+    def aspect_ratio(self) -> float | None:
+        """Long side over short side (>= 1), so one threshold covers both portrait and landscape."""
+        if not self.width or not self.height:
+            return None
+        return max(self.width, self.height) / min(self.width, self.height)
+
+
+class UndecodableImage(ValueError):
+    """An image that does not decode, is in a refused format, or has too many pixels."""
+
+
+def _error(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    text = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "<bytes>", text)  # no memory addresses: reruns give equal rows
+    return f"{type(err).__name__}: {text}"[:200]
+
+
+def decode_image(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[ImageInfo, Image.Image | None]:
+    """Decode to RGB; return the image's info and the image (None when it does not decode)."""
+    if data is None:
+        return ImageInfo(None, None, 0, False, "missing: no image member in the sample"), None
+    width = height = None
+    try:
+        with warnings.catch_warnings():
+            # PIL warns (not raises) below 2x its own bomb limit; ours is checked explicitly below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+            width, height = img.size
+            if width * height > max_pixels:
+                return ImageInfo(width, height, len(data), False,
+                                 f"TooManyPixels: {width}x{height} > {max_pixels} pixels"), None
+            img.load()  # decodes every pixel: a truncated file fails here, not later in a model actor
+            rgb = img.convert("RGB")
+    except Exception as err:  # PIL raises many types (OSError, SyntaxError, ValueError, ...) on bad input
+        return ImageInfo(width, height, len(data), False, _error(err)), None
+    if width == 0 or height == 0:
+        return ImageInfo(width, height, len(data), False, "EmptyImage: zero width or height"), None
+    return ImageInfo(width, height, len(data), True, None), rgb
+
+
+def open_rgb(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The decoded RGB image, or UndecodableImage with the reason (for loaders that skip and count)."""
+    info, img = decode_image(data, max_pixels)
+    if img is None:
+        raise UndecodableImage(info.decode_error)
+    return img
