@@ -39,8 +39,9 @@ def winnow_rate(shards: list[str], out: str, steps: int, batch: int, threads: in
     import ray
 
     from pipeline.runtime import RayConfig, init_ray
-    from training.config import TrainConfig
-    from training.trainer import fit
+    from training.contrastive.config import TrainConfig
+    from training.contrastive.task import ContrastiveTask
+    from training.engine import fit
 
     if not ray.is_initialized():
         init_ray(RayConfig(num_cpus=os.cpu_count() or 2))
@@ -51,7 +52,7 @@ def winnow_rate(shards: list[str], out: str, steps: int, batch: int, threads: in
         "data": {"batch_size": batch, "loader_workers": 1, "shuffle_buffer": 1000},
         "scaling": {"num_workers": 1, "cpus_per_worker": 1, "torch_threads": threads},
         "eval": {"synthetic_test": False}})
-    fit(cfg, shards, out)
+    fit(ContrastiveTask(cfg, shards), cfg, out)
     with open(os.path.join(out, "metrics.csv")) as f:
         rates = [float(r["samples_per_s"]) for r in csv.DictReader(f) if r.get("samples_per_s")]
     return sum(rates[1:]) / len(rates[1:])
@@ -79,7 +80,7 @@ def loader_rate(shards: list[str], batch: int, batches: int) -> float:
     import open_clip
 
     from pipeline.core.model_configs import register_model_configs
-    from training.data import ShardStream, TokenEncoder, make_loader
+    from training.contrastive.data import ShardStream, TokenEncoder, make_loader
 
     register_model_configs()
     _, preprocess, _ = open_clip.create_model_and_transforms(MODEL)

@@ -19,7 +19,7 @@ from pipeline.core.layout import join, write_json_atomic
 from pipeline.core.storage import exists
 from pipeline.stages.base import StageConfig
 from pipeline.stages.context import StageContext
-from training.config import EvalConfig, RetrievalConfig, TrainConfig, ZeroShotConfig
+from training.contrastive.config import EvalConfig, RetrievalConfig, TrainConfig, ZeroShotConfig
 
 
 class TrainClipConfig(StageConfig, TrainConfig):
@@ -32,7 +32,7 @@ WEIGHTS = "model.pt"
 
 
 def input_shards(ctx: StageContext, cfg: TrainClipConfig) -> list[str]:
-    from training.data import NoShardsError, expand_shards
+    from training.contrastive.data import NoShardsError, expand_shards
 
     if cfg.data.input_shards:
         try:
@@ -64,14 +64,15 @@ def default_eval(ctx: StageContext, cfg: EvalConfig) -> EvalConfig:
 
 def run(ctx: StageContext, cfg: TrainClipConfig) -> dict[str, Any]:
     from pipeline.summary import fmt_seconds, print_summary
-    from training.trainer import fit
+    from training.contrastive.task import ContrastiveTask
+    from training.engine import fit
 
     out_dir = ctx.path(ctx.output)
     shards = input_shards(ctx, cfg)
     train_cfg = TrainConfig.model_validate(cfg.model_dump(exclude={"kind", "input", "output"}))
     train_cfg = train_cfg.model_copy(update={"eval": default_eval(ctx, train_cfg.eval)})
     cluster = ctx.init_ray() if train_cfg.scaling.num_workers > 0 else {}
-    result = fit(train_cfg, shards, out_dir)
+    result = fit(ContrastiveTask(train_cfg, shards), train_cfg, out_dir)  # the task's config is also the engine's
 
     record = {"kind": "train-clip", "config": cfg.model_dump(mode="json"), "config_hash": config_hash(cfg),
               "input": {"dataset": cfg.input, "shards": len(shards)}, "cluster": cluster, **result}
@@ -105,7 +106,7 @@ def run(ctx: StageContext, cfg: TrainClipConfig) -> dict[str, Any]:
 def evaluate(ctx: StageContext, cfg: TrainClipConfig, out: str | None = None) -> dict[str, Any]:
     """Evaluate this stage's trained model (`winnow eval CONFIG`): its final weights on its configured sets (or
     the synthetic web's held-out set); writes `<model dir>/eval.json` unless `out` names another file."""
-    from training.eval import run_eval
+    from training.contrastive.eval import run_eval
 
     model_dir = ctx.path(ctx.output)
     weights = join(model_dir, WEIGHTS)

@@ -20,7 +20,7 @@ from local_cluster import LocalCluster
 
 from pipeline.core.layout import Dataset
 from pipeline.pipeline_config import load_pipeline_config
-from training.checkpoint import latest_checkpoint
+from training.engine.checkpoint import latest_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 POOL = 300

@@ -152,7 +152,7 @@ def _assert_weights_embed(url: str) -> None:
 
     from pipeline.core.model_configs import register_model_configs
     from pipeline.core.storage import local_copy
-    from training.checkpoint import load_weights
+    from training.engine.checkpoint import load_weights
 
     state = load_weights(url)
     assert state and all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())

@@ -17,7 +17,7 @@ from pipeline.pipeline_config import load_pipeline_config
 from pipeline.run import run_pipeline
 from pipeline.stages.context import StageContext
 from pipeline.stages.train_clip import evaluate
-from training.models import UnknownModelError
+from training.contrastive.models import UnknownModelError
 
 CHANCE = 1 / len(CLASSNAMES)  # 12 classes: 8.3%
 TOP1_BAR = 0.5  # six times chance; a 200-step run measured 0.70-0.78 on 2 cores

@@ -6,6 +6,7 @@ A step checkpoint is a directory:
       model.safetensors                    the trained module's state dict (CatLIP: with its word head)
       optimizer.safetensors + .json        AdamW's per-parameter tensors; its param groups as JSON
       rng_rank<r>.safetensors + .json      each worker's torch / numpy / python RNG states as tensors
+      task_state.safetensors               the task's extra tensors (e.g. EMA weights), when it has any
       state.json                           step, samples seen, data seed, scaler, the files above
 
 The final `model.pt` is the open_clip model's plain state dict (tensors only), which
@@ -29,6 +30,7 @@ from pipeline.core.layout import fs_and_path, join
 from pipeline.core.storage import local_copy
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
+TASK_STATE = "task_state.safetensors"
 
 
 class CheckpointError(RuntimeError):
@@ -101,16 +103,19 @@ def save_rank_rng(path: str, rank: int) -> list[str]:
 
 
 def save_checkpoint(path: str, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
-                    world: int, scaler=None) -> None:
-    """Rank 0's part of a checkpoint, after its `save_rank_rng`: weights, optimizer and state.json (the other
-    ranks add their RNG files)."""
+                    world: int, scaler=None, extra: dict[str, torch.Tensor] | None = None) -> None:
+    """Rank 0's part of a checkpoint, after its `save_rank_rng`: weights, optimizer, the task's `extra` tensors
+    and state.json (the other ranks add their RNG files)."""
     os.makedirs(path, exist_ok=True)
     save_file(_tensors(model.state_dict()), os.path.join(path, "model.safetensors"))
     opt_tensors, opt_meta = flatten_optimizer(optimizer.state_dict())
     save_file(opt_tensors, os.path.join(path, "optimizer.safetensors"))
     _write_json(os.path.join(path, "optimizer.json"), opt_meta)
+    own = ["model.safetensors", "optimizer.safetensors", "optimizer.json", "rng_rank0.safetensors", "rng_rank0.json"]
+    if extra:
+        save_file(_tensors(extra), os.path.join(path, TASK_STATE))
+        own.append(TASK_STATE)
     # sizes of rank 0's files (None: another rank's, unknown here) let a reader spot a half-copied directory
-    own = ("model.safetensors", "optimizer.safetensors", "optimizer.json", "rng_rank0.safetensors", "rng_rank0.json")
     files = {name: os.path.getsize(os.path.join(path, name)) for name in own}
     files |= {f"rng_rank{r}.{ext}": None for r in range(1, world) for ext in ("safetensors", "json")}
     scaler_state = scaler.state_dict() if scaler is not None and scaler.is_enabled() else None
@@ -158,7 +163,8 @@ def prune_checkpoints(root: str, keep: int) -> None:
 
 
 def load_checkpoint(path: str, rank: int = 0) -> dict:
-    """Read a step checkpoint (tensors via safetensors, the rest JSON): model, optimizer, state, this rank's RNG."""
+    """Read a step checkpoint (tensors via safetensors, the rest JSON): model, optimizer, state, this rank's RNG,
+    the task's extra tensors (`{}` when it saved none, as in checkpoints written before tasks had any)."""
     if not is_complete(path):
         raise CheckpointError(f"{path}: incomplete checkpoint (state.json or a listed file is missing)")
     with local_copy(path) as local:
@@ -172,7 +178,9 @@ def _load_local_checkpoint(path: str, rank: int) -> dict:
         opt_meta = json.load(f)
     out = {"state": state, "model": load_file(os.path.join(path, "model.safetensors")),
            "optimizer": unflatten_optimizer(load_file(os.path.join(path, "optimizer.safetensors")), opt_meta),
-           "rng": None}
+           "rng": None, "extra": {}}
+    if os.path.isfile(os.path.join(path, TASK_STATE)):
+        out["extra"] = load_file(os.path.join(path, TASK_STATE))
     rng = os.path.join(path, f"rng_rank{rank}.safetensors")
     if os.path.isfile(rng):
         with open(os.path.join(path, f"rng_rank{rank}.json")) as f:

@@ -1,6 +1,6 @@
 """Each objective trains a tiny model for a few dozen steps on the shapes shards and its loss falls.
 
-The runs are in-process (`scaling.num_workers: 0`: Ray Train's local mode), one thread, batch 32.
+The runs are in-process (`scaling.num_workers: 0`: no Ray), one thread, batch 32.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import os
 
 import pytest
 
-from training.config import TrainConfig
-from training.trainer import fit
+from training.contrastive.config import TrainConfig
+from training.contrastive.task import ContrastiveTask
+from training.engine import fit
 
 # (objective, model, extra config, required fall: last logged loss <= fall x first logged loss)
 RUNS = {
@@ -31,6 +32,11 @@ def tiny_run(objective: str, model: str, extra: dict, steps: int = 30, **top) ->
     return TrainConfig.model_validate(data)
 
 
+def train_contrastive(cfg: TrainConfig, shards: list[str], out_dir: str) -> dict:
+    """What the train-clip stage calls: the contrastive task on the engine, whose config is the task's."""
+    return fit(ContrastiveTask(cfg, shards), cfg, out_dir)
+
+
 def logged(out_dir: str, key: str = "loss") -> list[float]:
     with open(os.path.join(out_dir, "metrics.csv")) as f:
         return [float(r[key]) for r in csv.DictReader(f) if r.get(key)]
@@ -39,7 +45,7 @@ def logged(out_dir: str, key: str = "loss") -> list[float]:
 @pytest.mark.parametrize("objective", list(RUNS))
 def test_the_loss_falls(objective, shapes, tmp_path):
     model, extra, fall = RUNS[objective]
-    result = fit(tiny_run(objective, model, extra), shapes["pool"], str(tmp_path))
+    result = train_contrastive(tiny_run(objective, model, extra), shapes["pool"], str(tmp_path))
     losses = logged(str(tmp_path))
     assert result["step"] == 30 and len(losses) == 6
     assert losses[-1] <= fall * losses[0], f"{objective}: loss {losses[0]:.4f} -> {losses[-1]:.4f}"

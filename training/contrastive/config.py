@@ -1,4 +1,6 @@
-"""Typed configs of the encoder trainer, one model per component. Pydantic only: importing this never loads torch.
+"""Typed configs of the contrastive encoder task (CLIP / SigLIP / CoCa / CatLIP), one model per component; the
+steps, optimizer and scaling keys come from `training.engine.config.EngineConfig`. Pydantic only: importing this
+never loads torch.
 
 The smallest useful run (a tiny SigLIP for a few minutes on 2 cores):
 
@@ -18,6 +20,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pipeline.core.config import StrictModel
+from training.engine.config import EngineConfig
 
 Objective = Literal["clip", "siglip", "coca", "catlip"]
 
@@ -57,26 +60,6 @@ class DataConfig(StrictModel):
     seed: int = 0
 
 
-class OptimConfig(StrictModel):
-    lr: float = Field(5e-4, gt=0, description="peak learning rate (tiny SigLIPs stall at 2e-3 on the shapes data)")
-    min_lr: float = Field(0.0, ge=0, description="cosine schedule floor")
-    warmup_steps: int = Field(50, ge=0)
-    weight_decay: float = Field(0.1, ge=0)
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
-    grad_clip: float | None = Field(1.0, description="max global grad norm; None = no clipping")
-    accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
-
-
-class ScalingConfig(StrictModel):
-    num_workers: int = Field(1, ge=0, description="Ray Train workers; 0 = run in this process (tests, debugging)")
-    cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(0.0, ge=0)
-    torch_threads: int | None = Field(None, ge=1, description="intra-op threads; default = CPUs per worker")
-    max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint")
-
-
 class ZeroShotConfig(StrictModel):
     """A labelled held-out set: a webdataset (`<key>.cls` labels + a classnames file) or an image folder."""
 
@@ -107,19 +90,13 @@ class EvalConfig(StrictModel):
     synthetic_test: bool = Field(True, description="with no sets given, use the synthetic web's held-out set")
 
 
-class TrainConfig(StrictModel):
-    """Everything the trainer needs besides where its shards are and where it writes."""
+class TrainConfig(EngineConfig):
+    """Everything the contrastive task and the engine need besides where the shards are and where the run writes
+    (the engine's keys: `steps`, `optim`, `scaling`, `log_every`, `checkpoint_every`, ...)."""
 
     model: ModelConfig = ModelConfig()
     objective: Objective = "siglip"
     loss: LossConfig = LossConfig()
     data: DataConfig = DataConfig()
-    optim: OptimConfig = OptimConfig()
-    scaling: ScalingConfig = ScalingConfig()
     eval: EvalConfig = EvalConfig()
-    steps: int = Field(600, ge=1, description="optimizer steps")
-    log_every: int = Field(10, ge=1)
-    checkpoint_every: int = Field(100, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
-    max_bad_steps: int = Field(5, ge=1, description="consecutive NaN/inf steps that stop the run")
-    seed: int = 0
+

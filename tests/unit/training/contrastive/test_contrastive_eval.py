@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from training.eval import retrieval_metrics, zeroshot_metrics
-from training.vocab import WordTargets, build_vocab
+from training.contrastive.eval import retrieval_metrics, zeroshot_metrics
+from training.contrastive.vocab import WordTargets, build_vocab
 
 
 def test_zeroshot_top1_top5_and_per_class_recall():

@@ -22,7 +22,7 @@ def read_csv(path: str) -> list[dict]:
 
 
 class MetricsLog:
-    def __init__(self, out_dir: str, total_steps: int, start_step: int, enabled: bool = True):
+    def __init__(self, out_dir: str, total_steps: int, start_step: int, enabled: bool = True, desc: str = "train"):
         self.enabled = enabled
         self.csv_path = os.path.join(out_dir, "metrics.csv")
         self.rows = [r for r in read_csv(self.csv_path) if int(r["step"]) <= start_step] if enabled else []
@@ -32,7 +32,7 @@ class MetricsLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(os.path.join(out_dir, "tb"), purge_step=start_step + 1)
-            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", desc="train-clip", dynamic_ncols=True)
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", desc=desc, dynamic_ncols=True)
             self._write()
 
     def log(self, step: int, metrics: dict) -> None:

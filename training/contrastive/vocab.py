@@ -12,8 +12,11 @@ from collections.abc import Iterable
 
 import torch
 
+from pipeline.core.layout import join, read_json, write_json_atomic
 from pipeline.core.sample import captions
-from training.data import ErrorCounter, tar_samples
+from pipeline.core.storage import exists
+from training.contrastive.config import LossConfig
+from training.contrastive.data import ErrorCounter, tar_samples
 
 STOP_WORDS = frozenset(
     "a an the of on in at to and or with for from by is are was were be this that these those it its as into "
@@ -45,6 +48,17 @@ def captions_of(urls: list[str], limit: int) -> Iterable[str]:
             n += 1
         if n >= limit:
             return
+
+
+def run_vocab(cfg: LossConfig, shards: list[str], out_dir: str) -> list[str]:
+    """Build a run's vocabulary once, as `<out_dir>/catlip_vocab.json`; reuse the saved one on resume, so label ids
+    stay fixed."""
+    url = join(out_dir, "catlip_vocab.json")
+    if exists(url):
+        return read_json(url)["words"]
+    words = build_vocab(captions_of(shards, cfg.catlip_vocab_samples), cfg.catlip_vocab_size, cfg.catlip_min_count)
+    write_json_atomic(url, {"words": words})
+    return words
 
 
 class WordTargets:

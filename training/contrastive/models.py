@@ -18,8 +18,8 @@ from torch import nn
 from pipeline.core.model_configs import register_model_configs
 from pipeline.core.paths import MODEL_CONFIGS_DIR
 from pipeline.core.storage import local_if_url
-from training.checkpoint import CheckpointError
-from training.config import ModelConfig
+from training.contrastive.config import ModelConfig
+from training.engine.checkpoint import CheckpointError
 
 SIGLIP_INIT = {"init_logit_scale": math.log(10), "init_logit_bias": -10.0}  # SigLIP paper: t' = ln 10, b = -10
 

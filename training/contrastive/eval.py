@@ -4,7 +4,7 @@ Zero-shot follows CLIP: for each class, the normalised text embeddings of every 
 renormalised into one classifier row; an image's class is its most similar row. Retrieval ranks the held-out
 captions for each image (image->text) and the images for each caption (text->image).
 
-    python -m training.eval tiny-sigmoid-vit runs/demo/encoder/model.pt \
+    python -m training.contrastive.eval tiny-sigmoid-vit runs/demo/encoder/model.pt \
         --shards 'runs/demo/web/test/*.tar' --classnames runs/demo/web/test/classnames.json
 """
 
@@ -22,8 +22,8 @@ from pipeline.core.images import open_rgb
 from pipeline.core.layout import join, read_json
 from pipeline.core.sample import image_member, pick_caption
 from pipeline.core.storage import local_if_url
-from training.config import EvalConfig, RetrievalConfig, ZeroShotConfig
-from training.data import ErrorCounter, expand_shards, tar_samples
+from training.contrastive.config import EvalConfig, RetrievalConfig, ZeroShotConfig
+from training.contrastive.data import ErrorCounter, expand_shards, tar_samples
 
 DEFAULT_TEMPLATES = ["a photo of a {}."]
 
@@ -186,7 +186,7 @@ def run_eval(cfg: EvalConfig | dict, model: str, weights: str | None = None, dev
     """
     import open_clip
 
-    from training.models import CatLIPModel, check_model_name, embed_dim
+    from training.contrastive.models import CatLIPModel, check_model_name, embed_dim
 
     cfg = cfg if isinstance(cfg, EvalConfig) else EvalConfig.model_validate(cfg)
     name = check_model_name(model)
@@ -196,8 +196,8 @@ def run_eval(cfg: EvalConfig | dict, model: str, weights: str | None = None, dev
         clip, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=local_weights, device=device)
     net, words = clip, None
     if catlip_dir:
-        from training.checkpoint import load_weights
-        from training.vocab import WordTargets
+        from training.contrastive.vocab import WordTargets
+        from training.engine.checkpoint import load_weights
 
         words = WordTargets(read_json(join(catlip_dir, "catlip_vocab.json"))["words"])
         net = CatLIPModel(clip, len(words.vocab), embed_dim(clip)).to(device)

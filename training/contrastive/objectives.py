@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss, CoCaLoss, SigLipLoss
 from torch import nn
 
-from training.config import LossConfig
+from training.contrastive.config import LossConfig
 
 
 class ClipObjective(nn.Module):

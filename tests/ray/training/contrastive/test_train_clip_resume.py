@@ -11,9 +11,10 @@ import time
 
 import psutil
 
-from training.checkpoint import latest_checkpoint
-from training.config import TrainConfig
-from training.trainer import fit
+from training.contrastive.config import TrainConfig
+from training.contrastive.task import ContrastiveTask
+from training.engine import fit
+from training.engine.checkpoint import latest_checkpoint
 
 
 def our_train_workers() -> list[psutil.Process]:
@@ -32,7 +33,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_local, shapes, tmp
         "scaling": {"num_workers": 1, "cpus_per_worker": 1, "max_failures": 1}})
     out = str(tmp_path / "run")
     result: dict = {}
-    runner = threading.Thread(target=lambda: result.update(fit(cfg, shapes["pool"], out)))
+    runner = threading.Thread(target=lambda: result.update(fit(ContrastiveTask(cfg, shapes["pool"]), cfg, out)))
     runner.start()
 
     deadline = time.time() + 120

@@ -1,5 +1,5 @@
-"""The loop's guarantees: LiT leaves locked weights alone, NaN steps are skipped then stop the run, a rerun
-resumes instead of restarting, and `run_eval` on the saved weights agrees with the in-training evaluation."""
+"""The contrastive task on the engine: LiT leaves locked weights alone, NaN steps are skipped then stop the run, a
+rerun resumes instead of restarting, and `run_eval` on the saved weights agrees with the in-training evaluation."""
 
 from __future__ import annotations
 
@@ -9,20 +9,20 @@ import os
 
 import pytest
 import torch
-from test_training_objectives import tiny_run
+from test_contrastive_objectives import tiny_run, train_contrastive
 
-import training.loop
-from training.checkpoint import load_weights
-from training.config import EvalConfig, ModelConfig
-from training.data import ErrorCounter, tar_samples
-from training.eval import run_eval
-from training.models import build_model
-from training.trainer import TrainingDiverged, fit
+from training.contrastive.config import EvalConfig, ModelConfig
+from training.contrastive.data import ErrorCounter, tar_samples
+from training.contrastive.eval import run_eval
+from training.contrastive.models import build_model
+from training.contrastive.task import ContrastiveTask
+from training.engine import TrainingDiverged, fit
+from training.engine.checkpoint import load_weights
 
 
 def test_lit_leaves_the_locked_image_tower_unchanged(shapes, tmp_path):
     cfg = tiny_run("clip", "tiny-clip-vit", {"model": {"lock_image": True}}, steps=8)
-    fit(cfg, shapes["pool"], str(tmp_path))
+    train_contrastive(cfg, shapes["pool"], str(tmp_path))
     trained = load_weights(str(tmp_path / "model.pt"))
     torch.manual_seed(cfg.seed)  # the loop seeds the same way before building the model
     initial = build_model(ModelConfig(name="tiny-clip-vit"), "clip").clip.state_dict()
@@ -33,28 +33,24 @@ def test_lit_leaves_the_locked_image_tower_unchanged(shapes, tmp_path):
     assert sum(not torch.equal(trained[k], initial[k]) for k in text) >= len(text) // 2  # the text tower trained
 
 
-def test_non_finite_steps_are_skipped_and_enough_of_them_stop_the_run(shapes, tmp_path, monkeypatch):
-    make = training.loop.make_objective
+class PoisonedTask(ContrastiveTask):
+    """SigLIP whose loss turns NaN at the second call and from the fourth on: one bad step, a good one, then bad
+    for good."""
 
-    def poisoned(*args, **kwargs):
-        objective = make(*args, **kwargs)
-        forward = objective.forward
-        calls = {"n": 0}
+    calls = 0
 
-        def nan_after_two(out, batch):
-            calls["n"] += 1
-            parts = forward(out, batch)
-            if calls["n"] in (2,) or calls["n"] > 3:  # one bad step, a good one, then bad for good
-                parts["loss"] = parts["loss"] * float("nan")
-            return parts
+    def loss(self, model, batch):
+        parts = super().loss(model, batch)
+        self.calls += 1
+        if self.calls == 2 or self.calls > 3:
+            parts["loss"] = parts["loss"] * float("nan")
+        return parts
 
-        objective.forward = nan_after_two
-        return objective
 
-    monkeypatch.setattr(training.loop, "make_objective", poisoned)
+def test_non_finite_steps_are_skipped_and_enough_of_them_stop_the_run(shapes, tmp_path):
     cfg = tiny_run("siglip", "tiny-sigmoid-vit", {}, steps=20, max_bad_steps=3, log_every=1)
     with pytest.raises(TrainingDiverged, match=r"3 consecutive steps had a non-finite loss.*step 6"):
-        fit(cfg, shapes["pool"], str(tmp_path))
+        fit(PoisonedTask(cfg, shapes["pool"]), cfg, str(tmp_path))
     with open(tmp_path / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [1, 3]  # step 2 was skipped, 4-6 were bad, the run stopped at 6
@@ -63,9 +59,9 @@ def test_non_finite_steps_are_skipped_and_enough_of_them_stop_the_run(shapes, tm
 
 def test_a_rerun_resumes_from_the_last_checkpoint(shapes, tmp_path):
     first = tiny_run("siglip", "tiny-sigmoid-vit", {}, steps=10, checkpoint_every=5)
-    fit(first, shapes["pool"], str(tmp_path))
+    train_contrastive(first, shapes["pool"], str(tmp_path))
     longer = first.model_copy(update={"steps": 15})  # "run the same command again", with more steps
-    result = fit(longer, shapes["pool"], str(tmp_path))
+    result = train_contrastive(longer, shapes["pool"], str(tmp_path))
     assert result["step"] == 15 and result["resumed_from"] == [10]
     assert result["samples_seen"] == 15 * 32
     with open(tmp_path / "metrics.csv") as f:
@@ -78,7 +74,7 @@ def test_run_eval_on_saved_weights_matches_the_training_eval_also_from_an_image_
     ev = {"zeroshot": {"shards": shapes["test"], "classnames": shapes["classnames"]},
           "retrieval": {"shards": shapes["test"]}}
     cfg = tiny_run("clip", "tiny-clip-vit", {}, steps=20).model_copy(update={"eval": EvalConfig(**ev)})
-    fit(cfg, shapes["pool"], str(tmp_path / "run"))
+    train_contrastive(cfg, shapes["pool"], str(tmp_path / "run"))
     with open(tmp_path / "run" / "eval.json") as f:
         during = json.load(f)
     after = run_eval(ev, "tiny-clip-vit", str(tmp_path / "run" / "model.pt"), out=str(tmp_path / "eval.json"))
@@ -99,7 +95,7 @@ def test_run_eval_on_saved_weights_matches_the_training_eval_also_from_an_image_
 def test_catlip_zero_shot_uses_its_word_head_in_training_and_in_run_eval(shapes, tmp_path):
     ev = {"zeroshot": {"shards": shapes["test"], "classnames": shapes["classnames"]}}
     cfg = tiny_run("catlip", "tiny-clip-vit", {}, steps=30).model_copy(update={"eval": EvalConfig(**ev)})
-    fit(cfg, shapes["pool"], str(tmp_path))
+    train_contrastive(cfg, shapes["pool"], str(tmp_path))
     with open(tmp_path / "eval.json") as f:
         during = json.load(f)["zeroshot"]
     after = run_eval(ev, "tiny-clip-vit", str(tmp_path / "model.pt"), catlip_dir=str(tmp_path))["zeroshot"]
@@ -111,7 +107,7 @@ def test_a_clip_config_trained_with_siglip_still_loads_by_name(shapes, tmp_path)
 
     from pipeline.core.model_configs import register_model_configs
 
-    fit(tiny_run("siglip", "tiny-clip-vit", {}, steps=5), shapes["pool"], str(tmp_path))
+    train_contrastive(tiny_run("siglip", "tiny-clip-vit", {}, steps=5), shapes["pool"], str(tmp_path))
     register_model_configs()
     loaded, _, _ = open_clip.create_model_and_transforms("tiny-clip-vit", pretrained=str(tmp_path / "model.pt"))
     trained = load_weights(str(tmp_path / "model.pt"))

@@ -19,9 +19,9 @@ def siglip_steps(world_of_run: int) -> tuple[list[float], float]:
     import torch
     import torch.distributed as dist
 
-    from training.config import LossConfig, ModelConfig
-    from training.models import build_model, param_groups
-    from training.objectives import make_objective
+    from training.contrastive.config import LossConfig, ModelConfig
+    from training.contrastive.models import build_model, param_groups
+    from training.contrastive.objectives import make_objective
 
     rank, world = (ray.train.get_context().get_world_rank(), world_of_run) if world_of_run > 1 else (0, 1)
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from training_shapes import write_shard
 
-from training.data import (
+from training.contrastive.data import (
     ErrorCounter,
     NoShardsError,
     ShardStream,
@@ -97,7 +97,7 @@ def test_one_of_several_captions_is_drawn_each_read(tmp_path):
 
 
 def test_shards_that_yield_nothing_fail_instead_of_spinning(tmp_path):
-    from training.data import ShardStream
+    from training.contrastive.data import ShardStream
 
     stream = ShardStream([str(tmp_path / "missing-00000.tar"), str(tmp_path / "missing-00001.tar")],
                          preprocess=lambda im: im, encode_text=lambda t: t)
@@ -110,7 +110,7 @@ def test_hostile_tar_members_are_never_extracted_or_followed(tmp_path, monkeypat
     skipped, as the score stage counts them; nothing is written to disk and no link is followed."""
     from curation_testdata import add_hostile_members
 
-    from training.data import ShardStream
+    from training.contrastive.data import ShardStream
 
     shard = str(tmp_path / "s.tar")
     write_shard(shard, 0, 6, seed=0)
