@@ -3,14 +3,15 @@
 A step checkpoint is a directory:
 
     step_0000200/
-      model.safetensors                    the trained module's state dict (CatLIP: with its word head)
+      model.safetensors                    the state dict of the module `Task.setup` returned
       optimizer.safetensors + .json        AdamW's per-parameter tensors; its param groups as JSON
       rng_rank<r>.safetensors + .json      each worker's torch / numpy / python RNG states as tensors
       task_state.safetensors               the task's extra tensors (e.g. EMA weights), when it has any
-      state.json                           step, samples seen, data seed, scaler, the files above
+      state.json                           step, samples seen, data seed, task, scaler, the files above
 
-The final `model.pt` is the open_clip model's plain state dict (tensors only), which
-`open_clip.create_model_and_transforms(name, pretrained="model.pt")` loads with `torch.load(weights_only=True)`.
+Final weights (`save_weights`) are a plain state dict of tensors that `torch.load(weights_only=True)` reads, e.g.
+the contrastive task's `model.pt`, which `open_clip.create_model_and_transforms(name, pretrained="model.pt")`
+loads; `load_weights` refuses any file that holds pickled Python objects.
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ def latest_checkpoint(root: str) -> str | None:
 
 
 def prune_checkpoints(root: str, keep: int) -> None:
-    """Delete all but the newest `keep` step directories (used where Ray does not manage them: local mode)."""
+    """Delete all but the newest `keep` step directories (used where Ray does not manage them: in-process runs)."""
     fs, base = fs_and_path(root)
     for name in step_dirs(root)[:-keep]:
         fs.rm(f"{base}/{name}", recursive=True)

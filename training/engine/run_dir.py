@@ -4,7 +4,7 @@ folder that mirrors a remote one (`s3://...`, `gs://...`).
 TensorBoard, matplotlib, torch.save and the CSV writer need a local folder. For a remote output, rank 0 writes into a
 temporary folder, pulls the files a resumed run continues (`metrics.csv`, `resumes.json`) at the start, and pushes
 what changed at every checkpoint and at the end, so the remote directory is never further behind than the newest
-checkpoint. Step checkpoints are not staged here: Ray Train (or local mode's own placement) stores them under
+checkpoint. Step checkpoints are not staged here: the backend (Ray Train, or the in-process one) stores them under
 `<output>/checkpoints/` directly.
 """
 
