@@ -43,7 +43,7 @@ def _finish(cfg: PipelineConfig, results: dict[str, Any], seconds: float) -> Non
         rows.append(("synthetic web", f"{cfg.synthetic_dir()} (ground truth: truth.parquet)"))
     try:
         from pipeline.report import build_report, load_report_data
-        from pipeline.report_encoders import summary_rows
+        from pipeline.report.encoders import summary_rows
 
         data = load_report_data(cfg)  # read once: the report and the curated-vs-raw lines below
         rows.append(("report", build_report(cfg, data=data)))
