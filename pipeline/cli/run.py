@@ -7,10 +7,10 @@ import time
 from typing import Any
 
 from pipeline.core.config import ConfigError
+from pipeline.core.tables import fmt_seconds, print_summary
 from pipeline.pipeline_config import PipelineConfig
 from pipeline.stages import stage_module
 from pipeline.stages.context import StageContext
-from pipeline.summary import fmt_seconds, print_summary
 
 log = logging.getLogger(__name__)
 

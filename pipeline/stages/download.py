@@ -24,7 +24,7 @@ from pydantic import Field
 
 from pipeline.core.config import ConfigError, config_hash
 from pipeline.core.layout import Dataset, file_record, fs_and_path, is_local, join, sha256_file, write_json_atomic
-from pipeline.runner import ShardJob
+from pipeline.execution.shard_tasks import ShardJob
 from pipeline.stages.base import StageConfig
 from pipeline.stages.context import StageContext
 from pipeline.web.net_guard import GuardConfig, GuardPolicy
@@ -235,7 +235,7 @@ def resolve_url_list(ctx: StageContext, cfg: DownloadConfig) -> str:
 
 def run(ctx: StageContext, cfg: DownloadConfig) -> dict[str, Any]:
     from pipeline.core.version import code_version
-    from pipeline.runner import run_shards
+    from pipeline.execution.shard_tasks import run_shards
 
     output = ctx.output
     ds = Dataset(ctx.root, output)
