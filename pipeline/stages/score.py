@@ -143,12 +143,11 @@ def _input_sha(marker: dict, shard: str) -> str | None:
     return (marker.get("files") or {}).get(f"shards/{shard}.tar", {}).get("sha256")
 
 
-def pipeline_steps(cfg: ScoreConfig, resources: dict):
+def pipeline_steps(cfg: ScoreConfig, resources: dict, preprocess_cfg: dict | None):
     """The runner's read step (signals + crops) and, with a model, its model step (the scorer actors)."""
     from filtering.dfn import DFNScorer
     from pipeline.execution.actor_pool import ModelStep, ReadStep
 
-    preprocess_cfg = cfg.model.preprocess_cfg() if cfg.model else None
     read = ReadStep(read_shard, {"chunk_rows": cfg.chunk_rows, "max_pixels": cfg.max_image_pixels,
                                  "preprocess_cfg": preprocess_cfg},
                     num_cpus=resources["read_cpus"], memory_mb=cfg.read_memory_mb)
@@ -179,12 +178,11 @@ def run(ctx: StageContext, cfg: ScoreConfig) -> dict[str, Any]:
     if not inputs:
         raise ConfigError(f"{ctx.config_path or 'config'}: stages.{ctx.stage}: dataset {ds.url} has no complete "
                           "shards to score (run the download stage first)")
-    if cfg.model:
-        cfg.model.preprocess_cfg()  # fails early on a bad model name
+    preprocess_cfg = cfg.model.preprocess_cfg() if cfg.model else None  # fails early on a bad model name
     resources = {}
     if todo:
         resources = plan_resources(cfg, ctx.init_ray(), cfg.model is not None, ctx.stage)
-        read, model, block_bytes = pipeline_steps(cfg, resources)
+        read, model, block_bytes = pipeline_steps(cfg, resources, preprocess_cfg)
         run_actor_pool(record, [{"shard": s, "url": ds.shard_file(s, "tar")} for s in todo],
                        lambda s, cols, info: write_scored_shard(ds, s, cols, info, cfg, _input_sha(inputs[s], s)),
                        read, model, block_bytes=block_bytes, retries=cfg.retries)
