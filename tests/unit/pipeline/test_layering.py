@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[3]
 # Lowest first. A module imports its own unit and the units of lower layers, nothing above.
 LAYERS = [
     ["pipeline.core"],  # the base layer: nothing else of pipeline
-    ["pipeline.runtime", "pipeline.synthetic", "pipeline.web", "pipeline.execution", "pipeline.summary"],
+    ["pipeline.runtime", "pipeline.synthetic", "pipeline.fetch", "pipeline.execution", "pipeline.summary"],
     ["pipeline.stages", "pipeline.pipeline_config"],  # validating a pipeline config asks each stage kind's config
     ["pipeline.report"],
     ["pipeline.cli"],
@@ -60,7 +60,7 @@ def test_pipeline_root_holds_only_the_entry_points_and_packages() -> None:
     root = {p.stem for p in (REPO / "pipeline").glob("*.py")}
     packages = {p.name for p in (REPO / "pipeline").iterdir() if (p / "__init__.py").exists()}
     assert root == ROOT_MODULES
-    assert packages == {"core", "execution", "stages", "report", "synthetic", "cli", "web"}
+    assert packages == {"core", "execution", "stages", "report", "synthetic", "cli", "fetch"}
     assert {unit(m) for m in modules("pipeline")} - {"pipeline"} == set(RANK)
 
 
