@@ -53,8 +53,10 @@ class BoundedTasks:
         """Yield (name, result, None) as tasks finish, or (name, None, why) for one that failed its last retry."""
         import ray
 
-        # max_retries=0: retries are done here, so that they are counted and reported.
-        task = ray.remote(num_cpus=self.num_cpus, max_retries=0)(_call)
+        # max_retries=0: retries are done here, so that they are counted and reported. The task takes the work's
+        # name (`ray::_run_and_mark` in `ps` and the dashboard), not the wrapper's.
+        name = getattr(getattr(self.fn, "func", self.fn), "__name__", type(self.fn).__name__)
+        task = ray.remote(num_cpus=self.num_cpus, max_retries=0)(_call).options(name=name)
         fn_ref = ray.put(self.fn)  # stored once, not pickled into every task
         attempts: Counter[str] = Counter()
         queue = list(items)
