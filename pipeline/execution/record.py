@@ -82,6 +82,11 @@ def write_done(dataset: Dataset, shard: str, record: dict, folder: str = "shards
     return record
 
 
+def failures_text(failed: dict[str, str], most: int = 5) -> str:
+    """`name: why, ...` for an error message: the first `most` failures, in name order."""
+    return ", ".join(f"{k}: {v}" for k, v in sorted(failed.items())[:most])
+
+
 def short_error(err: BaseException) -> str:
     """The line that says what went wrong. A RayTaskError's text is a traceback ending in the user's exception, and
     Ray Data adds its own exception and advice after it: the last `SomeError: ...` line not raised by Ray wins."""
@@ -199,7 +204,7 @@ class StageRecord:
         if self.failed:
             raise StageIncomplete(
                 f"{self.stage}: {len(self.failed)} of {len(self.shards)} shards failed after {self.max_retries} "
-                f"retries ({', '.join(f'{k}: {v}' for k, v in sorted(self.failed.items())[:5])}); the "
+                f"retries ({failures_text(self.failed)}); the "
                 f"{len(records)} done shards are kept; run the same command again to retry the rest")
         return summary
 

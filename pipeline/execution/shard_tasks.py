@@ -23,7 +23,14 @@ from functools import partial
 from typing import Any
 
 from pipeline.core.layout import Dataset
-from pipeline.execution.record import StageIncomplete, StageRecord, StageSummary, short_error, write_done
+from pipeline.execution.record import (
+    StageIncomplete,
+    StageRecord,
+    StageSummary,
+    failures_text,
+    short_error,
+    write_done,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +106,8 @@ def map_bounded(fn: Callable, items: dict[str, tuple], *, num_cpus: float = 1.0,
         else:
             failed[name] = error
     if failed:
-        raise StageIncomplete(f"{label}: {len(failed)} of {len(items)} tasks failed after {retries} retries ("
-                              f"{', '.join(f'{k}: {v}' for k, v in sorted(failed.items())[:5])}); run the same "
-                              "command again")
+        raise StageIncomplete(f"{label}: {len(failed)} of {len(items)} tasks failed after {retries} retries "
+                              f"({failures_text(failed)}); run the same command again")
     return results
 
 
