@@ -69,8 +69,8 @@ class Runner:
         self.log = os.path.join(root, "bench.log")
 
     def __call__(self, stage: str, *sets: str) -> dict:
+        from pipeline.cli.run import run_pipeline
         from pipeline.pipeline_config import load_pipeline_config
-        from pipeline.run import run_pipeline
 
         cfg = load_pipeline_config(CONFIG, [*self.base, *sets])
         try:

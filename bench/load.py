@@ -65,8 +65,8 @@ class PeakRSS:
 
 
 def run_size(n: int, work: Path) -> dict:
+    from pipeline.cli.run import run_pipeline
     from pipeline.pipeline_config import parse_pipeline_config
-    from pipeline.run import run_pipeline
 
     root = work / f"n{n}"
     cfg = parse_pipeline_config({

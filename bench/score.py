@@ -120,6 +120,7 @@ def plain_loop(spec: dict, root: Path, threads: int, batch: int) -> tuple[float,
     from filtering.signals import signal_batches
     from pipeline.core.layout import Dataset
     from pipeline.core.shards import ReadReport, read_samples
+    from pipeline.execution.record import write_done
     from pipeline.stages.score import ScoreConfig, write_scored_shard
 
     t0 = time.perf_counter()
@@ -135,7 +136,7 @@ def plain_loop(spec: dict, root: Path, threads: int, batch: int) -> tuple[float,
         parts = [scorer(b) for b in signal_batches(read_samples(src.shard_file(shard, "tar"), report), shard,
                                                    batch, preprocess=pre)]
         cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        write_scored_shard(out, shard, cols, report.as_dict(), cfg, None, scorer.embed_dim)
+        write_done(out, shard, write_scored_shard(out, shard, cols, report.as_dict(), cfg, None), "signals")
         n += len(cols["uid"])
     return n / (time.perf_counter() - t0), n
 

@@ -83,12 +83,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
-        from pipeline.run import run_pipeline
+        from pipeline.cli.run import run_pipeline
 
         run_pipeline(_load(args), args.stage, config_path=args.config)
         return 0
     if args.command == "status":
-        from pipeline.status import print_status
+        from pipeline.cli.status import print_status
 
         print_status(_load(args))
         return 0
@@ -101,7 +101,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"synthetic web at {cfg.synthetic_dir()}: {info.get('counts', info)}")
         return 0
     if args.command == "eval":
-        from pipeline.evaluate import evaluate_stage
+        from pipeline.cli.evaluate import evaluate_stage
 
         evaluate_stage(_load(args), args.stage, config_path=args.config)
         return 0
@@ -110,7 +110,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print(build_report(_load(args)))
         return 0
-    from pipeline import jobs
+    from pipeline.cli import jobs
 
     if args.command == "submit":
         return jobs.submit(args.address, args.config, args.stage, args.overrides, follow=args.follow,

@@ -1,44 +1,4 @@
-"""Plain-text tables for the end-of-stage summary and `winnow status`."""
+"""Temporary alias of `pipeline.core.tables` for `pipeline/stages/train_clip.py`, which another branch owns and which
+still imports `pipeline.summary`; delete this file once that import reads `pipeline.core.tables`."""
 
-from __future__ import annotations
-
-from typing import Any
-
-
-def format_table(rows: list[list[Any]], header: list[str] | None = None) -> str:
-    cells = [[str(c) for c in r] for r in ([header] if header else []) + rows]
-    if not cells:
-        return ""
-    widths = [max(len(r[i]) for r in cells if i < len(r)) for i in range(max(len(r) for r in cells))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in cells]
-    if header:
-        lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def print_summary(title: str, rows: list[tuple[str, Any]]) -> None:
-    print(f"\n== {title}")
-    print(format_table([[k, v] for k, v in rows]))
-
-
-def fmt_seconds(s: float) -> str:
-    s = float(s)
-    if s < 90:
-        return f"{s:.1f}s"
-    if s < 5400:
-        return f"{s / 60:.1f}min"
-    return f"{s / 3600:.2f}h"
-
-
-def print_stage_summary(stage: str, summary: Any, section: dict) -> None:
-    rows: list[tuple[str, Any]] = [
-        ("dataset", summary.dataset),
-        ("shards", f"{summary.shards_done}/{summary.shards_total} done "
-                   f"({summary.shards_skipped} already done, {len(summary.shards_failed)} failed, "
-                   f"{summary.retries_used} retries)"),
-        ("samples", f"{summary.samples} ({summary.ok} ok, success rate {summary.success_rate:.1%})"),
-        ("wall time", f"{fmt_seconds(summary.wall_seconds)} ({section.get('run_samples_per_s', 0)} samples/s)"),
-    ]
-    for reason, n in list(summary.reasons.items())[:12]:
-        rows.append((f"  {reason}", n))
-    print_summary(f"stage {stage}", rows)
+from pipeline.core.tables import fmt_seconds, format_table, print_summary  # noqa: F401

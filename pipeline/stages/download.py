@@ -24,8 +24,8 @@ from pydantic import Field
 
 from pipeline.core.config import ConfigError, config_hash
 from pipeline.core.layout import Dataset, file_record, fs_and_path, is_local, join, sha256_file, write_json_atomic
-from pipeline.net_guard import GuardConfig, GuardPolicy
-from pipeline.runner import ShardJob
+from pipeline.execution.shard_tasks import ShardJob
+from pipeline.fetch.net_guard import GuardConfig, GuardPolicy
 from pipeline.stages.base import StageConfig
 from pipeline.stages.context import StageContext
 
@@ -113,8 +113,8 @@ class DownloadShard:
         from img2dataset.writer import WebDatasetSampleWriter
 
         from pipeline.core.storage import upload
-        from pipeline.download_reasons import classify
-        from pipeline.net_guard import install_guard
+        from pipeline.fetch.download_reasons import classify
+        from pipeline.fetch.net_guard import install_guard
 
         install_guard(self.policy)
         ds = Dataset(self.root, self.name)
@@ -185,7 +185,7 @@ def plan_input_shards(ds: Dataset, cfg: DownloadConfig, url_list: str) -> dict:
     """Split the URL list into `_inputs/<shard>.arrow` once; a rerun with the same list and shard size reuses it."""
     import pyarrow as pa
 
-    from pipeline.url_list import detect_format, load_url_list
+    from pipeline.fetch.url_list import detect_format, load_url_list
 
     fmt = detect_format(url_list, cfg.input_format)
     plan_key = {
@@ -235,14 +235,14 @@ def resolve_url_list(ctx: StageContext, cfg: DownloadConfig) -> str:
 
 def run(ctx: StageContext, cfg: DownloadConfig) -> dict[str, Any]:
     from pipeline.core.version import code_version
-    from pipeline.runner import run_shards
+    from pipeline.execution.shard_tasks import run_shards
 
     output = ctx.output
     ds = Dataset(ctx.root, output)
     url_list = resolve_url_list(ctx, cfg)
     if cfg.source == "urls":
         # Column problems surface here, before Ray starts.
-        from pipeline.url_list import check_columns, detect_format
+        from pipeline.fetch.url_list import check_columns, detect_format
 
         check_columns(url_list, detect_format(url_list, cfg.input_format),
                       {"url_col": cfg.url_col, "caption_col": cfg.caption_col,

@@ -117,8 +117,8 @@ def run(ctx: StageContext, cfg: FilterConfig) -> dict[str, Any]:
 
     from filtering.recipe import load_recipe
     from filtering.select import apply_recipe
+    from pipeline.core.tables import fmt_seconds, print_summary
     from pipeline.stages.score import signal_names
-    from pipeline.summary import fmt_seconds, print_summary
 
     t0 = time.time()
     recipe = load_recipe(cfg.recipe, _base_dir(ctx))

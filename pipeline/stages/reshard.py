@@ -29,7 +29,7 @@ from pydantic import Field, model_validator
 
 from pipeline.core.config import ConfigError, config_hash
 from pipeline.core.layout import Dataset, atomic_write, file_record, fs_and_path, write_json_atomic
-from pipeline.runner import ShardJob
+from pipeline.execution.shard_tasks import ShardJob
 from pipeline.stages.base import StageConfig
 from pipeline.stages.context import StageContext
 
@@ -94,32 +94,24 @@ def plan_hash(plan: list[list[tuple]]) -> str:
     return h.hexdigest()[:16]
 
 
-def index_sources(ds: Dataset, plan: list[list[tuple]], num_cpus: float, max_in_flight: int) -> dict:
+def index_sources(ds: Dataset, plan: list[list[tuple]], num_cpus: float, max_in_flight: int, retries: int) -> dict:
     """(source shard, key) -> {ext: MemberRange}, from the source tars' headers, one Ray task per source shard."""
-    import ray
-
-    from pipeline.core.shards import index_samples
+    from pipeline.core import shards
+    from pipeline.execution.shard_tasks import map_bounded
 
     wanted: dict[str, set[str]] = defaultdict(set)
     for part in plan:
         for _, shard, key in part:
             wanted[shard].add(key)
-    task = ray.remote(num_cpus=num_cpus)(index_samples)
-    queue = sorted(wanted)
-    pending: dict[Any, str] = {}
+    found = map_bounded(shards.index_samples, {s: (ds.shard_file(s, "tar"), wanted[s]) for s in sorted(wanted)},
+                        num_cpus=num_cpus, max_in_flight=max_in_flight, retries=retries, label="reshard index")
     index: dict[tuple[str, str], dict] = {}
-    while queue or pending:
-        while queue and len(pending) < max_in_flight:
-            shard = queue.pop(0)
-            pending[task.remote(ds.shard_file(shard, "tar"), wanted[shard])] = shard
-        (ref,), _ = ray.wait(list(pending), num_returns=1)
-        shard = pending.pop(ref)
-        found = ray.get(ref)
-        missing = wanted[shard] - set(found)
+    for shard, members in sorted(found.items()):
+        missing = wanted[shard] - set(members)
         if missing:
             raise RuntimeError(f"reshard: {len(missing)} selected samples are not in {ds.shard_file(shard, 'tar')} "
                                f"(e.g. {sorted(missing)[:3]}); the shard changed since it was filtered")
-        index.update({(shard, k): v for k, v in found.items()})
+        index.update({(shard, k): v for k, v in members.items()})
     return index
 
 
@@ -183,7 +175,8 @@ def discard_stale(out: Dataset, plan_id: str, n_out: int) -> None:
 
 
 def run(ctx: StageContext, cfg: ReshardConfig) -> dict[str, Any]:
-    from pipeline.runner import run_shards
+    from pipeline.execution.record import pending_shards
+    from pipeline.execution.shard_tasks import run_shards
 
     t0 = time.time()
     src = ctx.dataset(cfg.input)
@@ -196,11 +189,11 @@ def run(ctx: StageContext, cfg: ReshardConfig) -> dict[str, Any]:
     plan_id = plan_hash(plan)
     discard_stale(out, plan_id, len(plan))
     names = [f"{i:05d}" for i in range(len(plan))]
-    done = {s for s, rec in out.done_shards("shards").items() if not out.verify_shard(rec)}  # the runner skips these
+    todo = set(pending_shards(out, names, stage=ctx.stage))  # a damaged shard loses its marker: redone below
     ctx.init_ray()
-    index = index_sources(src, [p for n, p in zip(names, plan, strict=True) if n not in done], cfg.num_cpus,
-                          cfg.max_in_flight)
-    jobs = [ShardJob(name, [(u, s, k, index.get((s, k), {})) for u, s, k in part] if name not in done else None)
+    index = index_sources(src, [p for n, p in zip(names, plan, strict=True) if n in todo], cfg.num_cpus,
+                          cfg.max_in_flight, cfg.retries)
+    jobs = [ShardJob(name, [(u, s, k, index.get((s, k), {})) for u, s, k in part] if name in todo else None)
             for name, part in zip(names, plan, strict=True)]
     sizes = {f"{name}.tar": len(part) for name, part in zip(names, plan, strict=True)}
     manifest = {"kind": "reshard", "source": cfg.input, "recipe": cfg.recipe_name, "seed": cfg.seed,
@@ -208,7 +201,8 @@ def run(ctx: StageContext, cfg: ReshardConfig) -> dict[str, Any]:
                 "config_hash": config_hash(cfg)}
     work = partial(write_shard, root=ctx.root, output=out.name, source=src.name, plan_id=plan_id)
     summary = run_shards(stage=ctx.stage, dataset=out, jobs=jobs, work=work, num_cpus=cfg.num_cpus,
-                         max_in_flight=cfg.max_in_flight, retries=cfg.retries, manifest=manifest)
+                         max_in_flight=cfg.max_in_flight, retries=cfg.retries, manifest=manifest,
+                         verify_done=False)  # verified just above
     write_json_atomic(out.sub("shards", "sizes.json"), sizes)
     log.info("reshard: %d samples in %d shards at %s (%.1fs)", len(kept), len(plan), out.url, time.time() - t0)
     return {"dataset": out.url, **summary.as_dict(), "sizes": sizes}

@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from pipeline.cli.run import run_pipeline
 from pipeline.core.errors import DamagedShards
 from pipeline.core.layout import Dataset
 from pipeline.pipeline_config import load_pipeline_config
-from pipeline.run import run_pipeline
 
 NO_FAULTS = {k: 0.0 for k in ("http_404", "http_500", "slow", "truncated", "not_image", "oversized", "opt_out")}
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
+from pipeline.cli.evaluate import evaluate_stage
+from pipeline.cli.run import run_pipeline
+from pipeline.cli.status import status_rows
 from pipeline.core.layout import Dataset, fs_and_path, join, read_json
 from pipeline.core.shards import read_samples
-from pipeline.evaluate import evaluate_stage
 from pipeline.pipeline_config import load_pipeline_config
-from pipeline.run import run_pipeline
-from pipeline.status import status_rows
 
 NO_FAULTS = {k: 0.0 for k in ("http_404", "http_500", "slow", "truncated", "not_image", "oversized", "opt_out")}
 POOL = 200

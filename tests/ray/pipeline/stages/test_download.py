@@ -18,11 +18,11 @@ import webdataset as wds
 import yaml
 from PIL import Image
 
+from pipeline.cli.run import run_pipeline
 from pipeline.core.config import ConfigError
 from pipeline.core.ids import uid_of
 from pipeline.core.layout import Dataset
 from pipeline.pipeline_config import load_pipeline_config
-from pipeline.run import run_pipeline
 
 REPO = Path(__file__).resolve().parents[4]
 # What each server fault must be counted as.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -102,6 +103,36 @@ def test_a_new_plan_rebuilds_the_output_and_removes_extra_shards(filtered):
         "00000.tar": 9, "00001.tar": 9, "00002.tar": 9}
 
 
+@dataclass
+class FailsOnce:
+    """Indexes a source tar like `index_samples`, but the first attempt on `shard` raises (runs in a Ray task)."""
+
+    attempts_dir: str
+    shard: str
+
+    def __call__(self, url: str, keys: set[str]) -> dict:
+        from pipeline.core.shards import index_samples
+
+        name = Path(url).stem
+        Path(self.attempts_dir, f"{name}-{len(list(Path(self.attempts_dir).glob(name + '-*')))}").touch()
+        if name == self.shard and not Path(self.attempts_dir, f"{name}-1").exists():
+            raise OSError(f"source {name} unreadable for a moment")
+        return index_samples(url, keys)
+
+
+def test_a_source_index_task_that_fails_once_is_retried(filtered, monkeypatch, tmp_path):
+    from pipeline.core import shards
+
+    root, kept, _ = filtered
+    monkeypatch.setattr(shards, "index_samples", FailsOnce(str(tmp_path), "00001"))
+    stages = {"reshard": {"input": "pool", "recipe": "words", "output": "train3", "samples_per_shard": 10}}
+    res = reshard.run(*ctx_for(root, stages, "reshard"))
+    tries = sorted(p.name for p in tmp_path.iterdir())
+    assert tries == ["00000-0", "00001-0", "00001-1", "00002-0"]  # each source indexed once, 00001 twice
+    assert res["shards"]["done"] == 3 and res["shards"]["failed"] == [] and res["samples"] == 27
+    assert {k for k, *_ in read_output(Dataset(str(root), "train3"))} == kept
+
+
 def test_missing_selection_is_a_clear_error(filtered):
     root, _, _ = filtered
     with pytest.raises(Exception, match="no selection/basic.parquet; run a filter stage with recipe 'basic'"):
@@ -109,7 +140,7 @@ def test_missing_selection_is_a_clear_error(filtered):
 
 
 def test_score_filter_reshard_through_run_pipeline_then_report(ray_local, tmp_path):
-    from pipeline.run import run_pipeline
+    from pipeline.cli.run import run_pipeline
 
     shards = [[sample(400 + 10 * s + i, caption=("IMG_1234.jpg" if i == 3 else None)) for i in range(10)]
               for s in range(2)]

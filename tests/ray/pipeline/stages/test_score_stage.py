@@ -76,6 +76,7 @@ def test_score_signals_then_model_rescore_and_skip(ray_local, tmp_path, tiny_spe
         assert np.isfinite(score_col[ok]).all() and np.isnan(score_col[~ok]).all()
         assert np.allclose(np.linalg.norm(emb[ok].astype(np.float32), axis=1), 1, atol=1e-2)
         assert not emb[~ok].any()
+    assert np.load(ds.shard_file("00003", "npy", "embeddings")).shape == (0, 64)  # empty, the model's width
 
     # the stage's scores are the scorer's own on the same crops (the actor pool changes nothing)
     from filtering.dfn import DFNScorer, ModelSpec
@@ -153,22 +154,3 @@ def test_kill_mid_run_then_rerun_scores_every_uid_exactly_once(ray_local, tmp_pa
     uids = all_uids(ds)
     assert len(uids) == len(set(uids)) == 50
     assert set(uids) == {s.uid for sh in shards for s in sh}
-
-
-def test_resources_leave_a_cpu_for_reads_and_refuse_a_missing_gpu():
-    from pipeline.core.config import ConfigError
-
-    model = {"name": "ViT-B-32"}
-    _, cfg = score_ctx("/tmp/unused", model, actors=4)
-    plan = score.plan_resources(cfg, {"cpus": 2, "gpus": 0})
-    assert (plan["actors"], plan["actor_cpus"], plan["read_cpus"], plan["actor_gpus"]) == (1, 1, 1, 0)
-    assert plan["device"] == "cpu"
-    plan = score.plan_resources(cfg, {"cpus": 8, "gpus": 0})
-    assert plan["actors"] == 4 and plan["actor_cpus"] * 4 + plan["read_cpus"] <= 8
-    plan = score.plan_resources(cfg, {"cpus": 16, "gpus": 2})
-    assert plan["actors"] == 2 and plan["actor_gpus"] == 1 and plan["device"] == "cuda"
-    plan = score.plan_resources(cfg, {"cpus": 1, "gpus": 0})
-    assert plan["actor_cpus"] + plan["read_cpus"] <= 1  # a 1-CPU cluster still runs: reads and actor share it
-    _, cfg = score_ctx("/tmp/unused", model, device="cuda")
-    with pytest.raises(ConfigError, match="has none"):
-        score.plan_resources(cfg, {"cpus": 4, "gpus": 0})

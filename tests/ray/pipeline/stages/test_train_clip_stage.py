@@ -12,9 +12,9 @@ import pytest
 import yaml
 from training_shapes import CLASSNAMES, make_pool, make_testset  # tests/ is on sys.path (its conftest)
 
+from pipeline.cli.run import run_pipeline
 from pipeline.core.config import ConfigError
 from pipeline.pipeline_config import load_pipeline_config
-from pipeline.run import run_pipeline
 from pipeline.stages.context import StageContext
 from pipeline.stages.train_clip import evaluate
 from training.contrastive.models import UnknownModelError

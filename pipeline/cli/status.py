@@ -6,8 +6,8 @@ from typing import Any
 
 from pipeline.core.layout import join
 from pipeline.core.storage import read_json_glob
+from pipeline.core.tables import fmt_seconds, format_table
 from pipeline.pipeline_config import PipelineConfig
-from pipeline.summary import fmt_seconds, format_table
 
 
 def stage_sections(cfg: PipelineConfig) -> dict[str, tuple[str, dict]]:

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.core.config import ConfigError
 from pipeline.core.ids import uid_of
-from pipeline.url_list import load_url_list
+from pipeline.fetch.url_list import load_url_list
 
 ROWS = [{"link": f"http://h.invalid/{i}.jpg", "text": f"cap {i}", "extra": i} for i in range(5)]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.download_reasons import classify
+from pipeline.fetch.download_reasons import classify
 
 
 @pytest.mark.parametrize(("status", "error", "reason"), [

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.cli.status import status_rows
 from pipeline.core.layout import Dataset
 from pipeline.pipeline_config import load_pipeline_config
-from pipeline.status import status_rows
 
 
 def test_status_reads_dataset_and_model_manifests(tmp_path: Path) -> None:

@@ -7,34 +7,33 @@ exists: the stages, the download's reasons, signal histograms with each recipe's
 funnel with sample grids (highest, lowest and borderline dfn_score, samples dropped by each op, near-duplicate
 clusters), the training shards and the training results.
 
-Other stages add sections by adding a module `pipeline/report_<name>.py` with
-`REPORT_SECTIONS = [(order, anchor, heading, fn)]`, `fn(data: ReportData) -> str | None` (HTML, or None to skip);
-see `pipeline/report_curation.py`. Sections are ordered by `order`; a section that fails shows its error instead.
+A section is a function `fn(data: ReportData) -> str | None` (HTML, or None: nothing to show yet) in the module
+of its group (`overview`, `curation`, `encoders`), and one line `(anchor, heading, fn)` in `SECTIONS` below, which
+is the order of the page. A function may instead return a list of `(anchor, heading, html)`, one section each
+(`curation.recipes`: one per recipe). A section that fails shows its error instead.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-import pkgutil
 import time
 
 from pipeline.core.layout import atomic_write
-from pipeline.report_data import ReportData
-from pipeline.report_html import esc, page
+from pipeline.report import curation, encoders, overview
+from pipeline.report.data import ReportData
+from pipeline.report.html import esc, page
 
 log = logging.getLogger(__name__)
 
-
-def collect_sections() -> list[tuple]:
-    """Every `REPORT_SECTIONS` entry of the `pipeline.report_*` modules, in order."""
-    import pipeline
-
-    found = []
-    for mod in pkgutil.iter_modules(pipeline.__path__):
-        if mod.name.startswith("report_"):
-            found += getattr(importlib.import_module(f"pipeline.{mod.name}"), "REPORT_SECTIONS", [])
-    return sorted(found, key=lambda s: s[0])
+SECTIONS = [
+    ("run", "Run", overview.overview),
+    ("download", "Download", curation.download),
+    ("score", "Signals and scores", curation.score),
+    ("recipes", None, curation.recipes),  # one section per recipe
+    ("reshard", "Training shards", curation.reshard),
+    ("encoders", "Encoders: curated vs raw", encoders.section),
+    ("training", "Training and evaluation", overview.training),
+]
 
 
 def report_dataset(cfg) -> str | None:
@@ -49,7 +48,7 @@ def report_dataset(cfg) -> str | None:
 
 def render(data: ReportData) -> str:
     rendered: list[tuple[str, str, str]] = []
-    for _, anchor, heading, fn in collect_sections():
+    for anchor, heading, fn in SECTIONS:
         try:
             body = fn(data)
         except Exception as err:  # one broken section must not cost the user the rest of the report

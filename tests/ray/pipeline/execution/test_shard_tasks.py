@@ -1,4 +1,4 @@
-"""The shard runner on the session's local Ray: retries, crashes, skips, damaged shards, incomplete stages."""
+"""The shard-task runner on the session's local Ray: retries, crashes, skips, damaged shards, incomplete stages."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.layout import Dataset, file_record, fs_and_path
-from pipeline.runner import ShardJob, StageIncomplete, run_shards
+from pipeline.execution.shard_tasks import ShardJob, StageIncomplete, run_shards
 
 
 @dataclass

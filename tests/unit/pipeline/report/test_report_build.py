@@ -11,6 +11,7 @@ from curation_testdata import Sample, jpeg, sample, smooth_image, write_pool
 
 from filtering.signals import signal_batches
 from pipeline.core.shards import ReadReport, read_samples
+from pipeline.execution.record import write_done
 from pipeline.pipeline_config import parse_pipeline_config
 from pipeline.report import build_report
 from pipeline.stages import filter as filter_stage
@@ -30,7 +31,7 @@ def score_without_ray(ds, with_scores: bool = True) -> None:
             cols["dfn_score"] = rng.uniform(-0.1, 0.4, len(cols["uid"])).astype(np.float32)
             cols["dfn_score"][~cols["decodable"]] = np.nan
             cfg = ScoreConfig(input="pool", model={"name": "ViT-B-32"}, keep_embeddings=False)
-        write_scored_shard(ds, shard, cols, report.as_dict(), cfg, None, None)
+        write_done(ds, shard, write_scored_shard(ds, shard, cols, report.as_dict(), cfg, None), "signals")
 
 
 def build_run(root: Path):

@@ -13,7 +13,7 @@ import numpy as np
 from pipeline.core.images import IMAGE_EXTS, open_rgb
 from pipeline.core.layout import Dataset, fs_and_path, join
 from pipeline.core.storage import read_json_glob
-from pipeline.report_html import jpeg_uri
+from pipeline.report.html import jpeg_uri
 
 log = logging.getLogger(__name__)
 

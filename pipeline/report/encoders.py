@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.report_data import ReportData
-from pipeline.report_html import esc, table
+from pipeline.report.data import ReportData
+from pipeline.report.html import esc, table
 from pipeline.stages import kinds_producing
 
 RAW_RECIPES = (None, "none")
@@ -102,6 +102,3 @@ def summary_rows(data: ReportData) -> list[tuple[str, str]]:
     return [("curated vs raw", f"{c['dir']} {_pct(c['top1'])} vs {r['dir']} {_pct(r['top1'])} zero-shot top-1 "
              f"({100 * (c['top1'] - r['top1']):+.1f} points; same model, steps and batch)")
             for c, r in comparisons(encoders(data))]
-
-
-REPORT_SECTIONS = [(55, "encoders", "Encoders: curated vs raw", section)]

@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 
 from pipeline.pipeline_config import parse_pipeline_config
-from pipeline.report_data import ReportData
-from pipeline.report_encoders import comparisons, encoders, section, summary_rows
+from pipeline.report.data import ReportData
+from pipeline.report.encoders import comparisons, encoders, section, summary_rows
 
 
 def write_json(path: Path, data: dict) -> None:

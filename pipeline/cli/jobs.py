@@ -100,7 +100,7 @@ def _status_name(status) -> str:
 
 
 def list_jobs(address: str) -> int:
-    from pipeline.summary import format_table
+    from pipeline.core.tables import format_table
 
     rows = []
     for job in _client(address).list_jobs():

@@ -7,10 +7,10 @@ import time
 from typing import Any
 
 from pipeline.core.config import ConfigError
+from pipeline.core.tables import fmt_seconds, print_summary
 from pipeline.pipeline_config import PipelineConfig
 from pipeline.stages import stage_module
 from pipeline.stages.context import StageContext
-from pipeline.summary import fmt_seconds, print_summary
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def _finish(cfg: PipelineConfig, results: dict[str, Any], seconds: float) -> Non
         rows.append(("synthetic web", f"{cfg.synthetic_dir()} (ground truth: truth.parquet)"))
     try:
         from pipeline.report import build_report, load_report_data
-        from pipeline.report_encoders import summary_rows
+        from pipeline.report.encoders import summary_rows
 
         data = load_report_data(cfg)  # read once: the report and the curated-vs-raw lines below
         rows.append(("report", build_report(cfg, data=data)))

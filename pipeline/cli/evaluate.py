@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.core.config import ConfigError
+from pipeline.core.tables import format_table
 from pipeline.pipeline_config import PipelineConfig
 from pipeline.stages import evaluable_kinds, stage_module
 from pipeline.stages.context import StageContext
-from pipeline.summary import format_table
 
 
 def evaluate_stage(cfg: PipelineConfig, only: str | None = None, config_path: str | None = None) -> dict[str, Any]:

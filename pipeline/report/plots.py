@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.report_html import png_uri
+from pipeline.report.html import png_uri
 
 COLORS = ["#d1495b", "#00798c", "#edae49", "#30638e", "#6a4c93", "#2e933c"]
 

@@ -9,7 +9,7 @@ from urllib.error import URLError
 
 import pytest
 
-from pipeline.net_guard import BlockedURL, GuardPolicy, block_reason, build_opener
+from pipeline.fetch.net_guard import BlockedURL, GuardPolicy, block_reason, build_opener
 
 
 @pytest.mark.parametrize("address", [
@@ -103,7 +103,7 @@ def test_other_schemes_are_refused(url: str) -> None:
 
 
 def test_guard_installs_for_urlopen(two_servers) -> None:
-    from pipeline.net_guard import install_guard
+    from pipeline.fetch.net_guard import install_guard
 
     a, b = two_servers
     install_guard(GuardPolicy(allow=[f"127.0.0.1:{a}"]))

@@ -1,39 +1,18 @@
-"""The report's sections for the data stages: the run's stages, download, score, each recipe, reshard, training.
-
-Each section is `fn(data: ReportData) -> str | None` (None: nothing to show yet) listed in `REPORT_SECTIONS` with
-its order, anchor and heading; `pipeline.report` collects the lists of every `pipeline/report_*.py` module.
-"""
+"""The report's sections on curation: the download's reasons, the signals and scores, each recipe's funnel with
+sample grids, and the training shards a recipe's selection became."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from pipeline.report_data import ReportData
-from pipeline.report_html import Card, esc, fmt, grid, img, table
-from pipeline.report_plots import funnel, histogram
+from pipeline.report.data import ReportData
+from pipeline.report.html import Card, esc, fmt, grid, img, table
+from pipeline.report.plots import funnel, histogram
 
 # signal -> (title, log x axis); `min_side` is min(width, height), the value `min_image_side` cuts on
 HISTOGRAMS = {"dfn_score": ("dfn_score (image-caption cosine)", False), "min_side": ("shorter image side, px", False),
               "aspect_ratio": ("aspect ratio (long / short side)", False), "caption_words": ("caption words", False),
               "caption_chars": ("caption characters", False), "image_bytes": ("image bytes", True)}
-
-
-def overview(data: ReportData) -> str | None:
-    rows = []
-    for ds_name, m in data.manifests.items():
-        for stage, s in (m.get("stages") or {}).items():
-            shards = s.get("shards") if isinstance(s.get("shards"), dict) else {}
-            done = f"{shards.get('done')}/{shards.get('total')}" if shards else "-"
-            rate = s.get("success_rate")
-            rows.append([stage, s.get("kind") or data._kind_from_config(stage) or "-", ds_name, done,
-                         s.get("samples", "-"), s.get("kept", s.get("ok", "-")),
-                         f"{rate:.1%}" if isinstance(rate, int | float) else "-",
-                         f"{s['wall_seconds']:.1f}s" if isinstance(s.get("wall_seconds"), int | float) else "-"])
-    if not rows:
-        return "<p>No stage has written a manifest under this run root yet.</p>"
-    return table(rows, ["stage", "kind", "dataset", "shards", "samples", "ok / kept", "rate", "wall"])
 
 
 def _reasons_table(reasons: dict, total: int | None = None) -> str:
@@ -184,35 +163,6 @@ def reshard(data: ReportData) -> str | None:
     return table(rows, ["stage", "recipe", "output dataset", "shards", "samples", "per shard", "seed"])
 
 
-def flatten(d: Any, prefix: str = "") -> list[list[Any]]:
-    if isinstance(d, dict):
-        return [row for k, v in d.items() for row in flatten(v, f"{prefix}.{k}" if prefix else str(k))]
-    if isinstance(d, list):
-        return [[prefix, f"[{len(d)} items]"]] if len(d) > 8 or any(isinstance(x, dict) for x in d) else \
-            [[prefix, ", ".join(fmt(x) for x in d)]]
-    return [[prefix, d]]
-
-
-def training(data: ReportData) -> str | None:
-    if not data.results:
-        return None
-    out = []
-    for rel, result in data.results.items():
-        rows = flatten(result)
-        out.append(f"<h3>{esc(rel)}</h3>" + table(rows[:60], ["metric", "value"]))
-    return "".join(out)
-
-
 def recipes(data: ReportData) -> list[tuple[str, str, str]]:
     return [(f"recipe-{name}", f"Recipe: {name}", recipe_section(name, info, sel, data))
             for name, (info, sel) in data.selections.items()]
-
-
-REPORT_SECTIONS = [
-    (10, "run", "Run", overview),
-    (20, "download", "Download", download),
-    (30, "score", "Signals and scores", score),
-    (40, "recipes", None, recipes),  # one section per recipe
-    (50, "reshard", "Training shards", reshard),
-    (60, "training", "Training and evaluation", training),
-]

@@ -1,0 +1,155 @@
+"""Run a stage shard by shard as Ray tasks: bounded tasks in flight, retries, done markers, progress and a summary.
+
+A stage hands `run_shards` a list of `ShardJob`s and a plain work function `work(job) -> record`. The work function
+writes the shard's files under temporary names and renames them into place; it returns a record (counts, reasons,
+file checksums) that the task wrapper writes as the shard's `_done` marker, last. A rerun skips shards whose marker
+exists and whose files still match the recorded checksums, so a crash at any point is repaired by running the same
+command again.
+
+img2dataset's own ray distributor submits every shard at once and never retries; `BoundedTasks` keeps at most
+`max_in_flight` tasks submitted (memory and object store stay bounded) and resubmits a failed task, whether it raised
+or its worker process died, up to `retries` times. `map_bounded` is the same loop for work that is not a shard of
+the output (reshard indexing its source shards).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from pipeline.core.layout import Dataset
+from pipeline.execution.record import (
+    StageIncomplete,
+    StageRecord,
+    StageSummary,
+    failures_text,
+    short_error,
+    write_done,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardJob:
+    shard: str  # output shard name, e.g. "00003"; one input shard -> one output shard with the same name
+    payload: Any = None  # whatever the work function needs: an input file, a row range, ...
+
+
+def _call(fn: Callable, *args: Any) -> Any:
+    return fn(*args)
+
+
+@dataclass
+class BoundedTasks:
+    """`fn(*args)` as Ray tasks over named argument tuples: at most `max_in_flight` submitted, `retries` each."""
+
+    fn: Callable
+    num_cpus: float = 1.0
+    max_in_flight: int = 2
+    retries: int = 2
+    label: str = "task"  # names a task in log lines: "<label> <name>"
+    retries_used: int = 0
+
+    def run(self, items: dict[str, tuple]) -> Iterator[tuple[str, Any, str | None]]:
+        """Yield (name, result, None) as tasks finish, or (name, None, why) for one that failed its last retry."""
+        import ray
+
+        # max_retries=0: retries are done here, so that they are counted and reported. The task takes the work's
+        # name (`ray::_run_and_mark` in `ps` and the dashboard), not the wrapper's.
+        name = getattr(getattr(self.fn, "func", self.fn), "__name__", type(self.fn).__name__)
+        task = ray.remote(num_cpus=self.num_cpus, max_retries=0)(_call).options(name=name)
+        fn_ref = ray.put(self.fn)  # stored once, not pickled into every task
+        attempts: Counter[str] = Counter()
+        queue = list(items)
+        in_flight: dict[Any, str] = {}
+        try:
+            while queue or in_flight:
+                while queue and len(in_flight) < self.max_in_flight:
+                    name = queue.pop(0)
+                    in_flight[task.remote(fn_ref, *items[name])] = name
+                (ref,), _ = ray.wait(list(in_flight), num_returns=1)
+                name = in_flight.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except Exception as err:  # the task raised, or its worker died (both are RayErrors here)
+                    attempts[name] += 1
+                    reason = short_error(err)
+                    if attempts[name] <= self.retries:
+                        log.warning("%s %s failed (%s); retry %d/%d", self.label, name, reason, attempts[name],
+                                    self.retries)
+                        self.retries_used += 1
+                        queue.append(name)
+                    else:
+                        log.error("%s %s failed after %d retries: %s", self.label, name, self.retries, reason)
+                        yield name, None, reason
+                    continue
+                yield name, result, None
+        finally:
+            for ref in in_flight:
+                ray.cancel(ref, force=True)
+
+
+def map_bounded(fn: Callable, items: dict[str, tuple], *, num_cpus: float = 1.0, max_in_flight: int = 2,
+                retries: int = 2, label: str = "task") -> dict[str, Any]:
+    """{name: fn(*args)} over `items`, run as bounded, retried Ray tasks; StageIncomplete if any still fails."""
+    tasks = BoundedTasks(fn, num_cpus=num_cpus, max_in_flight=max_in_flight, retries=retries, label=label)
+    results, failed = {}, {}
+    for name, result, error in tasks.run(items):
+        if error is None:
+            results[name] = result
+        else:
+            failed[name] = error
+    if failed:
+        raise StageIncomplete(f"{label}: {len(failed)} of {len(items)} tasks failed after {retries} retries "
+                              f"({failures_text(failed)}); run the same command again")
+    return results
+
+
+def _run_and_mark(work: Callable[[ShardJob], dict], job: ShardJob, root: str, name: str, folder: str) -> dict:
+    """Task body: do the shard's work, then write its marker (after its files are in place)."""
+    t0 = time.time()
+    record = work(job)
+    return write_done(Dataset(root, name), job.shard, {**record, "seconds": round(time.time() - t0, 3)}, folder)
+
+
+def run_shards(
+    *,
+    stage: str,
+    dataset: Dataset,
+    jobs: list[ShardJob],
+    work: Callable[[ShardJob], dict],
+    num_cpus: float = 1.0,
+    max_in_flight: int = 2,
+    retries: int = 2,
+    folder: str = "shards",
+    verify_done: bool = True,
+    manifest: dict | None = None,
+    extra_reasons: dict[str, int] | None = None,
+    progress_unit: str = "shard",
+    quiet: bool = False,
+) -> StageSummary:
+    """Run `work` over `jobs` on Ray, skipping complete shards; write the manifest section; return the summary.
+
+    `extra_reasons` are samples the stage dropped before any shard work (see `StageRecord.finish`).
+    Raises StageIncomplete (after writing the manifest) when shards still fail after `retries` retries.
+    """
+    record = StageRecord(stage, dataset, [j.shard for j in jobs], folder=folder, unit=progress_unit, quiet=quiet,
+                         max_retries=retries)
+    todo = set(record.pending(verify=verify_done))
+    tasks = BoundedTasks(partial(_run_and_mark, work), num_cpus=num_cpus, max_in_flight=max_in_flight,
+                         retries=retries, label=f"{stage} shard")
+    with record.progress():
+        for shard, marker, error in tasks.run({j.shard: (j, dataset.root, dataset.name, folder)
+                                               for j in jobs if j.shard in todo}):
+            if error is None:
+                record.shard_done(marker)
+            else:
+                record.shard_failed(shard, error)
+    record.retries_used = tasks.retries_used
+    return record.finish(manifest, extra_reasons)
