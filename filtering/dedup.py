@@ -125,7 +125,7 @@ def _ivf_index(emb: np.ndarray, clusters: int, nprobe: int):
     import faiss  # only semantic dedup needs it; a process that never dedups semantically does not load it
 
     n, d = emb.shape
-    nlist = max(1, min(clusters, n // 4))  # k-means needs a few rows per list
+    nlist = max(1, min(clusters, n // 39))  # faiss's k-means wants >= 39 rows per list (and warns otherwise)
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = KMEANS_SEED
     index.cp.niter = KMEANS_ITERATIONS
