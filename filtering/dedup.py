@@ -137,22 +137,33 @@ def _ivf_index(emb: np.ndarray, clusters: int, nprobe: int):
     return index
 
 
+def _list_order(index) -> np.ndarray:
+    """Row ids list by list: consecutive queries then probe mostly the same lists, which stay in cache."""
+    import faiss
+
+    inv = index.invlists
+    return np.concatenate([faiss.rev_swig_ptr(inv.get_ids(k), inv.list_size(k)).copy()
+                           for k in range(index.nlist) if inv.list_size(k)])
+
+
 def _range_pairs(index, emb: np.ndarray, min_cosine: float, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every row's range search, as unique pairs (i < j) with their cosine."""
     n = len(emb)
     # faiss keeps inner products > radius; the float32 just below min_cosine makes that >= min_cosine, as exact.
     radius = float(np.nextafter(np.float32(min_cosine), np.float32(-2)))
+    rows = _list_order(index)
     keys, sims = [], []
     for s in range(0, n, block):
-        lims, sim, ids = index.range_search(emb[s:s + block], radius)
-        q = np.repeat(np.arange(s, s + len(lims) - 1), np.diff(lims).astype(np.int64))
+        batch = rows[s:s + block]
+        lims, sim, ids = index.range_search(emb[batch], radius)
+        q = np.repeat(batch, np.diff(lims).astype(np.int64))
         other = ids != q  # every row finds itself
         q, ids = q[other], ids[other]
         keys.append(np.minimum(q, ids) * n + np.maximum(q, ids))
         sims.append(sim[other])
     if not keys:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
-    # A pair found from both sides has the same cosine twice (the same two vectors in the same kernel).
+    # A pair found from both sides appears twice, with cosines equal up to float rounding: keep the first.
     key, first = np.unique(np.concatenate(keys), return_index=True)
     return key // n, key % n, np.concatenate(sims)[first].astype(np.float64)
 
