@@ -10,14 +10,17 @@ Hamming search uses the pigeonhole principle: split the 64-bit hash into `max_ha
 within `max_hamming` bits agree exactly on at least one band, so only pairs sharing a band are compared.
 
 Semantic search compares every pair exactly (`cosine_pairs`, O(N^2 D)) only for pools of up to EXACT_MAX_ROWS
-rows. Larger pools go through a faiss inverted-file index (`semantic_pairs`), SemDeDup's idea made symmetric:
-spherical k-means splits the pool into `clusters` lists (default one per ROWS_PER_CLUSTER rows), and every sample
-range-searches the `nprobe` lists nearest to it (default 8) at the cosine threshold. A pair is found when either
-sample's probes cover the other's list, so pairs that straddle a cluster boundary are still found unless both
-samples sit far from each other's lists. Cost per sample: nlist * D to rank the lists plus nprobe * N / nlist * D
-to scan them, i.e. about (N / 1000 + 8000) * D with the defaults instead of N * D: linear until the list
-ranking dominates (tens of millions of rows), and always ~1000x less work than the exact search. Memory: the
-index holds one copy of the embeddings; the pair list holds the near-duplicate pairs found, nothing N x N.
+= 10,000 rows. Larger pools are searched SemDeDup's way, made symmetric (`semantic_pairs`): faiss's spherical
+k-means splits the pool into `clusters` lists (default one per ROWS_PER_CLUSTER = 1000 rows), faiss ranks the
+lists for every row, and each list's rows are compared, by matrix products, with every row that has the list
+among its `nprobe` nearest (default 8). A pair is found when either row's probes cover the other's list, so
+pairs that straddle a list boundary are still found unless both rows sit far from each other's lists;
+comparing within one's own list only (nprobe 1, as SemDeDup does) misses them. Work per row, in D-dimensional
+dot products: nlist to rank the lists, nprobe * N / nlist to compare, 640 * nlist^2 / N for k-means (10
+iterations over 64 rows per list): about 8000 + N / 600 with the defaults, against N for the exact search. So
+the cost is near-linear up to a few million rows (bench/dedup.py measures it) and beyond that grows as N^2 with
+~1/600 of the exact search's constant. Memory: the row-to-list table (N x nprobe), one product of at most 4M
+similarities at a time, and the pairs found: nothing N x N.
 """
 
 from __future__ import annotations
@@ -89,7 +92,9 @@ def cosine_pairs(emb: np.ndarray, min_cosine: float, block: int = 2048) -> tuple
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_v)
 
 
-EXACT_MAX_ROWS = 5000  # exact search takes < 1 s here even at D=512, and k-means would get too few rows per list
+# Up to here the exact search (BLAS over 2048-row blocks, < 100 MB) is as fast as the list search (10 lists that
+# 8 probes nearly cover), at D=64 and D=512 alike.
+EXACT_MAX_ROWS = 10_000
 ROWS_PER_CLUSTER = 1000  # k-means lists of ~1000 rows: 8 probes scan ~8000 rows per sample whatever N is
 DEFAULT_NPROBE = 8  # >= 0.999 of the exact pairs on the clustered benchmark data (bench/dedup.py)
 KMEANS_SEED = 1234
@@ -102,14 +107,13 @@ def default_clusters(n: int) -> int:
 
 
 def semantic_pairs(emb: np.ndarray, min_cosine: float, clusters: int | None = None, nprobe: int | None = None,
-                   exact_max_rows: int = EXACT_MAX_ROWS,
-                   block: int = 16384) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   exact_max_rows: int = EXACT_MAX_ROWS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (i < j) of unit-norm embeddings (N, D) with cosine >= min_cosine, sorted; exact for small N.
 
-    Above `exact_max_rows` the search is approximate (an IVF index, see the module doc): every pair it returns is
-    a true pair with its exact cosine, and it may miss a few pairs that straddle list boundaries. Deterministic:
-    k-means is seeded and each sample's search is independent of the others, so the same rows give the same
-    pairs; callers that want independence from row order pass the rows in a canonical order.
+    Above `exact_max_rows` the search is approximate (k-means lists, see the module doc): every pair it returns
+    is a true pair with its cosine, and it may miss a few pairs that straddle list boundaries. Deterministic:
+    k-means is seeded and each list is searched on its own, so the same rows give the same pairs; callers that
+    want independence from row order pass the rows in a canonical order.
     """
     emb = np.ascontiguousarray(emb, dtype=np.float32)
     n = len(emb)
@@ -117,50 +121,50 @@ def semantic_pairs(emb: np.ndarray, min_cosine: float, clusters: int | None = No
         i, j, v = cosine_pairs(emb, min_cosine)
         by = np.lexsort((j, i))
         return i[by], j[by], v[by]
-    index = _ivf_index(emb, clusters or default_clusters(n), nprobe or DEFAULT_NPROBE)
-    return _range_pairs(index, emb, min_cosine, block)
+    probes = nearest_lists(emb, clusters or default_clusters(n), nprobe or DEFAULT_NPROBE)
+    return _pairs_within_lists(emb, probes, min_cosine)
 
 
-def _ivf_index(emb: np.ndarray, clusters: int, nprobe: int):
+def nearest_lists(emb: np.ndarray, clusters: int, nprobe: int) -> np.ndarray:
+    """(N, nprobe) int32: each row's nearest k-means lists, nearest first; the first is the list the row is in."""
     import faiss  # only semantic dedup needs it; a process that never dedups semantically does not load it
 
     n, d = emb.shape
     nlist = max(1, min(clusters, n // 39))  # faiss's k-means wants >= 39 rows per list (and warns otherwise)
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.cp.seed = KMEANS_SEED
-    index.cp.niter = KMEANS_ITERATIONS
-    index.cp.max_points_per_centroid = KMEANS_ROWS_PER_CLUSTER
-    index.cp.spherical = True  # unit centroids: the list with the highest inner product is the nearest by angle
-    index.train(emb)
-    index.add(emb)
-    index.nprobe = min(nprobe, nlist)
-    return index
+    # spherical: unit centroids, so the list with the highest inner product is the nearest by angle
+    kmeans = faiss.Kmeans(d, nlist, niter=KMEANS_ITERATIONS, seed=KMEANS_SEED, spherical=True,
+                          max_points_per_centroid=KMEANS_ROWS_PER_CLUSTER)
+    kmeans.train(emb)
+    _, probes = kmeans.index.search(emb, min(nprobe, nlist))  # (N, nprobe)
+    return probes.astype(np.int32)
 
 
-def _list_order(index) -> np.ndarray:
-    """Row ids list by list: consecutive queries then probe mostly the same lists, which stay in cache."""
-    import faiss
-
-    inv = index.invlists
-    return np.concatenate([faiss.rev_swig_ptr(inv.get_ids(k), inv.list_size(k)).copy()
-                           for k in range(index.nlist) if inv.list_size(k)])
-
-
-def _range_pairs(index, emb: np.ndarray, min_cosine: float, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every row's range search, as unique pairs (i < j) with their cosine."""
-    n = len(emb)
-    # faiss keeps inner products > radius; the float32 just below min_cosine makes that >= min_cosine, as exact.
-    radius = float(np.nextafter(np.float32(min_cosine), np.float32(-2)))
-    rows = _list_order(index)
+def _pairs_within_lists(emb: np.ndarray, probes: np.ndarray, min_cosine: float,
+                        cells: int = 1 << 22) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every list, the rows that probe it against the rows in it, by matrix products of <= `cells` entries."""
+    n, nprobe = probes.shape
+    nlist = int(probes.max()) + 1
+    members = np.argsort(probes[:, 0], kind="stable")
+    member_start = np.searchsorted(probes[members, 0], np.arange(nlist + 1))
+    by_list = np.argsort(probes.ravel(), kind="stable")
+    queries = by_list // nprobe  # row of each (row, probe) entry, grouped by list
+    query_start = np.searchsorted(probes.ravel()[by_list], np.arange(nlist + 1))
     keys, sims = [], []
-    for s in range(0, n, block):
-        batch = rows[s:s + block]
-        lims, sim, ids = index.range_search(emb[batch], radius)
-        q = np.repeat(batch, np.diff(lims).astype(np.int64))
-        other = ids != q  # every row finds itself
-        q, ids = q[other], ids[other]
-        keys.append(np.minimum(q, ids) * n + np.maximum(q, ids))
-        sims.append(sim[other])
+    for c in range(nlist):
+        m = members[member_start[c]:member_start[c + 1]]
+        if len(m) == 0:
+            continue
+        in_list = emb[m].T  # (D, M)
+        q_all = queries[query_start[c]:query_start[c + 1]]
+        step = max(1, cells // len(m))
+        for s in range(0, len(q_all), step):
+            q = q_all[s:s + step]
+            sim = emb[q] @ in_list  # (Q, M)
+            a, b = np.nonzero(sim >= min_cosine)
+            other = q[a] != m[b]  # every row finds itself
+            qa, mb = q[a][other], m[b][other]
+            keys.append(np.minimum(qa, mb) * n + np.maximum(qa, mb))
+            sims.append(sim[a[other], b[other]])
     if not keys:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
     # A pair found from both sides appears twice, with cosines equal up to float rounding: keep the first.

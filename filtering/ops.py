@@ -170,10 +170,10 @@ class DedupParams(StrictModel):
     method: Literal["exact", "phash", "semantic"]
     max_hamming: int | None = Field(None, ge=0, le=32, description="phash: most differing bits of a near copy")
     min_cosine: float | None = Field(None, gt=-1, le=1, description="semantic: least cosine of a near copy")
-    clusters: int | None = Field(None, ge=1, description="semantic, pools over 5000 rows: k-means lists of the "
-                                 "approximate search (default: one per 1000 rows)")
-    nprobe: int | None = Field(None, ge=1, description="semantic, pools over 5000 rows: nearest lists each sample "
-                               "searches (default 8; more finds more pairs that straddle lists, and costs more)")
+    clusters: int | None = Field(None, ge=1, description="semantic, pools over 10,000 rows: k-means lists of "
+                                 "the approximate search (default: one per 1000 rows)")
+    nprobe: int | None = Field(None, ge=1, description="semantic, pools over 10,000 rows: nearest lists each "
+                               "sample is compared with (default 8; more finds more pairs across lists, costs more)")
 
     @model_validator(mode="after")
     def _params(self) -> DedupParams:
@@ -214,6 +214,7 @@ class Dedup(Op):
         # The search sees the rows in priority order, so its k-means (which samples rows by seed) and hence the
         # pairs it finds do not depend on how the pool happens to be ordered.
         emb = pool.embeddings[idx[order]].astype(np.float32)
+        emb[~np.isfinite(emb).all(axis=1)] = 0  # a broken embedding near nothing, rather than NaN centroids
         emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         i, j, v = dedup.semantic_pairs(emb, p.min_cosine, clusters=p.clusters, nprobe=p.nprobe)
         return order[i], order[j], v
