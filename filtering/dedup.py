@@ -95,11 +95,11 @@ def cosine_pairs(emb: np.ndarray, min_cosine: float, block: int = 2048) -> tuple
 # Up to here the exact search (BLAS over 2048-row blocks, < 100 MB) is as fast as the list search (10 lists that
 # 8 probes nearly cover), at D=64 and D=512 alike.
 EXACT_MAX_ROWS = 10_000
-ROWS_PER_CLUSTER = 1000  # k-means lists of ~1000 rows: 8 probes scan ~8000 rows per sample whatever N is
+ROWS_PER_CLUSTER = 1000  # lists of ~1000 rows: with 8 probes each row meets ~8000 others, whatever N is
 DEFAULT_NPROBE = 8  # >= 0.999 of the exact pairs on the clustered benchmark data (bench/dedup.py)
 KMEANS_SEED = 1234
 KMEANS_ITERATIONS = 10
-KMEANS_ROWS_PER_CLUSTER = 64  # training sample per list: enough for stable centroids, keeps training O(nlist^2 D)
+KMEANS_ROWS_PER_CLUSTER = 64  # k-means trains on 64 sampled rows per list: 10 * 64 * nlist^2 dot products
 
 
 def default_clusters(n: int) -> int:

@@ -214,10 +214,12 @@ class Dedup(Op):
         # The search sees the rows in priority order, so its k-means (which samples rows by seed) and hence the
         # pairs it finds do not depend on how the pool happens to be ordered.
         emb = pool.embeddings[idx[order]].astype(np.float32)
-        emb[~np.isfinite(emb).all(axis=1)] = 0  # a broken embedding near nothing, rather than NaN centroids
+        finite = np.flatnonzero(np.isfinite(emb).all(axis=1))  # a broken embedding is near nothing; and faiss's
+        if len(finite) < len(emb):  # k-means refuses NaN or inf
+            emb = emb[finite]
         emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         i, j, v = dedup.semantic_pairs(emb, p.min_cosine, clusters=p.clusters, nprobe=p.nprobe)
-        return order[i], order[j], v
+        return order[finite[i]], order[finite[j]], v
 
     def apply(self, pool, alive):
         col = {"exact": "sha256", "phash": "phash", "semantic": None}[self.params.method]

@@ -112,6 +112,17 @@ def test_same_rows_give_the_same_drops_in_any_order():
     assert decisions(op, pool_of(emb[perm], score[perm], uids)) == first  # same drops, kept copies and cosines
 
 
+def test_a_broken_embedding_is_near_nothing():
+    emb, src = planted()
+    score = np.random.default_rng(4).uniform(size=len(emb))
+    emb[src[:20]] = np.nan  # sources of planted copies: their copies lose that pair, nothing else changes
+    got = decisions(dedup_op(), pool_of(emb, score))
+    broken = {f"u{k:05d}" for k in src[:20]}
+    assert len(got) > 600
+    assert not broken & set(got) and not broken & {kept for kept, _ in got.values()}
+    assert all(value >= MIN_COSINE for _, value in got.values())
+
+
 def test_thread_count_does_not_change_the_pairs():
     import faiss  # k-means and list ranking run on faiss's threads; the products on numpy's BLAS as configured
 
