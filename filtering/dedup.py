@@ -8,6 +8,19 @@ every dropped sample names a kept near copy, and the result does not depend on i
 
 Hamming search uses the pigeonhole principle: split the 64-bit hash into `max_hamming + 1` bands; two hashes
 within `max_hamming` bits agree exactly on at least one band, so only pairs sharing a band are compared.
+
+Semantic search compares every pair exactly (`cosine_pairs`, O(N^2 D)) only for pools of up to EXACT_MAX_ROWS
+= 10,000 rows. Larger pools are searched SemDeDup's way, made symmetric (`semantic_pairs`): faiss's spherical
+k-means splits the pool into `clusters` lists (default one per ROWS_PER_CLUSTER = 1000 rows), faiss ranks the
+lists for every row, and each list's rows are compared, by matrix products, with every row that has the list
+among its `nprobe` nearest (default 8). A pair is found when either row's probes cover the other's list, so
+pairs that straddle a list boundary are still found unless both rows sit far from each other's lists;
+comparing within one's own list only (nprobe 1, as SemDeDup does) misses them. Work per row, in D-dimensional
+dot products: nlist to rank the lists, nprobe * N / nlist to compare, 640 * nlist^2 / N for k-means (10
+iterations over 64 rows per list): about 8000 + N / 600 with the defaults, against N for the exact search. So
+the cost is near-linear up to a few million rows (bench/dedup.py measures it) and beyond that grows as N^2 with
+~1/600 of the exact search's constant. Memory: the row-to-list table (N x nprobe), one product of at most 4M
+similarities at a time, and the pairs found: nothing N x N.
 """
 
 from __future__ import annotations
@@ -77,6 +90,86 @@ def cosine_pairs(emb: np.ndarray, min_cosine: float, block: int = 2048) -> tuple
     if not out_i:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_v)
+
+
+# Up to here the exact search (BLAS over 2048-row blocks, < 100 MB) is as fast as the list search (10 lists that
+# 8 probes nearly cover), at D=64 and D=512 alike.
+EXACT_MAX_ROWS = 10_000
+ROWS_PER_CLUSTER = 1000  # lists of ~1000 rows: with 8 probes each row meets ~8000 others, whatever N is
+DEFAULT_NPROBE = 8  # >= 0.999 of the exact pairs on the clustered benchmark data (bench/dedup.py)
+KMEANS_SEED = 1234
+KMEANS_ITERATIONS = 10
+KMEANS_ROWS_PER_CLUSTER = 64  # k-means trains on 64 sampled rows per list: 10 * 64 * nlist^2 dot products
+
+
+def default_clusters(n: int) -> int:
+    return max(1, round(n / ROWS_PER_CLUSTER))
+
+
+def semantic_pairs(emb: np.ndarray, min_cosine: float, clusters: int | None = None, nprobe: int | None = None,
+                   exact_max_rows: int = EXACT_MAX_ROWS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i < j) of unit-norm embeddings (N, D) with cosine >= min_cosine, sorted; exact for small N.
+
+    Above `exact_max_rows` the search is approximate (k-means lists, see the module doc): every pair it returns
+    is a true pair with its cosine, and it may miss a few pairs that straddle list boundaries. Deterministic:
+    k-means is seeded and each list is searched on its own, so the same rows give the same pairs; callers that
+    want independence from row order pass the rows in a canonical order.
+    """
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    n = len(emb)
+    if n <= exact_max_rows:
+        i, j, v = cosine_pairs(emb, min_cosine)
+        by = np.lexsort((j, i))
+        return i[by], j[by], v[by]
+    probes = nearest_lists(emb, clusters or default_clusters(n), nprobe or DEFAULT_NPROBE)
+    return _pairs_within_lists(emb, probes, min_cosine)
+
+
+def nearest_lists(emb: np.ndarray, clusters: int, nprobe: int) -> np.ndarray:
+    """(N, nprobe) int32: each row's nearest k-means lists, nearest first; the first is the list the row is in."""
+    import faiss  # only semantic dedup needs it; a process that never dedups semantically does not load it
+
+    n, d = emb.shape
+    nlist = max(1, min(clusters, n // 39))  # faiss's k-means wants >= 39 rows per list (and warns otherwise)
+    # spherical: unit centroids, so the list with the highest inner product is the nearest by angle
+    kmeans = faiss.Kmeans(d, nlist, niter=KMEANS_ITERATIONS, seed=KMEANS_SEED, spherical=True,
+                          max_points_per_centroid=KMEANS_ROWS_PER_CLUSTER)
+    kmeans.train(emb)
+    _, probes = kmeans.index.search(emb, min(nprobe, nlist))  # (N, nprobe)
+    return probes.astype(np.int32)
+
+
+def _pairs_within_lists(emb: np.ndarray, probes: np.ndarray, min_cosine: float,
+                        cells: int = 1 << 22) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every list, the rows that probe it against the rows in it, by matrix products of <= `cells` entries."""
+    n, nprobe = probes.shape
+    nlist = int(probes.max()) + 1
+    members = np.argsort(probes[:, 0], kind="stable")
+    member_start = np.searchsorted(probes[members, 0], np.arange(nlist + 1))
+    by_list = np.argsort(probes.ravel(), kind="stable")
+    queries = by_list // nprobe  # row of each (row, probe) entry, grouped by list
+    query_start = np.searchsorted(probes.ravel()[by_list], np.arange(nlist + 1))
+    keys, sims = [], []
+    for c in range(nlist):
+        m = members[member_start[c]:member_start[c + 1]]
+        if len(m) == 0:
+            continue
+        in_list = emb[m].T  # (D, M)
+        q_all = queries[query_start[c]:query_start[c + 1]]
+        step = max(1, cells // len(m))
+        for s in range(0, len(q_all), step):
+            q = q_all[s:s + step]
+            sim = emb[q] @ in_list  # (Q, M)
+            a, b = np.nonzero(sim >= min_cosine)
+            other = q[a] != m[b]  # every row finds itself
+            qa, mb = q[a][other], m[b][other]
+            keys.append(np.minimum(qa, mb) * n + np.maximum(qa, mb))
+            sims.append(sim[a[other], b[other]])
+    if not keys:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+    # A pair found from both sides appears twice, with cosines equal up to float rounding: keep the first.
+    key, first = np.unique(np.concatenate(keys), return_index=True)
+    return key // n, key % n, np.concatenate(sims)[first].astype(np.float64)
 
 
 def priority_order(uids: np.ndarray, score: np.ndarray | None = None, pixels: np.ndarray | None = None) -> np.ndarray:
