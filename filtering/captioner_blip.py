@@ -51,10 +51,10 @@ def blip_preprocess_cfg(path: str) -> dict:
 
 class _BlipModel:
     def __init__(self, path: str, model_class: str, device: str, what: str):
+        check_blip(path, what)  # before importing transformers: a missing folder is the likelier problem
         import torch
         import transformers
 
-        check_blip(path, what)
         try:
             self.processor = transformers.BlipProcessor.from_pretrained(path, local_files_only=True)
             self.model = getattr(transformers, model_class).from_pretrained(path, local_files_only=True)

@@ -58,13 +58,21 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """
     if top_p >= 1.0:
         return logits
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
-    probs = sorted_logits.softmax(dim=-1)
-    before = probs.cumsum(dim=-1) - probs  # mass ranked above each token
-    drop_sorted = before >= top_p
-    drop_sorted[:, 0] = False
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    vocab, k = probs.shape[-1], 256
+    while True:
+        # a trained model's nucleus is a few hundred tokens at most: sorting the top k is far cheaper than the
+        # whole vocabulary; widen k until every row's top k holds top_p of its mass
+        k = min(k, vocab)
+        top, order = probs.topk(k, dim=-1) if k < vocab else probs.sort(dim=-1, descending=True)
+        cum = top.cumsum(dim=-1)
+        if k == vocab or bool((cum[:, -1] >= top_p).all()):
+            break
+        k *= 8
+    keep_sorted = (cum - top) < top_p  # mass ranked above each token is still short of top_p
+    keep_sorted[:, 0] = True
+    keep = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, keep_sorted)
+    return logits.masked_fill(~keep, float("-inf"))
 
 
 def repetition_penalty(scores: torch.Tensor, history: torch.Tensor, penalty: float) -> torch.Tensor:
