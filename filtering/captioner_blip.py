@@ -42,8 +42,15 @@ def check_blip(path: str, what: str = "BLIP captioning") -> None:
 
 
 def blip_preprocess_cfg(path: str) -> dict:
-    """winnow's preprocessing dict (see filtering.preprocess) for a BLIP folder's image processor."""
-    cfg = json.loads((Path(path) / "preprocessor_config.json").read_text())
+    """winnow's preprocessing dict (see filtering.preprocess) for a BLIP folder's image processor, read without
+    importing transformers (the stage's read tasks need only this)."""
+    folder = Path(path)
+    if (folder / "preprocessor_config.json").is_file():  # the hub's BLIP folders, transformers 4
+        cfg = json.loads((folder / "preprocessor_config.json").read_text())
+    elif (folder / "processor_config.json").is_file():  # transformers 5 nests it in the processor's config
+        cfg = json.loads((folder / "processor_config.json").read_text())["image_processor"]
+    else:
+        raise CaptionerError(f"BLIP weights {path}: no preprocessor_config.json nor processor_config.json")
     size = cfg.get("size", {"height": 384, "width": 384})
     return {"size": [size["height"], size["width"]], "mode": "RGB", "mean": list(cfg["image_mean"]),
             "std": list(cfg["image_std"]), "interpolation": "bicubic", "resize_mode": "squash", "fill_color": 0}
