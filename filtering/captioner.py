@@ -233,7 +233,7 @@ class CocaBackend:
         if reason:
             raise CaptionerError(f"captioner weights {spec.weights}, {_config_source(spec)}: {reason}")
         self.decoder = CocaKVDecoder(self.model)
-        self.cfg, self.device = cfg, device
+        self.cfg, self.device, self.precision = cfg, device, spec.precision
         pre = spec.preprocess_cfg()
         self.mean = torch.tensor(pre["mean"], device=device)
         self.std = torch.tensor(pre["std"], device=device)
@@ -261,7 +261,11 @@ class CocaBackend:
         from filtering.decoding import beam_search, row_generators, sample_sequences
 
         n = self.cfg.num_captions
-        with torch.inference_mode():
+        # open_clip's fp16/bf16 keep some weights (LayerNorms, the attentional pooler's queries) in fp32 and rely on
+        # autocast to mix them: its own forward fails without it
+        half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        autocast = torch.autocast(torch.device(self.device).type, dtype=half, enabled=half is not None)
+        with torch.inference_mode(), autocast:
             image_tokens = self.decoder.encode_images(self.pixels_to_input(images))  # (B, N, W)
             if self.cfg.strategy == "beam":
                 return beam_search(self.decoder, image_tokens, self.settings, num_return=n)

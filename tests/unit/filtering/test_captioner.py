@@ -315,6 +315,18 @@ def test_batch_call_adds_captions_and_reasons(coca, images):
     assert "pixels" in kept({"pixels": pixels[:2].copy(), "decodable": np.ones(2, bool)})
 
 
+def test_half_precision_runs_under_autocast_and_mostly_agrees(coca, images):
+    """open_clip's bf16 keeps LayerNorms and pooler queries in fp32 and fails without autocast; the captioner mixes."""
+    pixels, _ = images
+    full = _tokens(_captioner(coca["plain"], strategy="greedy", min_length=FULL), pixels)
+    half = Captioner({"name": MODEL, "weights": coca["plain"], "precision": "bf16"},
+                     {"device": "cpu", "strategy": "greedy", "min_length": FULL})
+    got = _tokens(half, pixels)
+    assert all(len(t) == FULL for t in got)
+    agree = sum(a == b for f, h in zip(full, got, strict=True) for a, b in zip(f, h, strict=True))
+    assert agree >= 0.5 * FULL * len(full)
+
+
 def test_trainer_checkpoint_loads_like_safetensors(coca, images):
     from safetensors.torch import load_file
 
