@@ -10,8 +10,9 @@ min_seq_len=76, fixed_output_length=True)`, winnow as `Captioner` with `strategy
 tokens must be identical; captions/s counts image encoding and decoding, not imports or model loading.
 
 open_clip's side runs in its own virtualenv under bench/out/ (made on the first run, then reused): open_clip 3.3
-imports its generation code from transformers and, with transformers >= 4.56 (BeamSearchScorer moved) or 5, leaves
-`generate` disabled, so that venv pins `transformers<4.56` beside the main venv's torch version. Each side runs as a
+imports its generation code from transformers and, with transformers 4.57 or 5 (`BeamSearchScorer` is no longer
+where it looks), leaves `generate` disabled, so that venv pins `transformers<4.56` (4.55.4 works) beside the main
+venv's torch and torchvision versions. Each side runs as a
 fresh process with the same torch thread count: 1 by default, because on 2 cores shared with other work two torch
 threads wait on each other at every small op (a decode step is many small ops: 10x slower measured at load 6).
 

@@ -10,7 +10,8 @@ in a unit test as is and under Ray Data as an actor:
 The CoCa backend decodes in winnow (`filtering.coca_kv`, `filtering.decoding`) with key/value caches: the image's
 cross-attention keys and values are computed once per batch and each new token is one incremental decoder step.
 open_clip's own `CoCa.generate` re-runs the decoder over the whole prefix at every step, its nucleus default
-(`top_p=0.1`) is nearly greedy, and in open_clip 3.3 it does not import beside transformers >= 4.56.
+(`top_p=0.1`) is nearly greedy, and open_clip 3.3 disables it beside transformers 4.57 or 5 (it looks for
+`BeamSearchScorer` where those no longer export it).
 
 A batch holds `pixels` (uint8 crops from `filtering.preprocess.Preprocessor`), `decodable`, and optionally `uid`.
 The output adds `synthetic_captions` (a list of `num_captions` strings per row; empty for rows that did not decode)
