@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from pipeline.core.config import StrictModel
@@ -43,6 +45,9 @@ class FaultRates(DisjointRates):
 
 class SyntheticWebConfig(StrictModel):
     dir: str = Field("web", description="folder under the run root (or an absolute path) holding the web")
+    world: Literal["shapes", "objects"] = Field(
+        "shapes", description="what the images look like: flat shapes, or outlined objects on photo-like "
+                              "backgrounds (pipeline/synthetic/worlds.py)")
     seed: int = 0
     pool_size: int = Field(3000, ge=1, description="noisy image-text pairs in the pool URL list")
     hq_size: int = Field(400, ge=0, description="clean high-quality pairs (a second URL list)")

@@ -14,14 +14,15 @@ import tarfile
 import numpy as np
 
 from pipeline.synthetic.captions import CLASS_TEMPLATES, describe
-from pipeline.synthetic.render import COLOURS, SHAPES, draw, encode, sample_scene
+from pipeline.synthetic.render import encode
+from pipeline.synthetic.worlds import World, get_world
 
 SHARD_SIZE = 1000
 
 
-def classnames() -> list[str]:
-    """Class index -> "<colour> <shape>"."""
-    return [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES]
+def classnames(world: str = "shapes") -> list[str]:
+    """Class index -> "<colour> <shape>" of a world."""
+    return get_world(world).classnames()
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -32,22 +33,23 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def labelled_samples(seed: int, size: int, min_side: int, max_side: int) -> list[dict]:
-    """`size` balanced samples in random order: key, label, scene, caption and JPEG bytes."""
-    names = classnames()
+def labelled_samples(seed: int, size: int, min_side: int, max_side: int, world: World | None = None) -> list[dict]:
+    """`size` balanced samples of a world in random order: key, label, scene, caption and JPEG bytes."""
+    world = world or get_world("shapes")
+    names = world.classnames()
     labels = np.random.default_rng([seed, 40]).permutation(np.arange(size) % len(names))
     out = []
     for i, label in enumerate(labels.tolist()):
         rng = np.random.default_rng([seed, 41, i])
         colour, shape = names[label].split(" ")
-        scene = sample_scene(rng, min_side, max_side, shape=shape, colour=colour)
+        scene = world.sample_scene(rng, min_side, max_side, shape=shape, colour=colour)
         quality = int(rng.integers(80, 96))
         out.append({"key": f"{i:06d}", "label": label, "scene": scene, "caption": describe(scene, rng),
-                    "jpg": encode(draw(scene), "jpg", quality)})
+                    "jpg": encode(world.draw(scene), "jpg", quality)})
     return out
 
 
-def write_test_set(samples: list[dict], out_dir: str) -> list[str]:
+def write_test_set(samples: list[dict], out_dir: str, names: list[str] | None = None) -> list[str]:
     """Shards of `SHARD_SIZE` samples (`00000.tar`, ...) plus `classnames.json`; returns the shard file names."""
     os.makedirs(out_dir, exist_ok=True)
     shards = []
@@ -65,5 +67,5 @@ def write_test_set(samples: list[dict], out_dir: str) -> list[str]:
         os.replace(tmp, os.path.join(out_dir, name))
         shards.append(name)
     with open(os.path.join(out_dir, "classnames.json"), "w") as f:
-        json.dump({"classnames": classnames(), "templates": list(CLASS_TEMPLATES)}, f, indent=2)
+        json.dump({"classnames": names or classnames(), "templates": list(CLASS_TEMPLATES)}, f, indent=2)
     return shards

@@ -28,8 +28,9 @@ from pipeline.synthetic.assign import assign_kinds
 from pipeline.synthetic.captions import CLASS_TEMPLATES, HQ_TEMPLATES, POOL_TEMPLATES, describe, generic_caption
 from pipeline.synthetic.config import SyntheticWebConfig
 from pipeline.synthetic.faults import NOT_IMAGE_HTML, bomb_png
-from pipeline.synthetic.render import Scene, draw, encode, jitter_scene, junk_image, sample_scene
-from pipeline.synthetic.testset import classnames, labelled_samples, write_test_set
+from pipeline.synthetic.render import Scene, encode, junk_image
+from pipeline.synthetic.testset import labelled_samples, write_test_set
+from pipeline.synthetic.worlds import get_world
 
 VERSION = 1  # bump when the generator's output changes, so old webs are rebuilt
 PNG_FRACTION = 0.1
@@ -50,7 +51,9 @@ TRUTH_SCHEMA = pa.schema([
 
 def web_hash(cfg: SyntheticWebConfig) -> str:
     """Hash of what determines the web's content (not where it lives)."""
-    return config_hash({**cfg.model_dump(mode="json", exclude={"dir"}), "version": VERSION})
+    # the shapes world hashes as before the world key existed, so webs built then are still current
+    exclude = {"dir"} | ({"world"} if cfg.world == "shapes" else set())
+    return config_hash({**cfg.model_dump(mode="json", exclude=exclude), "version": VERSION})
 
 
 def web_dir(cfg: SyntheticWebConfig, root: str) -> str:
@@ -74,14 +77,15 @@ def _item(cfg: SyntheticWebConfig, split: str, i: int, scene: Scene | None, capt
 def _render(cfg: SyntheticWebConfig, split: str, i: int, noise: str = "none") -> dict:
     """One URL's content before cross-row noise (mismatched captions, duplicates) is applied."""
     rng = np.random.default_rng([cfg.seed, 10, 1 if split == "pool" else 2, i])
-    scene = sample_scene(rng, cfg.min_side, cfg.max_side)
+    world = get_world(cfg.world)
+    scene = world.sample_scene(rng, cfg.min_side, cfg.max_side)
     fmt = "png" if rng.random() < PNG_FRACTION else "jpg"
     quality = int(rng.integers(75, 96))
     if noise == "tiny_image":  # same kind of picture, a few pixels a side
-        scene = sample_scene(np.random.default_rng([cfg.seed, 31, i]), *TINY_SIDES, **{
+        scene = world.sample_scene(np.random.default_rng([cfg.seed, 31, i]), *TINY_SIDES, **{
             k: v for k, v in scene.attributes().items() if k != "classname"})
     caption = describe(scene, rng, HQ_TEMPLATES if split == "hq" else POOL_TEMPLATES)
-    image = junk_image(rng, scene.width, scene.height) if noise == "junk_image" else draw(scene)
+    image = junk_image(rng, scene.width, scene.height) if noise == "junk_image" else world.draw(scene)
     item = _item(cfg, split, i, None if noise == "junk_image" else scene, caption, encode(image, fmt, quality), fmt,
                  scene.width, scene.height)
     item.update(noise=noise, quality=quality)
@@ -90,6 +94,7 @@ def _render(cfg: SyntheticWebConfig, split: str, i: int, noise: str = "none") ->
 
 def _apply_cross_noise(cfg: SyntheticWebConfig, items: list[dict]) -> None:
     """Mismatched captions and duplicates: rows that take something from another row of the pool."""
+    world = get_world(cfg.world)
     sources = [j for j, it in enumerate(items) if it["noise"] == "none"]  # their captions describe what is served
     if not sources and any(it["noise"] in ("mismatched_caption", "exact_duplicate", "near_duplicate") for it in items):
         raise ValueError("noise rates leave no clean pool image to take captions or duplicates from; lower them")
@@ -113,11 +118,11 @@ def _apply_cross_noise(cfg: SyntheticWebConfig, items: list[dict]) -> None:
             if it["noise"] == "exact_duplicate":
                 scene, data, fmt = src["scene"], src["data"], src["fmt"]
             else:  # re-rendered with small jitter, re-encoded at another JPEG quality
-                scene = jitter_scene(src["scene"], rng)
+                scene = world.jitter_scene(src["scene"], rng)
                 quality = int(rng.integers(55, 96))
                 if quality == src["quality"]:
                     quality -= 5
-                data, fmt = encode(draw(scene), "jpg", quality), "jpg"
+                data, fmt = encode(world.draw(scene), "jpg", quality), "jpg"
             ident = it["url"].rsplit("/", 1)[1].split(".")[0]
             it.update(scene=scene, data=data, fmt=fmt, width=scene.width, height=scene.height,
                       caption=describe(scene, rng, POOL_TEMPLATES),
@@ -215,8 +220,9 @@ def build_web(cfg: SyntheticWebConfig, out_dir: str) -> dict:
         _write_parquet(pa.table({"url": [r["url"] for r in part], "caption": [r["caption"] for r in part]}),
                        os.path.join(out_dir, f"{split}.parquet"))
     _write_parquet(truth, os.path.join(out_dir, "truth.parquet"))
-    shards = write_test_set(labelled_samples(cfg.seed, cfg.test_size, cfg.min_side, cfg.max_side),
-                            os.path.join(out_dir, "test"))
+    world = get_world(cfg.world)
+    shards = write_test_set(labelled_samples(cfg.seed, cfg.test_size, cfg.min_side, cfg.max_side, world),
+                            os.path.join(out_dir, "test"), world.classnames())
 
     pool_rows = [r for r in rows if r["split"] == "pool"]
     info = {
@@ -230,7 +236,8 @@ def build_web(cfg: SyntheticWebConfig, out_dir: str) -> dict:
             "noise": {k: sum(r["noise"] == k for r in pool_rows) for k in cfg.noise.model_dump()},
             "faults": {k: sum(r["fault"] == k for r in pool_rows) for k in cfg.faults.model_dump()},
         },
-        "classnames": classnames(),
+        "world": cfg.world,
+        "classnames": world.classnames(),
         "templates": list(CLASS_TEMPLATES),
         "files": {"pool": "pool.parquet", "hq": "hq.parquet", "truth": "truth.parquet",
                   "test": [f"test/{s}" for s in shards], "classnames": "test/classnames.json"},
