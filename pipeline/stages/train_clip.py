@@ -63,7 +63,7 @@ def default_eval(ctx: StageContext, cfg: EvalConfig) -> EvalConfig:
 
 
 def run(ctx: StageContext, cfg: TrainClipConfig) -> dict[str, Any]:
-    from pipeline.summary import fmt_seconds, print_summary
+    from pipeline.core.tables import fmt_seconds, print_summary
     from training.contrastive.task import ContrastiveTask
     from training.engine import fit
 
