@@ -77,33 +77,48 @@ def _pick(rng: np.random.Generator, options, given: str | None) -> str:
     return given if given is not None else options[int(rng.integers(len(options)))]
 
 
-def sample_scene(
-    rng: np.random.Generator,
-    min_side: int,
-    max_side: int,
-    *,
-    shape: str | None = None,
-    colour: str | None = None,
-    size: str | None = None,
-    position: str | None = None,
-    background: str | None = None,
-) -> Scene:
-    """A random scene; any attribute given is kept, the others are drawn uniformly."""
-    shape = _pick(rng, SHAPES, shape)
-    colour = _pick(rng, list(COLOURS), colour)
+@dataclass(frozen=True)
+class SceneSpace:
+    """What a world's scenes are drawn from: its vocabulary, and where and how big its objects sit."""
+
+    shapes: tuple[str, ...]
+    colours: dict[str, tuple[int, int, int]]
+    backgrounds: tuple[str, ...]
+    radius: dict[str, tuple[float, float]]  # size -> circumradius range, fraction of the short side
+    centre: dict[str, tuple[float, float]]  # size -> (near, far) centre fraction of a side, for corner positions
+    colour_jitter: int  # +- per channel
+    max_angle: float  # rotation range, degrees
+
+
+def sample_in(space: SceneSpace, rng: np.random.Generator, min_side: int, max_side: int, *, shape: str | None = None,
+              colour: str | None = None, size: str | None = None, position: str | None = None,
+              background: str | None = None) -> Scene:
+    """A random scene of a world; any attribute given is kept, the others are drawn uniformly."""
+    shape = _pick(rng, space.shapes, shape)
+    colour = _pick(rng, list(space.colours), colour)
     size = _pick(rng, SIZES, size)
     position = _pick(rng, POSITIONS, position)
-    background = _pick(rng, list(BACKGROUNDS), background)
+    background = _pick(rng, list(space.backgrounds), background)
     width, height = image_dims(rng, min_side, max_side)
-    radius = rng.uniform(*_RADIUS[size]) * min(width, height)
-    lo, hi = _CENTRE[size]
+    radius = rng.uniform(*space.radius[size]) * min(width, height)
+    lo, hi = space.centre[size]
     fx = 0.5 if position == "center" else (lo if "left" in position else hi)
     fy = 0.5 if position == "center" else (lo if "top" in position else hi)
     cx = (fx + rng.uniform(-0.03, 0.03)) * width
     cy = (fy + rng.uniform(-0.03, 0.03)) * height
-    rgb = tuple(int(np.clip(c + rng.integers(-_COLOUR_JITTER, _COLOUR_JITTER + 1), 0, 255)) for c in COLOURS[colour])
+    j = space.colour_jitter
+    rgb = tuple(int(np.clip(c + rng.integers(-j, j + 1), 0, 255)) for c in space.colours[colour])
     return Scene(shape, colour, size, position, background, width, height, float(cx), float(cy), float(radius),
-                 float(rng.uniform(-15, 15)), rgb, int(rng.integers(2**31)))
+                 float(rng.uniform(-space.max_angle, space.max_angle)), rgb, int(rng.integers(2**31)))
+
+
+SPACE = SceneSpace(SHAPES, COLOURS, tuple(BACKGROUNDS), _RADIUS, _CENTRE, _COLOUR_JITTER, 15.0)
+
+
+def sample_scene(rng: np.random.Generator, min_side: int, max_side: int, **given: str | None) -> Scene:
+    """A random scene of the shapes world; any attribute given (shape, colour, size, position, background) is
+    kept, the others are drawn uniformly."""
+    return sample_in(SPACE, rng, min_side, max_side, **given)
 
 
 def jitter_scene(scene: Scene, rng: np.random.Generator) -> Scene:

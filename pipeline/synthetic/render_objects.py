@@ -12,12 +12,11 @@ duplicates, the test set and the server work unchanged.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from pipeline.synthetic.render import POSITIONS, SIZES, Scene, image_dims
+from pipeline.synthetic.render import Scene, SceneSpace, sample_in
 
 OBJECTS = ("house", "tree", "arrow", "ring", "heart", "moon")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -33,41 +32,12 @@ _CENTRE = {"small": (0.28, 0.72), "large": (0.37, 0.63)}
 _MUTED = [(118, 112, 104), (96, 104, 110), (140, 132, 120), (84, 92, 84), (150, 150, 140)]
 
 
-def _pick(rng: np.random.Generator, options, given: str | None) -> str:
-    return given if given is not None else options[int(rng.integers(len(options)))]
+SPACE = SceneSpace(OBJECTS, COLOURS, BACKGROUNDS, _RADIUS, _CENTRE, colour_jitter=14, max_angle=12.0)
 
 
-def sample_scene(rng: np.random.Generator, min_side: int, max_side: int, *, shape: str | None = None,
-                 colour: str | None = None, size: str | None = None, position: str | None = None,
-                 background: str | None = None) -> Scene:
+def sample_scene(rng: np.random.Generator, min_side: int, max_side: int, **given: str | None) -> Scene:
     """A random scene of this world; any attribute given is kept, the others are drawn uniformly."""
-    shape = _pick(rng, OBJECTS, shape)
-    colour = _pick(rng, list(COLOURS), colour)
-    size = _pick(rng, SIZES, size)
-    position = _pick(rng, POSITIONS, position)
-    background = _pick(rng, BACKGROUNDS, background)
-    width, height = image_dims(rng, min_side, max_side)
-    radius = rng.uniform(*_RADIUS[size]) * min(width, height)
-    lo, hi = _CENTRE[size]
-    fx = 0.5 if position == "center" else (lo if "left" in position else hi)
-    fy = 0.5 if position == "center" else (lo if "top" in position else hi)
-    cx = (fx + rng.uniform(-0.03, 0.03)) * width
-    cy = (fy + rng.uniform(-0.03, 0.03)) * height
-    rgb = tuple(int(np.clip(c + rng.integers(-14, 15), 0, 255)) for c in COLOURS[colour])
-    return Scene(shape, colour, size, position, background, width, height, float(cx), float(cy), float(radius),
-                 float(rng.uniform(-12, 12)), rgb, int(rng.integers(2**31)))
-
-
-def jitter_scene(scene: Scene, rng: np.random.Generator) -> Scene:
-    """A near duplicate: the same object nudged and recoloured by a few levels, maybe rescaled."""
-    scale = rng.uniform(0.9, 1.1) if rng.random() < 0.5 else 1.0
-    w, h = max(4, int(round(scene.width * scale))), max(4, int(round(scene.height * scale)))
-    s = min(w, h)
-    rgb = tuple(int(np.clip(c + rng.integers(-6, 7), 0, 255)) for c in scene.rgb)
-    return replace(scene, width=w, height=h, cx=scene.cx * w / scene.width + rng.uniform(-0.02, 0.02) * s,
-                   cy=scene.cy * h / scene.height + rng.uniform(-0.02, 0.02) * s,
-                   radius=scene.radius * scale * rng.uniform(0.97, 1.03), angle=scene.angle + rng.uniform(-4, 4),
-                   rgb=rgb)
+    return sample_in(SPACE, rng, min_side, max_side, **given)
 
 
 # --- backgrounds ------------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ def get_world(name: str) -> World:
         return World("shapes", render.SHAPES, tuple(render.COLOURS), tuple(render.BACKGROUNDS), render.sample_scene,
                      render.draw, render.jitter_scene)
     if name == "objects":
-        m = render_objects
-        return World("objects", m.OBJECTS, tuple(m.COLOURS), m.BACKGROUNDS, m.sample_scene, m.draw, m.jitter_scene)
+        m = render_objects  # a near duplicate is made the same way in both worlds
+        return World("objects", m.OBJECTS, tuple(m.COLOURS), m.BACKGROUNDS, m.sample_scene, m.draw,
+                     render.jitter_scene)
     raise ValueError(f"unknown synthetic world {name!r}; known: {', '.join(WORLDS)}")
