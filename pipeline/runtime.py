@@ -38,6 +38,8 @@ RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "ray.uti
 # Ray's internal actors and tasks: what they print is Ray's business (a log line), not the user's.
 RAY_INTERNAL = re.compile(r"^(TrainController|PlacementGroupCleaner|_StatsActor|AutoscalingRequester|"
                           r"SplitCoordinator|_TrainSession|StateActor|SynchronizationActor)")
+# Lines Ray's libraries print in any worker (abseil's mutex tracing from gRPC): log-only too.
+RAY_NOISE_LINE = re.compile(r"^\[mutex\.cc : \d+\] RAW: ")
 _run_log: dict = {"path": None, "handler": None}
 
 
@@ -141,13 +143,15 @@ def _route_worker_output() -> None:
         def route(data: dict) -> None:
             who = data.get("actor_name") or data.get("task_name") or ""
             file = _run_log["handler"]
-            if file is not None:
+            if file is not None and data.get("pid") != "autoscaler":  # (its status dumps; Ray shows only events)
                 with file.lock:  # the handler's own lock: records from other threads do not interleave
                     file.stream.write("".join(f"({who or 'worker'} pid={data.get('pid')}) {line}\n"
                                               for line in data.get("lines", [])))
                     file.flush()
             if not RAY_INTERNAL.match(who):
-                show(data)
+                lines = [line for line in data.get("lines", []) if not RAY_NOISE_LINE.match(line)]
+                if lines:
+                    show({**data, "lines": lines})
 
         route.winnow_routed = True
         dispatcher.handlers = [(n, route if n == "ray_print_logs" else h) for n, h in dispatcher.handlers]

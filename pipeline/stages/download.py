@@ -87,8 +87,9 @@ class DownloadConfig(StageConfig):
     task_cpus: float = Field(1.0, gt=0, description="CPUs reserved per shard task")
     shard_retries: int = Field(2, ge=0, description="retries of a failed shard task")
     shard_deadline: float | None = Field(
-        None, gt=0, description="wall-clock seconds per shard task before it is cancelled and retried (default: what "
-                                "a shard takes if every URL runs to its deadline, plus 10 minutes)")
+        None, gt=0, description="wall-clock seconds per shard task, from its submission, before it is cancelled and "
+                                "retried (default: what a shard takes if every URL runs to its deadline, plus 10 "
+                                "minutes)")
 
     def shard_deadline_s(self) -> float:
         if self.shard_deadline is not None:
