@@ -88,6 +88,15 @@ def _read(url: str) -> Holder | None:
         return Holder("unknown", -1, "an unreadable lock file", 0.0, token="")
 
 
+def _missing_folders(path: str) -> list[str]:
+    """The folders above `path` that do not exist yet, deepest first."""
+    out, folder = [], os.path.dirname(os.path.abspath(path))
+    while folder and not os.path.exists(folder):
+        out.append(folder)
+        folder = os.path.dirname(folder)
+    return out
+
+
 def _create(url: str, holder: Holder) -> bool:
     """Write the lock file if none exists, atomically with that check; False if one exists."""
     fs, path = fs_and_path(url)
@@ -117,6 +126,7 @@ def _create(url: str, holder: Holder) -> bool:
 class DatasetLock:
     url: str  # the lock file
     holder: Holder
+    made: list[str] = field(default_factory=list)  # local folders created to hold the lock, deepest first
 
     def release(self) -> None:
         """Remove the lock if it is still ours (a `break_lock` by someone else may have replaced it)."""
@@ -124,11 +134,11 @@ class DatasetLock:
         if current is not None and current.token == self.holder.token:
             fs, path = fs_and_path(self.url)
             fs.rm(path)
-            if is_local(self.url):
+            for folder in self.made:  # folders made only to hold the lock go with it (a stage that wrote keeps them)
                 try:
-                    os.rmdir(os.path.dirname(path))  # a folder made only to hold the lock goes with it
+                    os.rmdir(folder)
                 except OSError:
-                    pass
+                    break
 
     def __enter__(self) -> DatasetLock:
         return self
@@ -145,8 +155,9 @@ def lock_dataset(dataset_url: str, *, wait_s: float = 0.0, stale_after_s: float 
     me = Holder.this_process()
     deadline = time.monotonic() + wait_s
     while True:
+        made = _missing_folders(fs_and_path(url)[1]) if is_local(url) else []
         if _create(url, me):
-            return DatasetLock(url, me)
+            return DatasetLock(url, me, made)
         holder = _read(url)
         if holder is None:
             continue  # released between our attempt and the read: try again at once

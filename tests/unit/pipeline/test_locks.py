@@ -72,3 +72,9 @@ def test_on_an_object_store_the_lock_is_a_conditional_put(s3_bucket) -> None:
     first.release()
     with lock_dataset(join(s3_bucket, "pool")):
         pass
+
+
+def test_a_lock_on_a_dataset_not_yet_made_leaves_no_folder_behind(tmp_path: Path) -> None:
+    with lock_dataset(str(tmp_path / "root" / "pool")):
+        assert (tmp_path / "root" / "pool" / "_lock").exists()
+    assert list(tmp_path.iterdir()) == []
