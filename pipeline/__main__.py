@@ -33,7 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="winnow", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    _config_args(sub.add_parser("run", help="run the pipeline's stages in order (or one with --stage)"))
+    p = sub.add_parser("run", help="run the pipeline's stages in order (or one with --stage)")
+    _config_args(p)
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait up to this long for another run using the same datasets to finish (default: fail)")
+    p.add_argument("--break-lock", action="store_true",
+                   help="take over dataset locks held by another run (only when you know it is gone)")
+    p.add_argument("--stale-lock-after", type=float, default=None, metavar="SECONDS",
+                   help="take over a lock held from another host when it is older than this")
     _config_args(sub.add_parser("status", help="per stage: shards done/total, samples, success rate, wall time"),
                  stage=False)
     _config_args(sub.add_parser("synth", help="make the synthetic web without running the pipeline"), stage=False)
@@ -83,9 +90,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
-        from pipeline.cli.run import run_pipeline
+        from pipeline.cli.run import LockOptions, run_log_path, run_pipeline
+        from pipeline.runtime import start_run_log
 
-        run_pipeline(_load(args), args.stage, config_path=args.config)
+        cfg = _load(args)
+        if not args.verbose:
+            print(f"log: {start_run_log(run_log_path(cfg))}", flush=True)
+        run_pipeline(cfg, args.stage, config_path=args.config,
+                     locks=LockOptions(args.wait, args.stale_lock_after, args.break_lock))
         return 0
     if args.command == "status":
         from pipeline.cli.status import print_status

@@ -1,18 +1,25 @@
-"""The one place that starts or connects Ray.
+"""The one place that starts or connects Ray, and decides what of Ray's output reaches the user's terminal.
 
 Embedded local Ray by default (`address="local"`, CPUs and object store from config); a cluster when the config's
 `ray.address` or the `RAY_ADDRESS` environment variable names one. Inside a Ray job (`winnow submit`) the driver
 runs on the cluster and `RAY_ADDRESS` is set by Ray, so the same code attaches to the cluster it was submitted to.
+
+A run's terminal shows winnow's progress and summaries. With a run log (`start_run_log`), everything is written to
+the log file, and Ray's own records below ERROR (Ray Data's per-operator progress lines and its memory advice, the
+start-up notices) and the output of Ray's internal actors (Ray Train's controller and placement-group cleaner) go
+only there.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 
 from pydantic import Field
 
 from pipeline.core.config import StrictModel
+from pipeline.core.errors import WinnowError
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +31,16 @@ class RayConfig(StrictModel):
     object_store_mb: int = Field(1024, ge=64, description="object store size of the embedded Ray, MiB")
     include_dashboard: bool = False
     namespace: str = "winnow"
+
+
+# Ray's loggers; their records below ERROR go only to the run log.
+RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "ray.util")
+# Ray's internal actors and tasks: what they print is Ray's business (a log line), not the user's.
+RAY_INTERNAL = re.compile(r"^(TrainController|PlacementGroupCleaner|_StatsActor|AutoscalingRequester|"
+                          r"SplitCoordinator|_TrainSession|StateActor|SynchronizationActor)")
+# Lines Ray's libraries print in any worker (abseil's mutex tracing from gRPC): log-only too.
+RAY_NOISE_LINE = re.compile(r"^\[mutex\.cc : \d+\] RAW: ")
+_run_log: dict = {"path": None, "handler": None}
 
 
 def cluster_address(cfg: RayConfig) -> str | None:
@@ -44,7 +61,14 @@ def init_ray(cfg: RayConfig | None = None, runtime_env: dict | None = None) -> d
     if not address:
         runtime_env = {"worker_process_setup_hook": "pipeline.core.logs.quiet_worker_logs", **(runtime_env or {})}
     if address:
-        ray.init(address=address, namespace=cfg.namespace, log_to_driver=True, runtime_env=runtime_env)
+        use_ray_token_if_present()
+        try:
+            ray.init(address=address, namespace=cfg.namespace, log_to_driver=True, runtime_env=runtime_env,
+                     configure_logging=not _run_log["path"])
+        except (ConnectionError, RuntimeError) as err:  # Ray's AuthenticationError is a RuntimeError
+            raise WinnowError(f"cannot attach to the Ray cluster at {address}: {_first_line(err)}. Is it running "
+                              f"(`ray status --address {address}`)? If it uses token authentication, "
+                              f"{TOKEN_HINT}") from None
     else:
         ray.init(
             address="local",
@@ -54,11 +78,107 @@ def init_ray(cfg: RayConfig | None = None, runtime_env: dict | None = None) -> d
             include_dashboard=cfg.include_dashboard,
             namespace=cfg.namespace,
             logging_level=logging.WARNING,
+            configure_logging=not _run_log["path"],  # with a run log, Ray's records go where ours go
             runtime_env=runtime_env,
         )
     info = describe_cluster()
     log.info("ray: %s", info)
+    if _run_log["path"]:
+        quiet_ray_loggers()
+        _route_worker_output()
     return info
+
+
+class TerminalFilter(logging.Filter):
+    """Keeps Ray's records below ERROR off the terminal (they are in the run log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not record.name.split(".")[0] == "ray"
+
+
+def start_run_log(path: str) -> str:
+    """Send every log record to `path` (appended) and keep Ray's chatter off the terminal; return the path."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    for h in root.handlers:
+        if h is not handler:
+            h.addFilter(TerminalFilter())
+    _run_log.update(path=path, handler=handler)
+    quiet_ray_loggers()
+    for name in RAY_LOGGERS:  # their INFO records reach the log file (DEBUG would flood it)
+        logging.getLogger(name).setLevel(logging.INFO)
+    return path
+
+
+def quiet_ray_loggers() -> None:
+    """Ray and Ray Data install their own terminal handlers: remove them, so Ray's records go through the root
+    logger's (the run log, and the terminal filtered). Ray Data installs its handlers when imported: import it.
+    Ray Data's per-operator progress bars become progress records, which go to the run log."""
+    import ray.data  # its logging is configured at import, and must be in place to be changed
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    for name in RAY_LOGGERS:
+        logger = logging.getLogger(name)
+        for h in list(logger.handlers):
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                logger.removeHandler(h)
+        logger.propagate = True
+
+
+def _route_worker_output() -> None:
+    """Lines that Ray forwards from workers go to the run log; those of Ray's internal actors stop there."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:  # another Ray layout: its output stays on the terminal
+        return
+    with dispatcher._lock:
+        handlers = dict(dispatcher.handlers)
+        show = handlers.get("ray_print_logs")
+        if show is None or getattr(show, "winnow_routed", False):
+            return
+
+        def route(data: dict) -> None:
+            who = data.get("actor_name") or data.get("task_name") or ""
+            file = _run_log["handler"]
+            if file is not None and data.get("pid") != "autoscaler":  # (its status dumps; Ray shows only events)
+                with file.lock:  # the handler's own lock: records from other threads do not interleave
+                    file.stream.write("".join(f"({who or 'worker'} pid={data.get('pid')}) {line}\n"
+                                              for line in data.get("lines", [])))
+                    file.flush()
+            if not RAY_INTERNAL.match(who):
+                lines = [line for line in data.get("lines", []) if not RAY_NOISE_LINE.match(line)]
+                if lines:
+                    show({**data, "lines": lines})
+
+        route.winnow_routed = True
+        dispatcher.handlers = [(n, route if n == "ray_print_logs" else h) for n, h in dispatcher.handlers]
+
+
+TOKEN_HINT = ("set RAY_AUTH_TOKEN to the cluster's token (or RAY_AUTH_TOKEN_PATH to a file holding it); on the head, "
+              "`ray get-auth-token` prints it")
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+
+
+def use_ray_token_if_present() -> None:
+    """Send Ray's token when one is where Ray's own clients look (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH,
+    ~/.ray/auth_token), as `ray` commands on the head do. Given an address, Ray's client stays in auth mode
+    'disabled' unless RAY_AUTH_MODE says otherwise, and a head started by `ray start` with a token refuses it."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return  # set explicitly: respected as is
+    try:
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+        from ray._raylet import AuthenticationTokenLoader
+
+        if AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+            _enable_token_auth()
+    except ImportError:  # a Ray without token authentication
+        pass
 
 
 def describe_cluster() -> dict:

@@ -9,7 +9,10 @@
       report/index.html
 
 Paths are fsspec URLs (local by default). Files are written to a temporary name and renamed; the `_done` marker
-comes after every file of the shard is in place, so "marker exists" means "shard complete".
+comes after every file of the shard is in place, so "marker exists" means "shard complete". On a local disk each file
+is fsynced before its rename and the folder after it, so a power cut cannot leave a marker naming lost data.
+
+A dataset's name is one path component (`pool`, `curated-v2`): no separators, no `..`, nothing absolute.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +29,17 @@ from contextlib import contextmanager
 from typing import Any
 
 import fsspec
+
+_DATASET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._=+-]{0,127}$")
+
+
+def check_dataset_name(name: str) -> str:
+    """`name` if it is a safe dataset name (one path component under the run root), else ValueError saying why."""
+    if not isinstance(name, str) or not _DATASET_NAME.match(name) or name.strip(".") == "":
+        raise ValueError(f"{name!r} is not a dataset name: use letters, digits and . _ - = + (at most 128, not "
+                         "starting with '.' or '-'); no '/', '\\', '..' or absolute path, since a dataset is one "
+                         "folder under the run root")
+    return name
 
 
 def shard_name(shard_id: int) -> str:
@@ -76,16 +91,39 @@ def file_record(fs: fsspec.AbstractFileSystem, path: str) -> dict:
     return {"size": int(fs.size(path)), "sha256": sha256_file(fs, path)}
 
 
+def fsync_file(path: str) -> None:
+    """Flush a local file's data to disk: a done marker written next must not outlive the data it vouches for."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str) -> None:
+    """Flush a local folder's entries (names created or renamed in it) to disk."""
+    if os.name != "posix":  # a folder cannot be opened for fsync on Windows; NTFS journals its metadata
+        return
+    fsync_file(path)
+
+
 @contextmanager
 def atomic_write(url: str, mode: str = "wb") -> Iterator[Any]:
-    """Write to `<url>.tmp-<random>` and rename into place on success; remove the temp file on failure."""
+    """Write to `<url>.tmp-<random>` and rename into place on success; remove the temp file on failure. Locally,
+    the file is fsynced before the rename and its folder after."""
     fs, path = fs_and_path(url)
-    fs.makedirs(posixpath.dirname(path) if "://" in url else os.path.dirname(path), exist_ok=True)
+    folder = posixpath.dirname(path) if "://" in url else os.path.dirname(path)
+    fs.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    local = is_local(url)
     try:
         with fs.open(tmp, mode) as f:
             yield f
+        if local:
+            fsync_file(tmp)
         fs.mv(tmp, path)
+        if local:
+            fsync_dir(folder or ".")
     except BaseException:
         if fs.exists(tmp):
             fs.rm(tmp)
@@ -108,7 +146,7 @@ class Dataset:
 
     def __init__(self, root: str, name: str):
         self.root = root
-        self.name = name
+        self.name = check_dataset_name(name)
         self.url = join(root, name)
         self.fs, self.path = fs_and_path(self.url)
 

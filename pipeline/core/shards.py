@@ -6,6 +6,11 @@ someone did extract them — absolute paths, `..` components, links, devices, fi
 oversized members and repeated names. A truncated or corrupt tar ends the shard early with an error recorded; the
 samples read before the damage are still returned.
 
+Headers are capped too: Python's tarfile reads a GNU long-name or pax header whole, before any member check, so one
+claiming gigabytes would be read into memory; such a header (over `MAX_HEADER_BYTES`, or more than a few chained)
+ends the read with an error. A shard is a plain tar: gzip, bzip2, xz, zstd or zip input is refused (it could expand
+without bound), and so is anything else that is not a tar.
+
 Samples are grouped the way webdataset groups them: consecutive members with the same key
 (`dir/000123.jpg`, `dir/000123.txt` -> key `dir/000123`, extensions `jpg`, `txt`).
 """
@@ -21,6 +26,12 @@ from dataclasses import dataclass, field
 from pipeline.core.layout import atomic_write, fs_and_path, open_binary
 
 MAX_MEMBER_BYTES = 64 << 20  # no image-text sample needs more; a bigger member is skipped, not read
+MAX_HEADER_BYTES = 64 << 10  # a long name or a pax record set; PATH_MAX is 4 KiB
+MAX_CHAINED_HEADERS = 8  # extended headers before one member (pax + long name + long link is 3)
+COMPRESSED_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"),
+                    (b"\x04\x22\x4d\x18", "lz4"), (b"PK\x03\x04", "zip"))
+_SPECIAL_HEADERS = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.GNUTYPE_SPARSE, tarfile.XHDTYPE,
+                    tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
 _KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]+)$")  # webdataset's base_plus_ext: key up to the first dot
 
 
@@ -35,6 +46,50 @@ class ReadReport:
 
     def as_dict(self) -> dict:
         return {"members": self.members, "samples": self.samples, "skipped": dict(self.skipped), "error": self.error}
+
+
+class CappedTarInfo(tarfile.TarInfo):
+    """tarfile's header parser, refusing extended headers (long names, pax records) over MAX_HEADER_BYTES or
+    chained more than MAX_CHAINED_HEADERS deep, before they are read."""
+
+    def _proc_member(self, tf: tarfile.TarFile):  # noqa: ANN202 - tarfile's own hook
+        if self.type not in _SPECIAL_HEADERS:
+            return super()._proc_member(tf)
+        if self.size > MAX_HEADER_BYTES:
+            raise tarfile.HeaderError(f"header_too_large: a {self.size}-byte extended header at offset "
+                                      f"{self.offset} (cap {MAX_HEADER_BYTES})")
+        depth = getattr(tf, "_winnow_header_depth", 0)
+        if depth >= MAX_CHAINED_HEADERS:
+            raise tarfile.HeaderError(f"header_too_large: more than {MAX_CHAINED_HEADERS} extended headers in a row")
+        tf._winnow_header_depth = depth + 1
+        try:
+            return super()._proc_member(tf)
+        finally:
+            tf._winnow_header_depth = depth
+
+
+def not_a_plain_tar(head: bytes) -> str | None:
+    """Why a file starting with `head` (its first 512 bytes) is not read as a shard, or None."""
+    for magic, name in COMPRESSED_MAGIC:
+        if head.startswith(magic):
+            return f"compressed_shard: {name} data; shards are plain (uncompressed) tar files"
+    return None  # anything else that is not a tar fails tarfile's header checks, and is reported as such
+
+
+class _Prefixed:
+    """A read-only stream: `head` (already read to sniff the format), then the rest of `fileobj`."""
+
+    def __init__(self, head: bytes, fileobj):  # noqa: ANN001
+        self.head, self.fileobj = head, fileobj
+
+    def read(self, n: int = -1) -> bytes:
+        if not self.head:
+            return self.fileobj.read(n)
+        if n is None or n < 0:
+            out, self.head = self.head + self.fileobj.read(), b""
+            return out
+        out, self.head = self.head[:n], self.head[n:]
+        return out if len(out) == n else out + self.fileobj.read(n - len(out))
 
 
 def unsafe_reason(member: tarfile.TarInfo) -> str | None:
@@ -70,6 +125,7 @@ def _members(tf: tarfile.TarFile, report: ReadReport) -> Iterator[tarfile.TarInf
             return
         if member is None:
             return
+        tf.members.clear()  # tarfile keeps every header it read: a shard of millions of members would fill memory
         report.members += 1
         reason = unsafe_reason(member)
         if member.isdir() and reason is None:
@@ -88,8 +144,12 @@ def iter_samples(fileobj, report: ReadReport | None = None) -> Iterator[tuple[st
     report = report if report is not None else ReadReport()
     seen: set[str] = set()
     key, files = None, {}
+    head = fileobj.read(512)
+    report.error = not_a_plain_tar(head)
+    if report.error:
+        return
     try:
-        tf = tarfile.open(fileobj=fileobj, mode="r|*")
+        tf = tarfile.open(fileobj=_Prefixed(head, fileobj), mode="r|", tarinfo=CappedTarInfo)
     except (tarfile.TarError, EOFError, OSError) as err:
         report.error = f"{type(err).__name__}: {err}"[:300]
         return
@@ -148,8 +208,12 @@ def index_samples(url: str, keys: set[str] | None = None,
     fs, path = fs_and_path(url)
     out: dict[str, dict[str, MemberRange]] = {}
     with fs.open(path, "rb") as f:
+        report.error = not_a_plain_tar(f.read(512))
+        if report.error:
+            return out
+        f.seek(0)
         try:
-            tf = tarfile.open(fileobj=f, mode="r:")
+            tf = tarfile.open(fileobj=f, mode="r:", tarinfo=CappedTarInfo)
         except (tarfile.TarError, EOFError, OSError) as err:
             report.error = f"{type(err).__name__}: {err}"[:300]
             return out

@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from pipeline.core.errors import WinnowError
 from pipeline.core.layout import atomic_write, fs_and_path, is_local, join
 
 log = logging.getLogger(__name__)
@@ -45,21 +46,41 @@ def local_path(url: str) -> str:
     return fs_and_path(url)[1]
 
 
+class UnsafeObjectKey(WinnowError):
+    """An object key that would place a copied file outside the folder it is copied into."""
+
+
+def safe_relative(key: str, base: str) -> list[str]:
+    """The parts of `key` below `base`, as written (never normalised, so `a/../../x` cannot climb out); raises
+    UnsafeObjectKey for a key whose parts include `..`, `.`, an empty part or a backslash."""
+    rel = key[len(base):].lstrip("/") if key.startswith(base) else key
+    parts = rel.split("/")
+    if not rel or any(p in ("", ".", "..") or "\\" in p or "\x00" in p for p in parts):
+        raise UnsafeObjectKey(f"refusing to copy {key!r}: its key would land outside the local folder it is "
+                              f"copied into (parts {parts!r} below {base!r})")
+    return parts
+
+
 @contextmanager
 def local_copy(url: str) -> Iterator[str]:
     """A local path holding `url`'s file or folder: the path itself when local, else a temporary download that is
-    removed on exit."""
+    removed on exit. Every file lands inside the temporary folder, whatever its object key says (UnsafeObjectKey
+    otherwise, before anything is written)."""
     if not is_remote(url):
         yield local_path(url)
         return
     fs, path = fs_and_path(url)
     tmp = tempfile.mkdtemp(prefix="winnow-get-")
     try:
-        local = os.path.join(tmp, posixpath.basename(path.rstrip("/")) or "data")
+        name = posixpath.basename(path.rstrip("/"))
+        local = os.path.join(tmp, name if name not in ("", ".", "..") else "data")
         if fs.isdir(path):
             base = path.rstrip("/")
-            for f in fs.find(base):
-                dst = os.path.join(local, *posixpath.relpath(f, base).split("/"))
+            targets = [(f, os.path.join(local, *safe_relative(f, base))) for f in fs.find(base)]
+            root = os.path.realpath(local)
+            for f, dst in targets:
+                if os.path.commonpath([root, os.path.realpath(dst)]) != root:  # belt and braces
+                    raise UnsafeObjectKey(f"refusing to copy {f!r} to {dst}, outside {local}")
                 os.makedirs(os.path.dirname(dst), exist_ok=True)
                 fs.get_file(f, dst)
         else:

@@ -136,6 +136,7 @@ class StageRecord:
     processed: int = 0  # samples in the shards finished by this run (the throughput line)
     processed_ok: int = 0
     retries_used: int = 0
+    retry_reasons: dict[str, int] = field(default_factory=dict)  # why shard tasks were retried, e.g. shard_deadline
     max_retries: int = 0  # the runner's retry limit, for the message of an incomplete stage
     failed: dict[str, str] = field(default_factory=dict)  # shard -> why, after its retries
     timings: dict[str, float | None] = field(default_factory=dict)  # e.g. startup_seconds, into the manifest
@@ -195,6 +196,7 @@ class StageRecord:
             "run_samples_per_s": round(self.processed / max(summary.wall_seconds, 1e-6), 2),
             **{k: None if v is None else round(v, 2) for k, v in self.timings.items()},
             "shard_failures": dict(sorted(self.failed.items())),
+            "shard_retry_reasons": dict(sorted(self.retry_reasons.items())),
             "checksums": {s: {f: v["sha256"] for f, v in r.get("files", {}).items()}
                           for s, r in sorted(records.items())},
         }
@@ -220,4 +222,6 @@ def print_stage_summary(stage: str, summary: StageSummary, section: dict) -> Non
     ]
     for reason, n in list(summary.reasons.items())[:12]:
         rows.append((f"  {reason}", n))
+    for reason, n in (section.get("shard_retry_reasons") or {}).items():
+        rows.append((f"  shard retries: {reason}", n))
     print_summary(f"stage {stage}", rows)

@@ -8,8 +8,10 @@ command again.
 
 img2dataset's own ray distributor submits every shard at once and never retries; `BoundedTasks` keeps at most
 `max_in_flight` tasks submitted (memory and object store stay bounded) and resubmits a failed task, whether it raised
-or its worker process died, up to `retries` times. `map_bounded` is the same loop for work that is not a shard of
-the output (reshard indexing its source shards).
+or its worker process died, up to `retries` times. A task still running `deadline_s` after it was submitted is
+cancelled (its worker killed) and retried like a failed one, so a shard stuck on something no timeout covers cannot
+hold a stage forever; retries are counted by reason (`shard_deadline`, `task_failed`). `map_bounded` is the same
+loop for work that is not a shard of the output (reshard indexing its source shards).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -54,7 +56,10 @@ class BoundedTasks:
     max_in_flight: int = 2
     retries: int = 2
     label: str = "task"  # names a task in log lines: "<label> <name>"
+    deadline_s: float | None = None  # a task running longer (since submission) is cancelled and retried
+    env: dict[str, str] | None = None  # environment variables of the tasks' worker processes
     retries_used: int = 0
+    retry_reasons: Counter = field(default_factory=Counter)  # reason code -> retries
 
     def run(self, items: dict[str, tuple]) -> Iterator[tuple[str, Any, str | None]]:
         """Yield (name, result, None) as tasks finish, or (name, None, why) for one that failed its last retry."""
@@ -63,24 +68,27 @@ class BoundedTasks:
         # max_retries=0: retries are done here, so that they are counted and reported. The task takes the work's
         # name (`ray::_run_and_mark` in `ps` and the dashboard), not the wrapper's.
         name = getattr(getattr(self.fn, "func", self.fn), "__name__", type(self.fn).__name__)
-        task = ray.remote(num_cpus=self.num_cpus, max_retries=0)(_call).options(name=name)
+        options: dict[str, Any] = {"name": name}
+        if self.env:  # set before the worker imports anything (e.g. OpenCV reads its pixel cap once, at import)
+            options["runtime_env"] = {"env_vars": dict(self.env)}
+        task = ray.remote(num_cpus=self.num_cpus, max_retries=0)(_call).options(**options)
         fn_ref = ray.put(self.fn)  # stored once, not pickled into every task
         attempts: Counter[str] = Counter()
         queue = list(items)
-        in_flight: dict[Any, str] = {}
+        in_flight: dict[Any, tuple[str, float]] = {}  # ref -> (name, submitted at)
         try:
             while queue or in_flight:
                 while queue and len(in_flight) < self.max_in_flight:
                     name = queue.pop(0)
-                    in_flight[task.remote(fn_ref, *items[name])] = name
-                (ref,), _ = ray.wait(list(in_flight), num_returns=1)
-                name = in_flight.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except Exception as err:  # the task raised, or its worker died (both are RayErrors here)
+                    in_flight[task.remote(fn_ref, *items[name])] = (name, time.monotonic())
+                for name, result, reason in self._next_done(in_flight):
+                    if reason is None:
+                        yield name, result, None
+                        continue
                     attempts[name] += 1
-                    reason = short_error(err)
                     if attempts[name] <= self.retries:
+                        code = "shard_deadline" if reason.startswith("shard_deadline") else "task_failed"
+                        self.retry_reasons[code] += 1
                         log.warning("%s %s failed (%s); retry %d/%d", self.label, name, reason, attempts[name],
                                     self.retries)
                         self.retries_used += 1
@@ -88,11 +96,33 @@ class BoundedTasks:
                     else:
                         log.error("%s %s failed after %d retries: %s", self.label, name, self.retries, reason)
                         yield name, None, reason
-                    continue
-                yield name, result, None
         finally:
             for ref in in_flight:
                 ray.cancel(ref, force=True)
+
+    def _next_done(self, in_flight: dict) -> list[tuple[str, Any, str | None]]:
+        """Wait for the next task to finish or pass its deadline; (name, result, why it failed or None) for
+        each such task, removed from `in_flight` (a task past its deadline is cancelled, its worker killed)."""
+        import ray
+
+        timeout = None
+        if self.deadline_s is not None:
+            oldest = min(t for _, t in in_flight.values())
+            timeout = max(0.0, oldest + self.deadline_s - time.monotonic())
+        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=timeout)
+        if ready:
+            (ref,) = ready
+            name, _ = in_flight.pop(ref)
+            try:
+                return [(name, ray.get(ref), None)]
+            except Exception as err:  # the task raised, or its worker died (both are RayErrors here)
+                return [(name, None, short_error(err))]
+        now, late = time.monotonic(), []
+        for ref in [r for r, (_, t) in in_flight.items() if now - t >= self.deadline_s]:
+            name, _ = in_flight.pop(ref)
+            ray.cancel(ref, force=True)
+            late.append((name, None, f"shard_deadline: still running after {self.deadline_s:.0f} s; cancelled"))
+        return late
 
 
 def map_bounded(fn: Callable, items: dict[str, tuple], *, num_cpus: float = 1.0, max_in_flight: int = 2,
@@ -133,17 +163,20 @@ def run_shards(
     extra_reasons: dict[str, int] | None = None,
     progress_unit: str = "shard",
     quiet: bool = False,
+    deadline_s: float | None = None,
+    env: dict[str, str] | None = None,
 ) -> StageSummary:
     """Run `work` over `jobs` on Ray, skipping complete shards; write the manifest section; return the summary.
 
-    `extra_reasons` are samples the stage dropped before any shard work (see `StageRecord.finish`).
+    `extra_reasons` are samples the stage dropped before any shard work (see `StageRecord.finish`). A shard task
+    still running `deadline_s` after submission is cancelled and retried; `env` is its worker's environment.
     Raises StageIncomplete (after writing the manifest) when shards still fail after `retries` retries.
     """
     record = StageRecord(stage, dataset, [j.shard for j in jobs], folder=folder, unit=progress_unit, quiet=quiet,
                          max_retries=retries)
     todo = set(record.pending(verify=verify_done))
     tasks = BoundedTasks(partial(_run_and_mark, work), num_cpus=num_cpus, max_in_flight=max_in_flight,
-                         retries=retries, label=f"{stage} shard")
+                         retries=retries, label=f"{stage} shard", deadline_s=deadline_s, env=env)
     with record.progress():
         for shard, marker, error in tasks.run({j.shard: (j, dataset.root, dataset.name, folder)
                                                for j in jobs if j.shard in todo}):
@@ -152,4 +185,5 @@ def run_shards(
             else:
                 record.shard_failed(shard, error)
     record.retries_used = tasks.retries_used
+    record.retry_reasons = dict(tasks.retry_reasons)
     return record.finish(manifest, extra_reasons)

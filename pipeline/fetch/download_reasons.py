@@ -9,7 +9,12 @@ _RULES: list[tuple[re.Pattern, str]] = [
     (re.compile(r"blocked_address"), "blocked_address"),
     (re.compile(r"blocked_scheme|unknown url type"), "blocked_scheme"),
     (re.compile(r"response_too_large"), "too_large_bytes"),
-    (re.compile(r"too many pixels|image area too large|DecompressionBomb"), "too_many_pixels"),
+    (re.compile(r"url_deadline"), "url_deadline"),
+    (re.compile(r"too_many_redirects"), "too_many_redirects"),
+    (re.compile(r"refused format"), "refused_format"),
+    # our header check, img2dataset's area check, PIL's bomb check, OpenCV's own cap (OPENCV_IO_MAX_IMAGE_PIXELS)
+    (re.compile(r"too many pixels|image area too large|DecompressionBomb|CV_IO_MAX_IMAGE_PIXELS|"
+                r"validateInputImageSize"), "too_many_pixels"),
     (re.compile(r"X-Robots-Tag"), "opted_out"),
     (re.compile(r"HTTP Error (\d{3})"), "http_{0}"),
     (re.compile(r"timed out|timeout", re.I), "timeout"),
@@ -27,7 +32,8 @@ _RULES: list[tuple[re.Pattern, str]] = [
 
 
 def classify(status: str | None, error: str | None) -> str:
-    """`success`, or a reason code such as `http_404`, `timeout`, `not_an_image`, `blocked_address`."""
+    """`success`, or a reason code such as `http_404`, `timeout` (one socket operation), `url_deadline` (the whole
+    URL), `not_an_image`, `refused_format`, `blocked_address`."""
     if status == "success":
         return "success"
     text = error or ""

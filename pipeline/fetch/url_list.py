@@ -69,9 +69,11 @@ def check_columns(path: str, fmt: str, wanted: dict[str, str | None]) -> None:
             )
 
 
-def load_url_list(path: str, fmt: str, url_col: str, caption_col: str | None,
-                  extra_cols: list[str]) -> tuple[pa.Table, dict[str, int]]:
-    """Columns url, caption (if any), extras, uid; rows without a URL and repeated URLs are dropped and counted."""
+def load_url_list(path: str, fmt: str, url_col: str, caption_col: str | None, extra_cols: list[str], *,
+                  max_url_chars: int | None = None,
+                  max_caption_chars: int | None = None) -> tuple[pa.Table, dict[str, int]]:
+    """Columns url, caption (if any), extras, uid. Rows without a URL, with a URL or caption over its length cap,
+    and repeated URLs are dropped and counted under a reason (`missing_url`, `url_too_long`, ...)."""
     fmt = detect_format(path, fmt)
     check_columns(path, fmt, {"url_col": url_col, "caption_col": caption_col,
                               **{f"save_additional_columns[{i}]": c for i, c in enumerate(extra_cols)}})
@@ -84,10 +86,17 @@ def load_url_list(path: str, fmt: str, url_col: str, caption_col: str | None,
     table = pa.table(cols)
     dropped: Counter[str] = Counter()
     urls = table["url"].to_pylist()
+    captions = table["caption"].to_pylist() if caption_col else [None] * len(urls)
     keep, seen, uids = [], set(), []
-    for i, url in enumerate(urls):
+    for i, (url, caption) in enumerate(zip(urls, captions, strict=True)):
         if url is None or not url.strip():
             dropped["missing_url"] += 1
+            continue
+        if max_url_chars is not None and len(url) > max_url_chars:
+            dropped["url_too_long"] += 1
+            continue
+        if max_caption_chars is not None and caption is not None and len(caption) > max_caption_chars:
+            dropped["caption_too_long"] += 1
             continue
         if url in seen:
             dropped["duplicate_url"] += 1  # one uid per URL: a repeated URL would be the same sample twice

@@ -10,11 +10,15 @@ failed shard, and skips done ones, so the output matches img2dataset's layout an
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
+import os
+import sys
 import tempfile
 import uuid
+import warnings
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -23,9 +27,20 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pipeline.core.config import ConfigError, config_hash
-from pipeline.core.layout import Dataset, file_record, fs_and_path, is_local, join, sha256_file, write_json_atomic
+from pipeline.core.images import ACCEPTED_FORMATS, image_format
+from pipeline.core.layout import (
+    Dataset,
+    file_record,
+    fs_and_path,
+    fsync_dir,
+    fsync_file,
+    is_local,
+    join,
+    sha256_file,
+    write_json_atomic,
+)
 from pipeline.execution.shard_tasks import ShardJob
-from pipeline.fetch.net_guard import GuardConfig, GuardPolicy
+from pipeline.fetch.net_guard import ByteBudget, GuardConfig, GuardPolicy
 from pipeline.stages.base import StageConfig
 from pipeline.stages.context import StageContext
 
@@ -54,8 +69,13 @@ class DownloadConfig(StageConfig):
     max_aspect_ratio: float | None = Field(None, gt=0)
     number_sample_per_shard: int = Field(10000, ge=1)
     thread_count: int = Field(64, ge=1)
-    timeout: float = Field(10, gt=0, description="seconds per request")
+    timeout: float = Field(10, gt=0, description="seconds per socket operation (connect, one read)")
+    url_deadline: float = Field(60, gt=0, description="wall-clock seconds per URL: connect, redirects, headers and "
+                                                      "body (a server sending a byte a second is cut here)")
     retries: int = Field(0, ge=0, description="retries per URL")
+    max_url_chars: int = Field(4096, ge=16, description="longer URLs are dropped before download (url_too_long)")
+    max_caption_chars: int = Field(4096, ge=1, description="rows with longer captions are dropped before download "
+                                                          "(caption_too_long)")
     extract_exif: bool = True
     compute_hash: Literal["md5", "sha256", "sha512"] | None = "sha256"
     # img2dataset's default identity, so opt-outs addressed to img2dataset (X-Robots-Tag: img2dataset: noai) apply
@@ -66,6 +86,16 @@ class DownloadConfig(StageConfig):
     processes: int | None = Field(None, ge=1, description="shards in flight at once (default: cluster CPUs)")
     task_cpus: float = Field(1.0, gt=0, description="CPUs reserved per shard task")
     shard_retries: int = Field(2, ge=0, description="retries of a failed shard task")
+    shard_deadline: float | None = Field(
+        None, gt=0, description="wall-clock seconds per shard task, from its submission, before it is cancelled and "
+                                "retried (default: what a shard takes if every URL runs to its deadline, plus 10 "
+                                "minutes)")
+
+    def shard_deadline_s(self) -> float:
+        if self.shard_deadline is not None:
+            return self.shard_deadline
+        rounds = math.ceil(self.number_sample_per_shard / self.thread_count) * (self.retries + 1)
+        return rounds * self.url_deadline + 600.0
     guard: GuardConfig = GuardConfig()
 
 
@@ -73,25 +103,54 @@ CONFIG = DownloadConfig
 
 
 class GuardedResizerMixin:
-    """img2dataset's Resizer, refusing images whose header declares too many pixels before anything decodes them."""
+    """img2dataset's Resizer, letting OpenCV see only images in an accepted format whose header declares at most
+    `max_pixels` pixels (OpenCV reads formats PIL does not, e.g. Radiance HDR, and would decode them whole). It gives
+    the body's bytes back to the task's budget once the image is processed."""
 
     max_pixels: int
+    budget: ByteBudget | None = None
 
     def __call__(self, img_stream, blurring_bbox_list=None):  # noqa: ANN001, ANN204
-        from PIL import Image
-
         try:
+            refused = refuse_image(img_stream.getbuffer(), self.max_pixels)
+            if refused:
+                return None, None, None, None, None, refused
             img_stream.seek(0)
-            with Image.open(img_stream) as im:  # reads the header only
+            return super().__call__(img_stream, blurring_bbox_list)
+        finally:
+            if self.budget is not None:
+                self.budget.release(len(img_stream.getbuffer()))
+
+
+def refuse_image(data: bytes | memoryview, max_pixels: int) -> str | None:
+    """Why OpenCV must not decode these bytes (img2dataset's error text, classified into a reason), or None."""
+    from PIL import Image
+
+    fmt, refused = image_format(data)
+    if refused:
+        return f"refused format: {refused} is not one of {', '.join(ACCEPTED_FORMATS)}"
+    if fmt is None:
+        return "Image decoding error: not an image in an accepted format"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap is checked below
+            with Image.open(io.BytesIO(data), formats=(fmt,)) as im:  # reads the header only
                 w, h = im.size
-            if w * h > self.max_pixels:
-                return None, None, None, None, None, f"too many pixels: {w}x{h} > {self.max_pixels}"
-        except Image.DecompressionBombError as err:
-            return None, None, None, None, None, f"too many pixels: {err}"
-        except Exception:  # noqa: BLE001 - not PIL-readable: let img2dataset's decoder try and report
-            pass
-        img_stream.seek(0)
-        return super().__call__(img_stream, blurring_bbox_list)
+    except Image.DecompressionBombError as err:
+        return f"too many pixels: {err}"
+    except Exception as err:  # noqa: BLE001 - PIL raises many types on a damaged header
+        return f"Image decoding error: {type(err).__name__}: {err}"[:200]
+    if w * h > max_pixels:
+        return f"too many pixels: {w}x{h} > {max_pixels}"
+    return None
+
+
+OPENCV_PIXELS_ENV = "OPENCV_IO_MAX_IMAGE_PIXELS"  # read once, when cv2 is imported
+
+
+def worker_env(max_pixels: int) -> dict[str, str]:
+    """Environment of a download task's worker process: OpenCV's own pixel cap, set before cv2 is imported."""
+    return {OPENCV_PIXELS_ENV: str(max_pixels)}
 
 
 @dataclass
@@ -106,19 +165,11 @@ class DownloadShard:
     max_pixels: int
 
     def __call__(self, job: ShardJob) -> dict:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-        from img2dataset.downloader import Downloader
-        from img2dataset.resizer import Resizer
-        from img2dataset.writer import WebDatasetSampleWriter
+        from pipeline.fetch.net_guard import guarded
 
-        from pipeline.core.storage import upload
-        from pipeline.fetch.download_reasons import classify
-        from pipeline.fetch.net_guard import install_guard
-
-        install_guard(self.policy)
+        if "cv2" not in sys.modules:  # in-process use; a Ray task gets it from worker_env
+            os.environ.setdefault(OPENCV_PIXELS_ENV, str(self.max_pixels))
         ds = Dataset(self.root, self.name)
-        s = self.settings
         # img2dataset works in a local folder: inside a local dataset (its files are then renamed into place), or
         # a temporary one when the dataset is remote (its files are then uploaded).
         local = is_local(ds.url)
@@ -126,59 +177,87 @@ class DownloadShard:
             tempfile.mkdtemp(prefix=f"winnow-download-{job.shard}-")
         fs, tmp_path = fs_and_path(tmp)
         fs.makedirs(tmp_path, exist_ok=True)
+        budget = ByteBudget(self.policy.max_bytes_in_flight or self.policy.max_response_bytes)
         try:
             # img2dataset deletes its input shard file when done: give it a copy.
             src_fs, src = fs_and_path(ds.sub("_inputs", f"{job.shard}.arrow"))
             with src_fs.open(src, "rb") as fi, fs.open(f"{tmp_path}/input.arrow", "wb") as fo:
                 fo.write(fi.read())
-            resizer_cls = type("GuardedResizer", (GuardedResizerMixin, Resizer), {"max_pixels": self.max_pixels})
-            resizer = resizer_cls(
-                image_size=s["image_size"], resize_mode=s["resize_mode"],
-                resize_only_if_bigger=s["resize_only_if_bigger"],
-                upscale_interpolation=s["upscale_interpolation"],
-                downscale_interpolation=s["downscale_interpolation"], encode_quality=s["encode_quality"],
-                encode_format=s["encode_format"], skip_reencode=s["skip_reencode"],
-                min_image_size=s["min_image_size"],
-                max_aspect_ratio=s["max_aspect_ratio"] or float("inf"),
-            )
-            downloader = Downloader(
-                sample_writer_class=WebDatasetSampleWriter, resizer=resizer, thread_count=s["thread_count"],
-                save_caption="caption" in self.column_list, extract_exif=s["extract_exif"], output_folder=tmp,
-                column_list=self.column_list, timeout=s["timeout"],
-                number_sample_per_shard=s["number_sample_per_shard"], oom_shard_count=OOM_SHARD_COUNT,
-                compute_hash=s["compute_hash"], verify_hash_type=None, encode_format=s["encode_format"],
-                retries=s["retries"], user_agent_token=s["user_agent_token"],
-                disallowed_header_directives=s["disallowed_header_directives"] or None,
-            )
-            downloader.download_shard((int(job.shard), f"{tmp}/input.arrow"))
-
-            # Label each row with a reason code, in the parquet the rest of the pipeline reads.
-            with fs.open(f"{tmp_path}/{job.shard}.parquet", "rb") as f:
-                table = pq.read_table(f)
-            reasons = [classify(st, err) for st, err in zip(table["status"].to_pylist(),
-                                                             table["error_message"].to_pylist(), strict=True)]
-            table = table.append_column("reason", pa.array(reasons, pa.string()))
-            with fs.open(f"{tmp_path}/{job.shard}.meta.parquet", "wb") as f:
-                pq.write_table(table, f)
-
-            files = {}
-            if local:
-                fs.makedirs(fs_and_path(ds.sub("shards"))[1], exist_ok=True)
-            for src_name, dst_name in ((f"{job.shard}.tar", f"{job.shard}.tar"),
-                                       (f"{job.shard}.meta.parquet", f"{job.shard}.parquet"),
-                                       (f"{job.shard}_stats.json", f"{job.shard}_stats.json")):
-                src, dst = f"{tmp_path}/{src_name}", ds.sub("shards", dst_name)
-                files[f"shards/{dst_name}"] = file_record(fs, src)
-                if local:
-                    fs.mv(src, fs_and_path(dst)[1])
-                else:
-                    upload(src, dst)
+            with guarded(self.policy, budget):
+                self._downloader(tmp, budget).download_shard((int(job.shard), f"{tmp}/input.arrow"))
+            reasons = _label_rows(fs, tmp_path, job.shard)
+            files = _place_files(ds, fs, tmp_path, job.shard, local)
         finally:
             if fs.exists(tmp_path):
                 fs.rm(tmp_path, recursive=True)
         counts = Counter(reasons)
         return {"samples": len(reasons), "ok": counts.get("success", 0),
-                "reasons": {k: v for k, v in counts.items() if k != "success"}, "files": files}
+                "reasons": {k: v for k, v in counts.items() if k != "success"}, "files": files,
+                "peak_bytes_in_flight": budget.peak}
+
+    def _downloader(self, tmp: str, budget: ByteBudget):  # noqa: ANN202
+        from img2dataset.downloader import Downloader
+        from img2dataset.resizer import Resizer
+        from img2dataset.writer import WebDatasetSampleWriter
+
+        s = self.settings
+        resizer_cls = type("GuardedResizer", (GuardedResizerMixin, Resizer),
+                           {"max_pixels": self.max_pixels, "budget": budget})
+        resizer = resizer_cls(
+            image_size=s["image_size"], resize_mode=s["resize_mode"], resize_only_if_bigger=s["resize_only_if_bigger"],
+            upscale_interpolation=s["upscale_interpolation"], downscale_interpolation=s["downscale_interpolation"],
+            encode_quality=s["encode_quality"], encode_format=s["encode_format"], skip_reencode=s["skip_reencode"],
+            min_image_size=s["min_image_size"], max_aspect_ratio=s["max_aspect_ratio"] or float("inf"),
+        )
+        return Downloader(
+            sample_writer_class=WebDatasetSampleWriter, resizer=resizer, thread_count=s["thread_count"],
+            save_caption="caption" in self.column_list, extract_exif=s["extract_exif"], output_folder=tmp,
+            column_list=self.column_list, timeout=s["timeout"],
+            number_sample_per_shard=s["number_sample_per_shard"], oom_shard_count=OOM_SHARD_COUNT,
+            compute_hash=s["compute_hash"], verify_hash_type=None, encode_format=s["encode_format"],
+            retries=s["retries"], user_agent_token=s["user_agent_token"],
+            disallowed_header_directives=s["disallowed_header_directives"] or None,
+        )
+
+
+def _label_rows(fs, tmp_path: str, shard: str) -> list[str]:  # noqa: ANN001
+    """Label each row with a reason code, in the parquet the rest of the pipeline reads; return the reasons."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.fetch.download_reasons import classify
+
+    with fs.open(f"{tmp_path}/{shard}.parquet", "rb") as f:
+        table = pq.read_table(f)
+    reasons = [classify(st, err) for st, err in zip(table["status"].to_pylist(),
+                                                     table["error_message"].to_pylist(), strict=True)]
+    table = table.append_column("reason", pa.array(reasons, pa.string()))
+    with fs.open(f"{tmp_path}/{shard}.meta.parquet", "wb") as f:
+        pq.write_table(table, f)
+    return reasons
+
+
+def _place_files(ds: Dataset, fs, tmp_path: str, shard: str, local: bool) -> dict:  # noqa: ANN001
+    """Move (local) or upload (remote) the shard's files into `shards/`, each on disk before the marker that follows
+    says the shard is complete; return their records (size, sha256)."""
+    from pipeline.core.storage import upload
+
+    files = {}
+    shards_dir = fs_and_path(ds.sub("shards"))[1]
+    if local:
+        fs.makedirs(shards_dir, exist_ok=True)
+    for src_name, dst_name in ((f"{shard}.tar", f"{shard}.tar"), (f"{shard}.meta.parquet", f"{shard}.parquet"),
+                               (f"{shard}_stats.json", f"{shard}_stats.json")):
+        src, dst = f"{tmp_path}/{src_name}", ds.sub("shards", dst_name)
+        files[f"shards/{dst_name}"] = file_record(fs, src)
+        if local:
+            fsync_file(src)
+            fs.mv(src, fs_and_path(dst)[1])
+        else:
+            upload(src, dst)
+    if local:
+        fsync_dir(shards_dir)
+    return files
 
 
 def plan_input_shards(ds: Dataset, cfg: DownloadConfig, url_list: str) -> dict:
@@ -192,6 +271,7 @@ def plan_input_shards(ds: Dataset, cfg: DownloadConfig, url_list: str) -> dict:
         "url_list_sha256": sha256_file(*fs_and_path(url_list)),
         "number_sample_per_shard": cfg.number_sample_per_shard,
         "url_col": cfg.url_col, "caption_col": cfg.caption_col, "extra": cfg.save_additional_columns,
+        "max_url_chars": cfg.max_url_chars, "max_caption_chars": cfg.max_caption_chars,
     }
     plan_url = ds.sub("_inputs", "plan.json")
     fs, plan_path = fs_and_path(plan_url)
@@ -206,7 +286,8 @@ def plan_input_shards(ds: Dataset, cfg: DownloadConfig, url_list: str) -> dict:
                 f"({plan['url_list']}); choose another output or delete the dataset to start over")
         fs.rm(ds.sub("_inputs"), recursive=True)
 
-    table, dropped = load_url_list(url_list, fmt, cfg.url_col, cfg.caption_col, cfg.save_additional_columns)
+    table, dropped = load_url_list(url_list, fmt, cfg.url_col, cfg.caption_col, cfg.save_additional_columns,
+                                   max_url_chars=cfg.max_url_chars, max_caption_chars=cfg.max_caption_chars)
     n = table.num_rows
     shards = max(1, math.ceil(n / cfg.number_sample_per_shard))
     fs.makedirs(fs_and_path(ds.sub("_inputs"))[1], exist_ok=True)
@@ -270,14 +351,14 @@ def run(ctx: StageContext, cfg: DownloadConfig) -> dict[str, Any]:
             "downscale_interpolation", "encode_format", "encode_quality", "skip_reencode", "min_image_size",
             "max_aspect_ratio", "number_sample_per_shard", "thread_count", "timeout", "retries", "extract_exif",
             "compute_hash", "user_agent_token", "disallowed_header_directives"})
-        work = DownloadShard(ctx.root, output, settings, plan["columns"],
-                             GuardPolicy.from_config(cfg.guard, host_map, allow), cfg.guard.max_pixels)
+        policy = GuardPolicy.from_config(cfg.guard, host_map, allow, url_deadline=cfg.url_deadline)
+        work = DownloadShard(ctx.root, output, settings, plan["columns"], policy, cfg.guard.max_pixels)
         processes = cfg.processes or max(1, int(cluster["cpus"] // cfg.task_cpus))
         jobs = [ShardJob(f"{i:05d}") for i in range(plan["shards"])]
         summary = run_shards(
             stage=ctx.stage, dataset=ds, jobs=jobs, work=work, num_cpus=cfg.task_cpus,
-            max_in_flight=processes, retries=cfg.shard_retries,
-            extra_reasons=plan["dropped_before_download"],
+            max_in_flight=processes, retries=cfg.shard_retries, deadline_s=cfg.shard_deadline_s(),
+            env=worker_env(cfg.guard.max_pixels), extra_reasons=plan["dropped_before_download"],
             manifest={"kind": "download", "config": cfg.model_dump(mode="json"), "config_hash": config_hash(cfg),
                       "input": {"url_list": url_list, "rows": plan["rows"], "accepted": plan["accepted"],
                                 "dropped_before_download": plan["dropped_before_download"]},

@@ -39,3 +39,15 @@ def bomb_png(pixels: int) -> tuple[bytes, int, int]:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale, no interlace
     png = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", b"".join(parts)) + _chunk(b"IEND", b"")
     return png, width, height
+
+
+def hdr_bomb(width: int, height: int) -> bytes:
+    """A flat Radiance HDR (`.hdr`) image, run-length encoded: about 8 bytes per 127 pixels on the wire, 12 bytes
+    per pixel once decoded (OpenCV decodes it to float32 RGB). PIL cannot read the format; OpenCV can."""
+    if not 8 <= width < 32768:
+        raise ValueError("the new-style RLE scanline needs 8 <= width < 32768")
+    runs = b"".join(bytes([128 + n, value]) for value in (128, 128, 128, 129)  # one RGBE channel at a time
+                    for n in [127] * (width // 127) + ([width % 127] if width % 127 else []))
+    scanline = bytes([2, 2, width >> 8, width & 0xFF]) + runs
+    head = f"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y {height} +X {width}\n".encode()
+    return head + scanline * height

@@ -35,7 +35,7 @@ def _node_ports() -> list[str]:
 
 
 class LocalCluster:
-    def __init__(self, cpus_per_node: int = 1, object_store_mb: int = 300):
+    def __init__(self, cpus_per_node: int = 1, object_store_mb: int = 300, ray_defaults: bool = False):
         self.temp_dir = tempfile.mkdtemp(prefix="winnow-cluster-", dir="/tmp")
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
@@ -46,12 +46,19 @@ class LocalCluster:
         self.env = {k: v for k, v in os.environ.items()
                     if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
         # Token authentication, with this cluster's own token: every process started here and every client
-        # (the `winnow submit` subprocesses) gets it through `self.env`.
-        token_path = Path(self.temp_dir) / "auth_token"
-        token_path.write_text(secrets.token_hex(32))
+        # (the `winnow submit` subprocesses) gets it through `self.env`. With `ray_defaults`, nothing is set: a
+        # home of its own holds the token where Ray writes it (`ray get-auth-token --generate`, as a local
+        # `ray.init()` does), and `ray start` turns token authentication on because it finds it there.
+        if ray_defaults:
+            for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+                self.env.pop(var, None)
+            self.env["HOME"] = os.path.join(self.temp_dir, "home")
+        else:
+            token_path = Path(self.temp_dir) / "auth_token"
+            token_path.write_text(secrets.token_hex(32))
+            self.env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)})
         self.env.update({"RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE": "1",
                          "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1",
-                         "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path),
                          # as with an activated virtualenv: a job's `python` is this interpreter
                          "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
 
@@ -68,23 +75,29 @@ class LocalCluster:
         if out.returncode != 0:
             raise RuntimeError(f"ray {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
 
-    def start(self) -> LocalCluster:
+    def start(self, nodes: int = 2) -> LocalCluster:
+        if "HOME" in self.env and self.env["HOME"].startswith(self.temp_dir):
+            os.makedirs(self.env["HOME"], exist_ok=True)
+            self._ray("get-auth-token", "--generate")
         common = ["--node-ip-address", NODE_IP, "--num-cpus", str(self.cpus), "--num-gpus", "0",
                   "--object-store-memory", str(self.store), "--disable-usage-stats"]
         self._ray("start", "--head", "--port", str(self.gcs_port), "--temp-dir", self.temp_dir,
                   "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
                   "--dashboard-port", str(self.dashboard_port), "--ray-client-server-port", str(free_port()),
                   *common, *_node_ports())
-        # Its own temp dir, as on a real second machine: two nodes sharing one session dir would also share the
-        # runtime-env cache, and one node's cleanup would delete the other's job working dir.
-        self._ray("start", "--address", self.gcs_address, "--temp-dir", os.path.join(self.temp_dir, "worker"),
-                  *common, *_node_ports())
-        self._wait_for_nodes(2)
+        if nodes > 1:
+            # Its own temp dir, as on a real second machine: two nodes sharing one session dir would also share the
+            # runtime-env cache, and one node's cleanup would delete the other's job working dir.
+            self._ray("start", "--address", self.gcs_address, "--temp-dir", os.path.join(self.temp_dir, "worker"),
+                      *common, *_node_ports())
+        self._wait_for_nodes(nodes)
         return self
 
     def python(self, code: str, timeout: float = 120) -> str:
         """Run a Python snippet as a driver attached to this cluster; return its stdout."""
-        out = subprocess.run([sys.executable, "-c", code], env={**self.env, "RAY_ADDRESS": self.gcs_address},
+        # (a driver given an address never looks for Ray's token on its own: say token mode explicitly)
+        out = subprocess.run([sys.executable, "-c", code], env={"RAY_AUTH_MODE": "token", **self.env,
+                                                                "RAY_ADDRESS": self.gcs_address},
                              capture_output=True, text=True, timeout=timeout)
         if out.returncode != 0:
             raise RuntimeError(out.stderr[-3000:])

@@ -60,13 +60,27 @@ def shard_batches(pattern: str, preprocess, batch_size: int, limit: int | None) 
 
 
 def folder_batches(root: str, preprocess, batch_size: int, limit: int | None) -> Iterator[tuple]:
+    """(images, labels, empty captions) from a torchvision ImageFolder tree; images decode through the one decoder
+    (accepted formats, pixel cap), never torchvision's loader (which opens any format PIL knows, EPS included),
+    and one that does not decode is skipped, as in `shard_batches`."""
     from torchvision.datasets import ImageFolder
 
-    ds = ImageFolder(root, transform=preprocess)
-    if limit is not None and limit < len(ds):
-        ds = torch.utils.data.Subset(ds, torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:limit])
-    for images, labels in torch.utils.data.DataLoader(ds, batch_size=batch_size):
-        yield images, labels, [""] * len(labels)
+    items = ImageFolder(root).samples  # (path, class index); listing only, nothing is opened
+    if limit is not None and limit < len(items):
+        items = [items[i] for i in torch.randperm(len(items), generator=torch.Generator().manual_seed(0))[:limit]]
+    images, labels = [], []
+    for path, label in items:
+        try:
+            with open(path, "rb") as f:
+                images.append(preprocess(open_rgb(f.read())))
+        except Exception:
+            continue
+        labels.append(label)
+        if len(images) == batch_size:
+            yield torch.stack(images), torch.tensor(labels), [""] * len(labels)
+            images, labels = [], []
+    if images:
+        yield torch.stack(images), torch.tensor(labels), [""] * len(labels)
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ import io
 import os
 import tarfile
 
+import pytest
 from curation_testdata import add_hostile_members, jpeg, sample, smooth_image, write_pool
 
 from pipeline.core.shards import ReadReport, index_samples, read_ranges, read_samples, write_tar
@@ -84,3 +85,41 @@ def test_write_tar_is_deterministic_and_readable_by_webdataset(tmp_path):
     assert open(a, "rb").read() == open(b, "rb").read()
     got = [(s["__key__"], s["txt"]) for s in wds.WebDataset(a, shardshuffle=False)]
     assert got == [(f"k{i}", f"caption {i}".encode()) for i in range(3)]
+
+
+def _tar_with(path, members, fmt=tarfile.GNU_FORMAT, mode="w"):
+    """Write (name, bytes, pax_headers) members; return the path."""
+    with tarfile.open(path, mode, format=fmt) as tf:
+        for name, data, pax in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.pax_headers = pax
+            tf.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("fmt", ["gnu-long-name", "pax-record"])
+def test_an_oversized_extended_header_ends_the_read_before_it_is_read(tmp_path, fmt):
+    """tarfile reads a long-name or pax header whole: a 1 MiB one is refused by its declared size."""
+    big = "x" * (1 << 20)
+    hostile = (f"{big}.jpg", b"3", {}) if fmt == "gnu-long-name" else ("b.jpg", b"3", {"comment": big})
+    path = _tar_with(tmp_path / "h.tar", [("a.jpg", b"1", {}), ("a.txt", b"2", {}), hostile, ("c.jpg", b"4", {})],
+                     fmt=tarfile.GNU_FORMAT if fmt == "gnu-long-name" else tarfile.PAX_FORMAT)
+    for read in (lambda r: [k for k, _ in read_samples(path, r)], lambda r: sorted(index_samples(path, report=r))):
+        report = ReadReport()
+        assert read(report) == ["a"]
+        assert report.error and "header_too_large" in report.error
+
+
+def test_compressed_shards_are_refused_by_every_reader(tmp_path):
+    """A gzip shard can expand without bound: the reader, the indexer and the training loader all refuse it."""
+    from training.contrastive.data import ErrorCounter, tar_samples
+
+    members = [(f"{i}.{ext}", b"data", {}) for i in range(3) for ext in ("jpg", "txt")]
+    path = _tar_with(tmp_path / "z.tar", members, mode="w:gz")
+    report = ReadReport()
+    assert list(read_samples(path, report)) == [] and report.error.startswith("compressed_shard: gzip")
+    report = ReadReport()
+    assert index_samples(path, report=report) == {} and report.error.startswith("compressed_shard")
+    errors = ErrorCounter()
+    assert list(tar_samples([path], errors)) == [] and errors.count == 1

@@ -34,6 +34,29 @@ def test_local_copy_stages_a_remote_file_or_folder_and_removes_it_after(s3_bucke
     assert not os.path.exists(folder)
 
 
+@pytest.mark.parametrize("key", ["a/../../../escaped", "a/../../escaped", "./x", "a//b", "a\\..\\..\\escaped"])
+def test_object_keys_cannot_place_a_copy_outside_its_folder(s3_bucket, tmp_path, monkeypatch, key):
+    """An object store takes `ckpt/a/../../../escaped` as a key like any other; copying it down must not follow it."""
+    import tempfile
+
+    import boto3
+
+    from pipeline.core.storage import UnsafeObjectKey
+
+    bucket = s3_bucket.removeprefix("s3://")
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    s3.put_object(Bucket=bucket, Key="ckpt/ok.json", Body=b"{}")
+    s3.put_object(Bucket=bucket, Key=f"ckpt/{key}", Body=b"evil")
+    staging = tmp_path / "stage" / "deeper"
+    staging.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda prefix="": str(staging))
+    with pytest.raises(UnsafeObjectKey, match="outside"):
+        with local_copy(join(s3_bucket, "ckpt")):
+            pass
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written == []  # refused before anything was copied, inside the folder or out of it
+
+
 def test_local_copy_of_a_local_path_is_the_path_itself(tmp_path):
     (tmp_path / "a.bin").write_bytes(b"x")
     with local_copy(str(tmp_path / "a.bin")) as path:

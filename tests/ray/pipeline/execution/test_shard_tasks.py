@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from pipeline.core.layout import Dataset, file_record, fs_and_path
-from pipeline.execution.shard_tasks import ShardJob, StageIncomplete, run_shards
+from pipeline.execution.shard_tasks import BoundedTasks, ShardJob, StageIncomplete, run_shards
 
 
 @dataclass
@@ -22,6 +23,7 @@ class CountingWork:
     raise_on_first: tuple[str, ...] = ()
     crash_on_first: tuple[str, ...] = ()
     always_fail: tuple[str, ...] = ()
+    hang_on_first: tuple[str, ...] = ()  # sleeps a minute: only a deadline ends it
 
     def __call__(self, job: ShardJob) -> dict:
         marker = Path(self.attempts_dir) / f"{job.shard}-{len(list(Path(self.attempts_dir).glob(job.shard + '-*')))}"
@@ -31,6 +33,8 @@ class CountingWork:
             raise RuntimeError(f"boom in {job.shard}")
         if first and job.shard in self.crash_on_first:
             os._exit(1)  # the worker process dies mid-shard, as if killed
+        if first and job.shard in self.hang_on_first:
+            time.sleep(60)  # stuck on something no per-socket timeout covers
         ds = Dataset(self.root, self.name)
         fs, path = fs_and_path(ds.sub("shards", f"{job.shard}.txt"))
         fs.makedirs(os.path.dirname(path), exist_ok=True)
@@ -90,3 +94,17 @@ def test_persistent_failure_keeps_done_shards_and_says_rerun(ray_local, tmp_path
     assert sorted(ds.done_shards()) == ["00000", "00002"]
     assert attempts(tmp_path / "att", "00001") == 2
     assert ds.manifest()["stages"]["t"]["shards"]["failed"] == ["00001"]
+
+
+def test_a_shard_past_its_deadline_is_cancelled_and_retried(ray_local, tmp_path: Path) -> None:
+    ds = Dataset(str(tmp_path), "ds")
+    (tmp_path / "att").mkdir()
+    work = CountingWork(str(tmp_path), "ds", str(tmp_path / "att"), hang_on_first=("00000",))
+    # The deadline runs from submission: start both workers first, so start-up time is not what is measured.
+    list(BoundedTasks(time.sleep, max_in_flight=2).run({"a": (0.5,), "b": (0.5,)}))
+    t0 = time.monotonic()
+    s = run_shards(stage="t", dataset=ds, jobs=[ShardJob("00000"), ShardJob("00001")], work=work, num_cpus=1,
+                   max_in_flight=2, retries=1, deadline_s=4, quiet=True)
+    assert time.monotonic() - t0 < 45  # the first attempt alone would take 60 s
+    assert s.shards_done == 2 and s.retries_used == 1 and attempts(tmp_path / "att", "00000") == 2
+    assert ds.manifest()["stages"]["t"]["shard_retry_reasons"] == {"shard_deadline": 1}

@@ -23,6 +23,13 @@ from pipeline.fetch.download_reasons import classify
     ("failed_to_resize", "Image decoding error", "not_an_image"),
     ("failed_to_resize", "too many pixels: 9000x9000 > 40000000", "too_many_pixels"),
     ("failed_to_resize", "image too small", "too_small"),
+    ("failed_to_download", "<urlopen error url_deadline: the URL did not finish within its deadline>", "url_deadline"),
+    ("failed_to_download", "<urlopen error too_many_redirects: more than 5 redirects, or a redirect loop>",
+     "too_many_redirects"),
+    ("failed_to_resize", "refused format: Radiance HDR is not one of JPEG, PNG, WEBP, GIF, BMP, TIFF",
+     "refused_format"),
+    ("failed_to_resize", "OpenCV(4.14.0) loadsave.cpp:88: error: (-215:Assertion failed) pixels <= "
+     "CV_IO_MAX_IMAGE_PIXELS in function 'validateInputImageSize'", "too_many_pixels"),
     ("failed_to_resize", "something new", "other_resize_error"),
     ("failed_to_download", "something new", "other_download_error"),
 ])

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.error import URLError
 
 import pytest
 
-from pipeline.fetch.net_guard import BlockedURL, GuardPolicy, block_reason, build_opener
+from pipeline.fetch.download_reasons import classify
+from pipeline.fetch.net_guard import BlockedURL, ByteBudget, GuardPolicy, block_reason, build_opener
 
 
 @pytest.mark.parametrize("address", [
@@ -102,14 +104,75 @@ def test_other_schemes_are_refused(url: str) -> None:
         build_opener(GuardPolicy()).open(url, timeout=1)
 
 
-def test_guard_installs_for_urlopen(two_servers) -> None:
-    from pipeline.fetch.net_guard import install_guard
+def test_guard_applies_to_urlopen_while_installed_and_not_after(two_servers) -> None:
+    from pipeline.fetch.net_guard import guarded
 
     a, b = two_servers
-    install_guard(GuardPolicy(allow=[f"127.0.0.1:{a}"]))
-    try:
+    with guarded(GuardPolicy(allow=[f"127.0.0.1:{a}"])):
         assert urllib.request.urlopen(f"http://127.0.0.1:{a}/ok", timeout=5).read() == b"hello"
         with pytest.raises(URLError, match="blocked_address"):
             urllib.request.urlopen(f"http://127.0.0.1:{b}/ok", timeout=5)
-    finally:
-        urllib.request.install_opener(None)
+    # a later urllib user in the same (reused) worker process is not guarded by a download that has ended
+    assert urllib.request.urlopen(f"http://127.0.0.1:{b}/ok", timeout=5).read() == b"hello"
+
+
+@pytest.fixture()
+def hostile():
+    from hostile_web import HostileWeb
+
+    with HostileWeb(drip_every=0.3) as web:
+        yield web
+
+
+@pytest.mark.parametrize("path", ["/drip", "/drip-head"])
+def test_a_dripping_server_is_cut_at_the_url_deadline(hostile, path: str) -> None:
+    """One byte every 0.3 s never trips the 1 s socket timeout; the 2 s deadline covers headers and body."""
+    opener = build_opener(GuardPolicy(allow=[f"127.0.0.1:{hostile.port}"], url_deadline=2.0))
+    t0 = time.monotonic()
+    with pytest.raises(URLError, match="url_deadline") as err:
+        opener.open(hostile.url(path), timeout=1).read()
+    assert 1.5 < time.monotonic() - t0 < 6
+    assert classify("failed_to_download", str(err.value)) == "url_deadline"
+
+
+def test_the_deadline_covers_every_redirect_of_one_url(hostile) -> None:
+    port = hostile.port
+    opener = build_opener(GuardPolicy(allow=[f"127.0.0.1:{port}"], url_deadline=2.0))
+    t0 = time.monotonic()
+    with pytest.raises(URLError, match="url_deadline"):
+        opener.open(hostile.url(f"/to/{port}/drip"), timeout=1).read()
+    assert time.monotonic() - t0 < 6
+
+
+@pytest.mark.parametrize(("path", "reason"), [("/to-file", "blocked_scheme"), ("/loop", "too_many_redirects")])
+def test_redirect_failures_say_what_happened(hostile, path: str, reason: str) -> None:
+    opener = build_opener(GuardPolicy(allow=[f"127.0.0.1:{hostile.port}"], max_redirects=5))
+    with pytest.raises(URLError) as err:
+        opener.open(hostile.url(path), timeout=5)
+    assert classify("failed_to_download", str(err.value)) == reason
+
+
+def test_bodies_wait_for_room_in_the_task_budget(hostile) -> None:
+    """Three 1000-byte bodies fill a 3000-byte budget: a fourth waits until one is given back."""
+    budget = ByteBudget(3000)
+    opener = build_opener(GuardPolicy(allow=[f"127.0.0.1:{hostile.port}"], url_deadline=20), budget)
+    bodies = [opener.open(hostile.url(f"/padded/1000/{i}.jpg"), timeout=5).read() for i in range(3)]
+    assert [len(b) for b in bodies] == [1000] * 3 and budget.held == 3000
+    got: list[bytes] = []
+    fourth = threading.Thread(target=lambda: got.append(opener.open(hostile.url("/padded/1000/4.jpg"),
+                                                                    timeout=5).read()))
+    fourth.start()
+    fourth.join(0.5)
+    assert fourth.is_alive() and not got  # waiting for room, not reading
+    budget.release(1000)  # the resizer is done with one image
+    fourth.join(5)
+    assert len(got[0]) == 1000 and budget.peak == 3000 and budget.held == 3000
+
+
+def test_a_body_that_never_gets_room_ends_at_the_deadline(hostile) -> None:
+    budget = ByteBudget(1500)
+    opener = build_opener(GuardPolicy(allow=[f"127.0.0.1:{hostile.port}"], url_deadline=1.0), budget)
+    opener.open(hostile.url("/padded/1000/1.jpg"), timeout=5).read()
+    with pytest.raises(URLError, match="url_deadline"):
+        opener.open(hostile.url("/padded/1000/2.jpg"), timeout=5).read()
+    assert budget.held == 1000  # the refused body gave back what it had reserved

@@ -51,3 +51,12 @@ def test_repeated_and_empty_urls_are_dropped_and_counted(tmp_path: Path) -> None
     assert table.num_rows == len(ROWS)
     assert dropped == {"duplicate_url": 1, "missing_url": 1}
     assert len(set(table["uid"].to_pylist())) == table.num_rows
+
+
+def test_overlong_urls_and_captions_are_dropped_and_counted(tmp_path: Path) -> None:
+    rows = [*ROWS, {"link": "http://h.invalid/" + "a" * 5000, "text": "ok", "extra": 7},
+            {"link": "http://h.invalid/long-caption.jpg", "text": "word " * 2000, "extra": 8}]
+    table, dropped = load_url_list(_write(tmp_path, "parquet", rows), "auto", "link", "text", [],
+                                   max_url_chars=4096, max_caption_chars=4096)
+    assert table["url"].to_pylist() == [r["link"] for r in ROWS]
+    assert dropped == {"url_too_long": 1, "caption_too_long": 1}
