@@ -1,0 +1,71 @@
+"""The generator network: diffusers' MMDiT (`SD3Transformer2DModel`: joint text-image attention, 2-D sin-cos
+position embeddings, adaLN-Zero modulation from the noise level and the pooled text embedding) with QK RMS-norm,
+plus the learned null conditioning that caption dropout trains and classifier-free guidance samples with.
+
+    F(x_in (B, C, H, W), timestep (B,) in 0..1000, cond) -> (B, C, H, W)
+    cond = (tokens (B, T, D_text), pooled (B, D_pool), null (B,))   null = 1 where the caption is dropped
+
+A dropped caption is replaced by the null tokens and null pooled vector inside `forward`, so the swap happens
+where DDP sees it and the null embedding gets its gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from pipeline.core.config import StrictModel
+
+
+class MMDiTConfig(StrictModel):
+    """A tiny MMDiT by default (2.3M parameters at 32 px, patch 4: 64 image tokens). The text widths default to the
+    conditioning encoder's (its token width and embedding size); set them only to assert what that encoder is."""
+
+    kind: Literal["mmdit"] = Field("mmdit", description="the generator family (normalizing flows add their kinds)")
+    layers: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+    head_dim: int = Field(32, ge=8)
+    patch_size: int = Field(4, ge=1)
+    qk_norm: Literal["rms_norm", "layer_norm"] | None = "rms_norm"
+    text_dim: int | None = Field(None, ge=1, description="token feature width; default: the encoder's")
+    pooled_dim: int | None = Field(None, ge=1, description="pooled embedding width; default: the encoder's")
+
+    @property
+    def width(self) -> int:
+        return self.heads * self.head_dim
+
+
+class TextToImageNet(nn.Module):
+    """MMDiT with a learned null caption; `forward(x_in, timestep, cond)` is the F that `Denoiser` wraps."""
+
+    def __init__(self, cfg: MMDiTConfig, image_size: int, channels: int, text_dim: int, pooled_dim: int,
+                 text_tokens: int):
+        super().__init__()
+        from diffusers import SD3Transformer2DModel
+
+        if image_size % cfg.patch_size:
+            raise ValueError(f"model.patch_size {cfg.patch_size} does not divide the image size {image_size}")
+        self.transformer = SD3Transformer2DModel(
+            sample_size=image_size, patch_size=cfg.patch_size, in_channels=channels, out_channels=channels,
+            num_layers=cfg.layers, attention_head_dim=cfg.head_dim, num_attention_heads=cfg.heads,
+            joint_attention_dim=text_dim, caption_projection_dim=cfg.width, pooled_projection_dim=pooled_dim,
+            pos_embed_max_size=image_size // cfg.patch_size, qk_norm=cfg.qk_norm)
+        # small, not zero: a zero null caption would be a point the encoder never produces, but zero gradients
+        # through adaLN would not move it either
+        self.null_tokens = nn.Parameter(0.02 * torch.randn(text_tokens, text_dim))
+        self.null_pooled = nn.Parameter(0.02 * torch.randn(pooled_dim))
+
+    def forward(self, x_in: torch.Tensor, timestep: torch.Tensor, cond: tuple) -> torch.Tensor:
+        tokens, pooled, null = cond
+        drop = null.to(tokens.dtype).view(-1, 1, 1)  # (B, 1, 1)
+        tokens = (1 - drop) * tokens + drop * self.null_tokens.to(tokens.dtype)  # (B, T, D_text)
+        pooled = (1 - drop[:, 0]) * pooled + drop[:, 0] * self.null_pooled.to(pooled.dtype)  # (B, D_pool)
+        return self.transformer(hidden_states=x_in, encoder_hidden_states=tokens, pooled_projections=pooled,
+                                timestep=timestep, return_dict=False)[0]
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
