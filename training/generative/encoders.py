@@ -19,21 +19,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from pipeline.core.config import ConfigError, StrictModel
+from pipeline.core.config import ConfigError
 from pipeline.core.layout import fs_and_path, sha256_file
-
-
-class EncoderRef(StrictModel):
-    """An open_clip model and its weights file; `source` says which config produced it (for error messages)."""
-
-    name: str = Field(description="open_clip model name or a configs/models/*.json stem")
-    weights: str = Field(description="a model.pt written by a train-clip stage (any fsspec path)")
-    source: str = Field("", description="where this encoder comes from, e.g. 'stages.train (train-clip)'")
-
-    def describe(self) -> str:
-        return f"{self.source + ': ' if self.source else ''}open_clip {self.name!r} with {self.weights}"
+from training.generative.config import EncoderRef
 
 
 def weights_sha256(path: str) -> str:

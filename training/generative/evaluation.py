@@ -22,40 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
 
-from pipeline.core.config import StrictModel
-from training.generative.diffusion.samplers import SamplerConfig
-from training.generative.encoders import EncoderRef
-
-
-class GenerativeEvalConfig(StrictModel):
-    heldout: str | None = Field(None, description="held-out real shards (glob/brace): Frechet reference, prompts; "
-                                                  "default: the synthetic web's test set")
-    classnames: str | None = Field(None, description='classnames.json of "<colour> <shape>" classes (attribute '
-                                                     "accuracy); default: the synthetic test set's")
-    judge: EncoderRef | None = Field(None, description="the image-text encoder that judges samples")
-    judge_from: str | None = Field(None, description="a train-clip stage whose encoder is the judge; default: a "
-                                                     "train-clip stage other than the conditioning one")
-    features: EncoderRef | None = Field(None, description="the image encoder of the Frechet distance; default: judge")
-    features_from: str | None = Field(None, description="a train-clip stage whose encoder gives Frechet features")
-    frechet_samples: int = Field(256, ge=4, description="generated (and real) images of the Frechet distance")
-    attribute_seeds: int = Field(2, ge=1, description="images per class prompt")
-    prompt: str = Field("a {}", description="the class prompt; {} is the class name")
-    batch_size: int = Field(64, ge=1)
-    sampler: SamplerConfig | None = Field(None, description="default: sample.sampler")
-    synthetic_test: bool = Field(True, description="with no held-out set given, use the synthetic web's")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> GenerativeEvalConfig:
-        for key in ("judge", "features"):
-            if getattr(self, key) is not None and getattr(self, f"{key}_from") is not None:
-                raise ValueError(f"give `{key}` or `{key}_from`, not both")
-        return self
-
-    @property
-    def enabled(self) -> bool:
-        return self.heldout is not None and (self.judge is not None or self.features is not None)
+from training.generative.config import GenerativeEvalConfig
 
 
 @dataclass

@@ -11,31 +11,10 @@ where DDP sees it and the null embedding gets its gradient.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 from torch import nn
 
-from pipeline.core.config import StrictModel
-
-
-class MMDiTConfig(StrictModel):
-    """A tiny MMDiT by default (2.3M parameters at 32 px, patch 4: 64 image tokens). The text widths default to the
-    conditioning encoder's (its token width and embedding size); set them only to assert what that encoder is."""
-
-    kind: Literal["mmdit"] = Field("mmdit", description="the generator family (normalizing flows add their kinds)")
-    layers: int = Field(4, ge=1)
-    heads: int = Field(4, ge=1)
-    head_dim: int = Field(32, ge=8)
-    patch_size: int = Field(4, ge=1)
-    qk_norm: Literal["rms_norm", "layer_norm"] | None = "rms_norm"
-    text_dim: int | None = Field(None, ge=1, description="token feature width; default: the encoder's")
-    pooled_dim: int | None = Field(None, ge=1, description="pooled embedding width; default: the encoder's")
-
-    @property
-    def width(self) -> int:
-        return self.heads * self.head_dim
+from training.generative.diffusion.config import MMDiTConfig
 
 
 class TextToImageNet(nn.Module):
