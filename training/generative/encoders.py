@@ -52,7 +52,7 @@ def load_encoder(ref: EncoderRef, device: torch.device | str = "cpu", user: str 
     try:
         clip.load_state_dict(load_weights(ref.weights), strict=True)
     except (RuntimeError, CheckpointError, FileNotFoundError) as err:
-        first = str(err).strip().splitlines()[0][:300]
+        first = " ".join(str(err).split())[:400]  # "Error(s) in loading state_dict ...: Missing key(s) ..."
         raise ConfigError(f"{user}: the encoder checkpoint {ref.weights} does not fit {ref.describe()} "
                           f"(the model that checkpoint was trained as must be the one named): {first}") from None
     clip.eval().requires_grad_(False)
