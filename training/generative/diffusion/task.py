@@ -173,9 +173,32 @@ class DiffusionTask(Task):
         save_grid(images, self.prompts, join(self.out_dir, rel))
         return {"grid": rel, "step": self.step, "nfe": nfe, "prompts": self.prompts}
 
+    @torch.no_grad()
+    def heldout_loss(self, n: int = 64) -> dict:
+        """The EMA's loss on up to `n` held-out images at fixed noise: flow times spread evenly over (0, 1), noise
+        of seed 0, captions kept. Comparable between steps and runs, unlike the training loss of random draws."""
+        from training.generative.evaluation import read_heldout
+
+        if getattr(self, "_heldout", None) is None:
+            real = read_heldout(self.cfg.eval.heldout, self.cfg.data.resolution, n)
+            crop = PixelTransform(self.cfg.data.resolution)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)  # a latent autoencoder samples its posterior: the same draw every time
+                x0 = self.codec.encode(torch.stack([crop(im) for im in real.images]).to(self.device))
+            self._heldout = (x0, *(t.to(self.device) for t in self.conditioner(real.captions)))
+        x0, tokens, pooled = self._heldout
+        t = (torch.arange(len(x0), dtype=torch.float64) + 0.5) / len(x0)
+        sigma = (t / (1 - t)).float().to(self.device)
+        null = torch.zeros(len(x0), device=self.device)
+        per_sample, _ = self.objective(self.ema.module, x0, (tokens, pooled, null), torch.Generator().manual_seed(0),
+                                       sigma)
+        return {"loss": float(per_sample.mean()), "images": len(x0)}
+
     def evaluate(self) -> dict:
         out = {"samples": self.grid()}
         ev = self.cfg.eval
+        if ev.heldout:
+            out["heldout"] = self.heldout_loss()
         if self.step >= self.total and ev.enabled:  # the full evaluation only after the last step
             from training.generative.evaluation import evaluate_generator
 
