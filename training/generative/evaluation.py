@@ -58,14 +58,19 @@ class EvalInputs:
     def real(self) -> Real:
         return self.once("real", lambda: read_heldout(self.cfg.heldout, self.resolution, self.cfg.frechet_samples))
 
+    def batched(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        return generate_batched(self.generate, prompts, seeds, self.cfg.batch_size)
+
     def generated(self) -> torch.Tensor:
-        """One image per held-out caption (seed = its index), in batches."""
-        def make():
-            caps = self.real().captions
-            step = self.cfg.batch_size
-            return torch.cat([self.generate(caps[i:i + step], list(range(i, min(i + step, len(caps)))))
-                              for i in range(0, len(caps), step)])
-        return self.once("generated", make)
+        """One image per held-out caption (seed = its index)."""
+        captions = self.real().captions
+        return self.once("generated", lambda: self.batched(captions, list(range(len(captions)))))
+
+
+def generate_batched(generate: Callable, prompts: list[str], seeds: list[int], batch_size: int) -> torch.Tensor:
+    """`generate(prompts, seeds)` over batches of `batch_size`: (N, 3, S, S)."""
+    return torch.cat([generate(prompts[i:i + batch_size], seeds[i:i + batch_size])
+                      for i in range(0, len(prompts), batch_size)])
 
 
 def read_heldout(pattern: str, resolution: int, limit: int) -> Real:
@@ -180,9 +185,7 @@ def attributes(ctx: EvalInputs) -> dict | None:
     seeds = ctx.cfg.attribute_seeds
     truth = torch.arange(len(classnames)).repeat_interleave(seeds)  # (C * seeds,)
     prompts = [ctx.cfg.prompt.format(classnames[c]) for c in truth.tolist()]
-    step = ctx.cfg.batch_size
-    images = torch.cat([ctx.generate(prompts[i:i + step], [10_000 + j for j in range(i, min(i + step, len(truth)))])
-                        for i in range(0, len(truth), step)])
+    images = ctx.batched(prompts, [10_000 + i for i in range(len(prompts))])  # seeds apart from the Frechet set's
     out = attribute_scores(zero_shot_classes(judge, to_pil(images), classnames, templates, ctx.device), truth,
                            classnames)
     out["prompt"] = ctx.cfg.prompt

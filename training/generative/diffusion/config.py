@@ -22,6 +22,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pipeline.core.config import StrictModel
+from training.contrastive.config import DataConfig
 from training.engine.config import EngineConfig, OptimConfig
 from training.generative.config import EncoderRef, GenerativeEvalConfig, SamplerConfig
 
@@ -109,14 +110,10 @@ class MMDiTConfig(StrictModel):
         return self.heads * self.head_dim
 
 
-class ImageDataConfig(StrictModel):
-    input_shards: str | None = Field(
-        None, description="glob or brace pattern of .tar shards; default: the input dataset's complete shards")
+class ImageDataConfig(DataConfig):
+    """The shard loader's settings (the contrastive task's, one definition) and the generator's image size."""
+
     resolution: int = Field(32, ge=8, description="training images are resized (short side) and centre-cropped")
-    batch_size: int = Field(64, ge=1, description="samples per worker per micro-batch")
-    loader_workers: int = Field(1, ge=0, description="DataLoader processes per training worker")
-    shuffle_buffer: int = Field(512, ge=0)
-    seed: int = 0
 
 
 class LatentConfig(StrictModel):

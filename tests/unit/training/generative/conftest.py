@@ -1,1 +1,1 @@
-from diffusion_helpers import encoders, untrained  # noqa: F401  (session fixtures: frozen encoders as model.pt files)
+from training_diffusion import encoders, untrained  # noqa: F401  (session fixtures: frozen encoders as model.pt files)

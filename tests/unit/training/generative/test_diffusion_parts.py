@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusion_helpers import ENCODER, tiny_config
+from training_diffusion import ENCODER, tiny_config
 
 from pipeline.core.config import ConfigError
 from training.generative.config import EncoderRef

@@ -11,8 +11,8 @@ import warnings
 
 import pytest
 import torch
-from diffusion_helpers import tiny_config
 from PIL import Image
+from training_diffusion import tiny_config
 
 from pipeline.core.config import ConfigError
 from training.engine import fit

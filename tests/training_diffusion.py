@@ -1,4 +1,5 @@
-"""What the diffusion trainer's tests share: frozen encoders saved as train-clip stages save them, and a tiny config.
+"""What the diffusion trainer's tests share (unit and Ray): frozen encoders saved as train-clip stages save them, and a
+tiny config.
 
 `encoders` (session): `conditioner`, a tiny CLIP trained briefly on the shapes shards, whose frozen text tower
 conditions the generators; `judge`, another tiny CLIP trained longer with another seed, which classifies and scores
