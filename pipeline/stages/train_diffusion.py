@@ -8,7 +8,7 @@ Input: the complete shards of dataset `input` (or `data.input_shards`). Output, 
 the stage's name): `checkpoints/step_*` (with the EMA weights), `metrics.csv` (loss per flow-time bin included),
 `tb/`, `curves.png`, `samples/step_*.png` (grids from the EMA weights, fixed prompts and seeds),
 `generator.safetensors` + `generator.json` (the EMA weights; network, image space, objective and the encoder's
-sha256), `conditioning.json`, `eval.json` and `train.json`. Rerunning resumes from the newest checkpoint.
+sha256), `eval.json` and `train.json`. Rerunning resumes from the newest checkpoint.
 
 Evaluation (after training, and `winnow eval`) uses encoders other than the conditioning one: the judge
 (`eval.judge_from`, default: the first other train-clip stage) classifies samples of "a {colour} {shape}" zero-shot
@@ -130,17 +130,26 @@ def resolve(ctx: StageContext, cfg: TrainDiffusionConfig) -> DiffusionTrainConfi
     return train_cfg.model_copy(update={"encoder": encoder, "eval": ev})
 
 
+def make_task(cfg: DiffusionTrainConfig, shards: list[str], where: str):
+    """The engine task that trains `model.kind`: the MMDiT denoiser now; another generator family (normalizing
+    flows) is one more kind in the model config and one more branch here."""
+    if cfg.model.kind == "mmdit":
+        from training.generative.diffusion.task import DiffusionTask
+
+        return DiffusionTask(cfg, shards, where=where)
+    raise ConfigError(f"{where}.model.kind: no task trains {cfg.model.kind!r}")
+
+
 def run(ctx: StageContext, cfg: TrainDiffusionConfig) -> dict[str, Any]:
     from pipeline.core.tables import fmt_seconds, print_summary
     from pipeline.stages.train_clip import input_shards
     from training.engine import fit
-    from training.generative.diffusion.task import DiffusionTask
 
     out_dir = ctx.path(ctx.output)
     shards = input_shards(ctx, cfg)
     train_cfg = resolve(ctx, cfg)
     cluster = ctx.init_ray() if train_cfg.scaling.num_workers > 0 else {}
-    result = fit(DiffusionTask(train_cfg, shards, where=f"stages.{ctx.stage}"), train_cfg, out_dir)
+    result = fit(make_task(train_cfg, shards, f"stages.{ctx.stage}"), train_cfg, out_dir)
 
     record = {"kind": "train-diffusion", "config": cfg.model_dump(mode="json"), "config_hash": config_hash(cfg),
               "input": {"dataset": cfg.input, "shards": len(shards)}, "encoder": train_cfg.encoder.model_dump(),

@@ -55,6 +55,17 @@ def read_vae_config(path: str, user: str) -> dict:
         return json.load(f)
 
 
+def image_space(vae: str | None, resolution: int) -> dict:
+    """What the generator's inputs are, from the config alone (no weights loaded): recorded in generator.json."""
+    if vae is None:
+        return {"space": "pixel", "channels": 3, "size": resolution}
+    cfg = read_vae_config(vae, "latent.vae")
+    channels, size = latent_geometry(cfg, resolution)
+    return {"space": "latent", "channels": channels, "size": size, "vae": vae,
+            "scaling_factor": float(cfg.get("scaling_factor", 0.18215)),  # diffusers' default when unset
+            "shift_factor": float(cfg.get("shift_factor") or 0.0)}
+
+
 def latent_geometry(vae_cfg: dict, resolution: int) -> tuple[int, int]:
     """(channels, side) of the latents of `resolution`-pixel images."""
     factor = 2 ** (len(vae_cfg.get("block_out_channels", [0])) - 1)
@@ -72,9 +83,6 @@ class PixelCodec:
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         return x.clamp(-1, 1)
-
-    def describe(self) -> dict:
-        return {"space": "pixel", "channels": self.channels, "size": self.size}
 
 
 class LatentCodec:
@@ -98,10 +106,6 @@ class LatentCodec:
     @torch.no_grad()
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         return self.vae.decode((x / self.scale + self.shift).to(self.vae.dtype)).sample.float().clamp(-1, 1)
-
-    def describe(self) -> dict:
-        return {"space": "latent", "channels": self.channels, "size": self.size, "vae": self.path,
-                "scaling_factor": self.scale, "shift_factor": self.shift}
 
 
 def make_codec(vae: str | None, resolution: int, device: torch.device | str = "cpu"):

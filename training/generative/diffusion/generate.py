@@ -58,15 +58,15 @@ class Generator:
         return self(prompts, seeds, sampler)[0]
 
 
-def describe(model_cfg, diffusion: DiffusionConfig, codec, resolution: int, conditioner: TextConditioner,
-             encoder: EncoderRef, sampler: SamplerConfig) -> dict:
-    """generator.json: what a checkpoint of this generator needs to be rebuilt and sampled as trained."""
-    return {"model": model_cfg.model_dump(), "resolution": resolution, "diffusion": diffusion.describe(),
-            "diffusion_config": diffusion.model_dump(mode="json"), "image": codec.describe(),
-            "sampler": sampler.model_dump(mode="json"),
-            "encoder": {"name": encoder.name, "weights": encoder.weights, "source": encoder.source,
-                        "sha256": conditioner.sha256, "text_dim": conditioner.text_dim,
-                        "pooled_dim": conditioner.pooled_dim, "tokens": conditioner.tokens}}
+def describe(cfg, encoder: dict) -> dict:
+    """generator.json: what a generator of this config needs to be rebuilt and sampled as trained (`cfg` a
+    DiffusionTrainConfig, `encoder` the conditioning record: name, weights, source, sha256 and text widths)."""
+    from training.generative.diffusion.codec import image_space
+
+    return {"model": cfg.model.model_dump(), "resolution": cfg.data.resolution,
+            "image": image_space(cfg.latent.vae, cfg.data.resolution), "diffusion": cfg.diffusion.describe(),
+            "diffusion_config": cfg.diffusion.model_dump(mode="json"),
+            "sampler": cfg.sample.sampler.model_dump(mode="json"), "encoder": encoder}
 
 
 def check_encoder(recorded: dict, sha256: str, encoder: EncoderRef, where: str) -> None:

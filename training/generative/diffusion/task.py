@@ -10,8 +10,8 @@ swapped for the learned null caption, the loss object draws noise levels and cal
 engine's columns: the mean loss per flow-time bin (`loss_t0.0-0.2`, ...: where the model still has to learn).
 Every `sample.grid_every` steps and at the end, rank 0 writes `samples/step_*.png` from the EMA weights (fixed
 prompts and seeds); after the last step it evaluates (`training.generative.evaluation`). A run leaves
-`generator.safetensors` (EMA weights), `generator.json` (network, image space, objective, encoder sha256) and
-`conditioning.json` (the encoder; a rerun with another is refused before training).
+`generator.safetensors` (EMA weights) and `generator.json` (network, image space, objective, the encoder and its
+sha256; written before training, so a rerun with another encoder is refused before any step).
 """
 
 from __future__ import annotations
@@ -37,8 +37,6 @@ from training.generative.diffusion.mmdit import TextToImageNet
 from training.generative.diffusion.noise import flow_time
 from training.generative.ema import EMA
 from training.generative.encoders import TextConditioner, load_encoder, text_widths
-
-CONDITIONING = "conditioning.json"
 
 
 class TimeBins:
@@ -92,11 +90,11 @@ def check_encoder(cfg: DiffusionTrainConfig, out_dir: str, where: str) -> dict:
                               f"gives {have}: leave model.{key} unset or condition on an encoder of that width")
     record = {"name": cfg.encoder.name, "weights": cfg.encoder.weights, "source": cfg.encoder.source,
               "sha256": enc.sha256, "text_dim": text_dim, "pooled_dim": pooled_dim, "tokens": tokens}
-    previous = join(out_dir, CONDITIONING)
+    previous = join(out_dir, DESCRIPTION)
     if exists(previous):
         from training.generative.diffusion.generate import check_encoder as same_encoder
 
-        same_encoder(read_json(previous), enc.sha256, cfg.encoder, f"{where} (resuming {out_dir})")
+        same_encoder(read_json(previous)["encoder"], enc.sha256, cfg.encoder, f"{where} (resuming {out_dir})")
     return record
 
 
@@ -116,8 +114,10 @@ class DiffusionTask(Task):
         """Refuse a bad latent setup or encoder before any worker starts; fix the grid's prompts."""
         self.out_dir = out_dir
         check_latent(self.cfg, self.where)
-        record = check_encoder(self.cfg, out_dir, self.where)
-        write_json_atomic(join(out_dir, CONDITIONING), record)
+        self.encoder_record = check_encoder(self.cfg, out_dir, self.where)
+        # the objective and the encoder as trained, before any checkpoint exists: every step checkpoint of the run
+        # is described, and a rerun with another encoder is refused
+        write_json_atomic(join(out_dir, DESCRIPTION), describe(self.cfg, self.encoder_record))
         self.prompts = grid_prompts(self.cfg, self.shards)
 
     # --- every worker ---------------------------------------------------------------------------------------------
@@ -218,10 +218,8 @@ class DiffusionTask(Task):
         from safetensors.torch import save_file
 
         save_file({k: v.detach().cpu().contiguous() for k, v in self.ema.state_dict().items()}, run.path(WEIGHTS))
-        info = describe(self.cfg.model, self.cfg.diffusion, self.codec, self.cfg.data.resolution, self.conditioner,
-                        self.cfg.encoder, self.cfg.sample.sampler)
         with open(run.path(DESCRIPTION), "w") as f:
-            json.dump(info, f, indent=1)
+            json.dump(describe(self.cfg, self.encoder_record), f, indent=1)
         grid = (evaluation.get("samples") or {}).get("grid")
         return {"weights": join(run.url, WEIGHTS), "grid": join(run.url, grid) if grid else None}
 

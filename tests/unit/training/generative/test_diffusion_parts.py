@@ -15,8 +15,9 @@ from pipeline.core.config import ConfigError
 from training.generative.config import EncoderRef
 from training.generative.diffusion.codec import LatentCodec, PixelTransform, to_pil
 from training.generative.diffusion.config import MMDiTConfig
+from training.generative.diffusion.generate import DESCRIPTION
 from training.generative.diffusion.mmdit import TextToImageNet
-from training.generative.diffusion.task import CONDITIONING, TimeBins, check_encoder, check_latent
+from training.generative.diffusion.task import TimeBins, check_encoder, check_latent
 from training.generative.ema import EMA
 from training.generative.encoders import TextConditioner, load_encoder, text_features
 from training.generative.evaluation import attribute_scores, frechet_distance, gaussian_of
@@ -67,7 +68,8 @@ def test_an_encoder_checkpoint_of_another_model_is_refused_naming_both_configs(u
 def test_a_run_directory_refuses_a_different_conditioning_encoder(untrained, tmp_path):
     cfg = tiny_config(untrained)
     record = check_encoder(cfg, str(tmp_path), "stages.gen")
-    (tmp_path / CONDITIONING).write_text(json.dumps({**record, "sha256": "0" * 64, "source": "stages.old"}))
+    older = {**record, "sha256": "0" * 64, "source": "stages.old"}  # another checkpoint trained this run
+    (tmp_path / DESCRIPTION).write_text(json.dumps({"encoder": older}))
     with pytest.raises(ConfigError, match=r"conditioned on the encoder stages\.old 'tiny-clip-rn'.*but this config "
                                           r"gives an untrained CLIP"):
         check_encoder(cfg, str(tmp_path), "stages.gen")
