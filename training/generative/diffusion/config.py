@@ -102,6 +102,7 @@ class MMDiTConfig(StrictModel):
     head_dim: int = Field(32, ge=8)
     patch_size: int = Field(4, ge=1)
     qk_norm: Literal["rms_norm", "layer_norm"] | None = "rms_norm"
+    zero_init: bool = Field(True, description="DiT's adaLN-Zero: modulation and output layers start at zero")
     text_dim: int | None = Field(None, ge=1, description="token feature width; default: the encoder's")
     pooled_dim: int | None = Field(None, ge=1, description="pooled embedding width; default: the encoder's")
 

@@ -77,7 +77,8 @@ def test_a_run_directory_refuses_a_different_conditioning_encoder(untrained, tmp
 
 def test_a_dropped_caption_is_the_learned_null_caption_whatever_the_text():
     torch.manual_seed(0)
-    net = TextToImageNet(MMDiTConfig(layers=1, heads=2, head_dim=16, patch_size=2), 8, 3, 12, 10, 5)
+    # default init (with adaLN-Zero nothing upstream of the zeroed output layer gets a gradient at step 0)
+    net = TextToImageNet(MMDiTConfig(layers=1, heads=2, head_dim=16, patch_size=2, zero_init=False), 8, 3, 12, 10, 5)
     x, t = torch.randn(2, 3, 8, 8), torch.tensor([100.0, 700.0])
     tokens, pooled = torch.randn(2, 5, 12), torch.randn(2, 10)
     null = torch.ones(2)
@@ -86,6 +87,8 @@ def test_a_dropped_caption_is_the_learned_null_caption_whatever_the_text():
     assert not torch.allclose(out, net(x, t, (tokens, pooled, torch.zeros(2))))  # ... and used when not dropped
     out.square().mean().backward()
     assert net.null_tokens.grad.abs().sum() > 0 and net.null_pooled.grad.abs().sum() > 0  # it learns
+    zero = TextToImageNet(MMDiTConfig(layers=1, heads=2, head_dim=16, patch_size=2), 8, 3, 12, 10, 5)
+    assert torch.equal(zero(x, t, (tokens, pooled, null)), torch.zeros_like(out))  # adaLN-Zero: the first output is 0
 
 
 def test_the_ema_half_life_is_counted_in_samples_and_ramps_up():
