@@ -40,25 +40,25 @@ from training.generative.encoders import TextConditioner, load_encoder, text_wid
 
 
 class TimeBins:
-    """Mean loss per flow-time bin (t = sigma / (1 + sigma), t = 1 is noise) since the last read, over all ranks."""
+    """Mean loss per flow-time bin (t = sigma / (1 + sigma), t = 1 is noise) since the last read, over all ranks.
+    Sums stay on the loss's device until a log step reads them: no device sync per step."""
 
     def __init__(self, bins: int = 5):
         self.bins = bins
-        self.sums = torch.zeros(bins, dtype=torch.float64)
-        self.counts = torch.zeros(bins, dtype=torch.float64)
+        self.sums = torch.zeros(2, bins)  # (sum of losses, count) per bin
 
     def add(self, per_sample: torch.Tensor, sigma: torch.Tensor) -> None:
-        idx = (flow_time(sigma.double()) * self.bins).long().clamp(0, self.bins - 1).cpu()
-        self.sums.index_add_(0, idx, per_sample.detach().double().cpu())
-        self.counts.index_add_(0, idx, torch.ones_like(idx, dtype=torch.float64))
+        self.sums = self.sums.to(per_sample.device)
+        idx = (flow_time(sigma.float()) * self.bins).long().clamp(0, self.bins - 1).to(per_sample.device)
+        self.sums[0].index_add_(0, idx, per_sample.detach().float())
+        self.sums[1].index_add_(0, idx, torch.ones_like(per_sample, dtype=torch.float32))
 
-    def read(self, device: torch.device | str = "cpu") -> dict[str, float]:
-        both = torch.stack([self.sums, self.counts]).to(device)
+    def read(self) -> dict[str, float]:
+        both = self.sums.clone()
         if dist.is_available() and dist.is_initialized():  # every rank reads at the same log step
             dist.all_reduce(both)
         self.sums.zero_()
-        self.counts.zero_()
-        return {f"loss_t{i / self.bins:.1f}-{(i + 1) / self.bins:.1f}": float(s / c)
+        return {f"loss_t{i / self.bins:.1f}-{(i + 1) / self.bins:.1f}": s / c
                 for i, (s, c) in enumerate(both.cpu().T.tolist()) if c > 0}
 
 
@@ -161,7 +161,7 @@ class DiffusionTask(Task):
         self.ema.update(self.net, self.global_batch, (step + 1) * self.global_batch)
 
     def step_metrics(self) -> dict[str, float]:
-        return self.bins.read(self.device)
+        return self.bins.read()
 
     # --- rank 0 ---------------------------------------------------------------------------------------------------
     def grid(self) -> dict:
