@@ -52,7 +52,9 @@ class EvalInputs:
     def encoder(self, which: str):
         from training.generative.encoders import load_encoder
 
-        ref = getattr(self.cfg, which) if which == "judge" else (self.cfg.features or self.cfg.judge)
+        if which == "features" and self.cfg.features is None:
+            which = "judge"  # the judge's image tower gives the Frechet features too: loaded once
+        ref = getattr(self.cfg, which)
         return None if ref is None else self.once(which, lambda: load_encoder(ref, self.device, f"eval.{which}"))
 
     def real(self) -> Real:
