@@ -19,7 +19,7 @@ import logging
 import time
 
 from pipeline.core.layout import atomic_write
-from pipeline.report import curation, encoders, overview
+from pipeline.report import curation, encoders, generation, overview
 from pipeline.report.data import ReportData
 from pipeline.report.html import esc, page
 
@@ -32,6 +32,7 @@ SECTIONS = [
     ("recipes", None, curation.recipes),  # one section per recipe
     ("reshard", "Training shards", curation.reshard),
     ("encoders", "Encoders: curated vs raw", encoders.section),
+    ("generation", "Text-to-image generator", generation.section),
     ("training", "Training and evaluation", overview.training),
 ]
 

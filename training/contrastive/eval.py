@@ -23,7 +23,7 @@ from pipeline.core.layout import join, read_json
 from pipeline.core.sample import image_member, pick_caption
 from pipeline.core.storage import local_if_url
 from training.contrastive.config import EvalConfig, RetrievalConfig, ZeroShotConfig
-from training.contrastive.data import ErrorCounter, expand_shards, tar_samples
+from training.data import ErrorCounter, expand_shards, tar_samples
 
 DEFAULT_TEMPLATES = ["a photo of a {}."]
 

@@ -23,11 +23,12 @@ from pipeline.core.config import ConfigError
 from pipeline.core.layout import join
 from pipeline.core.model_configs import register_model_configs
 from training.contrastive.config import TrainConfig
-from training.contrastive.data import ShardStream, TokenEncoder, make_loader
+from training.contrastive.data import TokenEncoder
 from training.contrastive.eval import Evaluator, flat_metrics
 from training.contrastive.models import build_model, check_model_name, param_groups, set_patch_dropout
 from training.contrastive.objectives import make_objective, temperature_and_bias
 from training.contrastive.vocab import WordTargets, run_vocab
+from training.data import ShardStream, make_loader
 from training.engine import checkpoint as ckpt
 from training.engine.run_dir import RunDir
 from training.engine.task import Task

@@ -16,7 +16,7 @@ from pipeline.core.layout import join, read_json, write_json_atomic
 from pipeline.core.sample import captions
 from pipeline.core.storage import exists
 from training.contrastive.config import LossConfig
-from training.contrastive.data import ErrorCounter, tar_samples
+from training.data import ErrorCounter, tar_samples
 
 STOP_WORDS = frozenset(
     "a an the of on in at to and or with for from by is are was were be this that these those it its as into "

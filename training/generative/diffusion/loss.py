@@ -11,53 +11,12 @@ weighting schemes that had no effect until it was fixed): that combination is re
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field, model_validator
 
-from pipeline.core.config import StrictModel
-from training.generative.diffusion.noise import Family, flow_time, make_family
+from training.generative.diffusion.config import DiffusionConfig
+from training.generative.diffusion.noise import flow_time
 from training.generative.diffusion.precond import Denoiser
-from training.generative.diffusion.time_samplers import TimeSampler, TimeSamplerConfig, logit_normal_density
-
-
-class DiffusionConfig(StrictModel):
-    """The objective: family, what the network predicts, the training noise density and the loss weight."""
-
-    family: Literal["flow", "vp", "ve", "edm"] = "flow"
-    prediction: Literal["eps", "x0", "v", "velocity", "edm"] | None = Field(
-        None, description="default: the family's own (flow velocity, vp eps, ve eps, edm edm)")
-    time_sampler: TimeSamplerConfig | None = Field(None, description="default: the family's own density")
-    loss_weight: Literal["natural", "min_snr", "logit_normal"] = "natural"
-    min_snr_gamma: float = Field(5.0, gt=0)
-    sigma_data: float = Field(0.5, gt=0, description="EDM's sigma_data (data std; [-1, 1] images ~ 0.5)")
-
-    @model_validator(mode="after")
-    def _one_preference(self) -> DiffusionConfig:
-        if self.loss_weight == "logit_normal":
-            sampler = self.sampler_config()
-            if self.family != "flow" or sampler.kind != "uniform":
-                raise ValueError("loss_weight logit_normal reweights uniformly drawn flow times; with time_sampler "
-                                 f"{sampler.kind} (family {self.family}) the same preference would apply twice: use "
-                                 "time_sampler {kind: logit_normal} with loss_weight natural, or family flow with "
-                                 "time_sampler {kind: uniform}")
-        return self
-
-    def family_obj(self) -> Family:
-        return make_family(self.family)
-
-    def prediction_name(self) -> str:
-        return self.prediction or self.family_obj().default_prediction
-
-    def sampler_config(self) -> TimeSamplerConfig:
-        return self.time_sampler or TimeSamplerConfig(**make_family(self.family).default_time_sampler)
-
-    def describe(self) -> dict:
-        """What a checkpoint records, so that sampling uses (or warns about) the same choices."""
-        return {"family": self.family, "prediction": self.prediction_name(),
-                "time_sampler": self.sampler_config().model_dump(), "loss_weight": self.loss_weight,
-                "shift": self.sampler_config().shift, "sigma_data": self.sigma_data}
+from training.generative.diffusion.time_samplers import TimeSampler, logit_normal_density
 
 
 class DiffusionLoss:

@@ -120,17 +120,6 @@ class Family:
             return 2 * torch.exp(c)
         return torch.exp(4 * c)
 
-    @property
-    def default_prediction(self) -> str:
-        return {"flow": "velocity", "vp": "eps", "ve": "eps", "edm": "edm"}[self.name]
-
-    @property
-    def default_time_sampler(self) -> dict:
-        """Each family's usual training density: SD3's logit-normal for flow, DDPM's uniform t for VP, NCSN's
-        log-uniform sigma for VE, EDM's log-normal sigma for EDM."""
-        return {"flow": {"kind": "logit_normal", "mean": 0.0, "std": 1.0}, "vp": {"kind": "uniform"},
-                "ve": {"kind": "log_uniform"}, "edm": {"kind": "log_normal", "mean": -1.2, "std": 1.2}}[self.name]
-
 
 def make_family(name: str, sigma_min: float | None = None, sigma_max: float | None = None) -> Family:
     """A family with its usual ranges (EDM's Table 1; flow runs to t = 1 - 1e-5)."""

@@ -19,29 +19,13 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from typing import Literal
 
 import torch
-from pydantic import Field
 
-from pipeline.core.config import StrictModel
+from training.generative.config import SamplerConfig  # noqa: F401  (its config, importable here)
 from training.generative.diffusion.noise import Family
 
 SAMPLERS = ("euler", "heun", "ddim", "euler_maruyama")
-
-
-class SamplerConfig(StrictModel):
-    method: Literal["euler", "heun", "ddim", "euler_maruyama"] = "heun"
-    steps: int = Field(18, ge=1, description="noise levels visited (heun: 2 * steps - 1 evaluations)")
-    rho: float = Field(7.0, gt=0, description="EDM's schedule exponent")
-    sigma_min: float | None = Field(None, gt=0, description="default: the family's")
-    sigma_max: float | None = Field(None, gt=0, description="default: the family's (80 for EDM)")
-    churn: float = Field(0.0, ge=0, description="EDM's S_churn (heun, euler): noise added back per step")
-    churn_tmin: float = Field(0.0, ge=0)
-    churn_tmax: float = Field(float("inf"), ge=0)
-    churn_noise: float = Field(1.0, gt=0, description="EDM's S_noise")
-    guidance: float = Field(1.0, ge=0, description="classifier-free guidance scale w: 0 unconditional, 1 none")
-    shift: float | None = Field(None, gt=0, description="noise-level shift k; default: the one trained with")
 
 
 def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0, shift: float = 1.0):

@@ -19,33 +19,13 @@ and a logit-normal t is a log-normal sigma with the same (mean, std). One class 
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
 
-from pipeline.core.config import StrictModel
+from training.generative.diffusion.config import TimeSamplerConfig  # noqa: F401  (its config, importable here)
 from training.generative.diffusion.noise import Family, sigma_of_flow_time
 
 TIME_SAMPLERS = ("uniform", "log_uniform", "log_normal", "logit_normal", "mode", "cosmap")
-
-
-class TimeSamplerConfig(StrictModel):
-    kind: Literal["uniform", "log_uniform", "log_normal", "logit_normal", "mode", "cosmap"] = "logit_normal"
-    mean: float = Field(0.0, description="log_normal / logit_normal: mean of ln sigma = logit(t)")
-    std: float = Field(1.0, gt=0, description="log_normal / logit_normal: std of ln sigma = logit(t)")
-    mode_scale: float = Field(1.29, ge=-1, le=1.75, description="mode: SD3's s (1.29); t is monotone in u for "
-                                                                "-1 <= s <= 2 / (pi - 2)")
-    shift: float = Field(1.0, gt=0, description="resolution shift k: sigma -> k sigma")
-
-    @model_validator(mode="after")
-    def _params_apply(self) -> TimeSamplerConfig:
-        defaults = TimeSamplerConfig.model_fields
-        if self.kind not in ("log_normal", "logit_normal"):
-            for key in ("mean", "std"):
-                if getattr(self, key) != defaults[key].default:
-                    raise ValueError(f"{key} applies to log_normal and logit_normal, not {self.kind}")
-        return self
 
 
 class TimeSampler:

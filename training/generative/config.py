@@ -1,0 +1,69 @@
+"""Typed configs shared by the generators (pydantic only: importing this never loads torch): the frozen encoders a
+generator is conditioned on or judged by, the sampler, and what its evaluation compares against.
+
+    EncoderRef            -> encoders.load_encoder / TextConditioner
+    SamplerConfig         -> diffusion.samplers.sample
+    GenerativeEvalConfig  -> evaluation.evaluate_generator
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from pipeline.core.config import StrictModel
+
+
+class EncoderRef(StrictModel):
+    """An open_clip model and its weights file; `source` says which config produced it (for error messages)."""
+
+    name: str = Field(description="open_clip model name or a configs/models/*.json stem")
+    weights: str = Field(description="a model.pt written by a train-clip stage (any fsspec path)")
+    source: str = Field("", description="where this encoder comes from, e.g. 'stages.train (train-clip)'")
+
+    def describe(self) -> str:
+        return f"{self.source + ': ' if self.source else ''}open_clip {self.name!r} with {self.weights}"
+
+
+class SamplerConfig(StrictModel):
+    method: Literal["euler", "heun", "ddim", "euler_maruyama"] = "heun"
+    steps: int = Field(18, ge=1, description="noise levels visited (heun: 2 * steps - 1 evaluations)")
+    rho: float = Field(7.0, gt=0, description="EDM's schedule exponent")
+    sigma_min: float | None = Field(None, gt=0, description="default: the family's")
+    sigma_max: float | None = Field(None, gt=0, description="default: the family's (80 for EDM)")
+    churn: float = Field(0.0, ge=0, description="EDM's S_churn (heun, euler): noise added back per step")
+    churn_tmin: float = Field(0.0, ge=0)
+    churn_tmax: float = Field(float("inf"), ge=0)
+    churn_noise: float = Field(1.0, gt=0, description="EDM's S_noise")
+    guidance: float = Field(1.0, ge=0, description="classifier-free guidance scale w: 0 unconditional, 1 none")
+    shift: float | None = Field(None, gt=0, description="noise-level shift k; default: the one trained with")
+
+
+class GenerativeEvalConfig(StrictModel):
+    heldout: str | None = Field(None, description="held-out real shards (glob/brace): Frechet reference, prompts; "
+                                                  "default: the synthetic web's test set")
+    classnames: str | None = Field(None, description='classnames.json of "<colour> <shape>" classes (attribute '
+                                                     "accuracy); default: the synthetic test set's")
+    judge: EncoderRef | None = Field(None, description="the image-text encoder that judges samples")
+    judge_from: str | None = Field(None, description="a train-clip stage whose encoder is the judge; default: a "
+                                                     "train-clip stage other than the conditioning one")
+    features: EncoderRef | None = Field(None, description="the image encoder of the Frechet distance; default: judge")
+    features_from: str | None = Field(None, description="a train-clip stage whose encoder gives Frechet features")
+    frechet_samples: int = Field(256, ge=4, description="generated (and real) images of the Frechet distance")
+    attribute_seeds: int = Field(2, ge=1, description="images per class prompt")
+    prompt: str = Field("a {}", description="the class prompt; {} is the class name")
+    batch_size: int = Field(64, ge=1)
+    sampler: SamplerConfig | None = Field(None, description="default: sample.sampler")
+    synthetic_test: bool = Field(True, description="with no held-out set given, use the synthetic web's")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> GenerativeEvalConfig:
+        for key in ("judge", "features"):
+            if getattr(self, key) is not None and getattr(self, f"{key}_from") is not None:
+                raise ValueError(f"give `{key}` or `{key}_from`, not both")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.heldout is not None and (self.judge is not None or self.features is not None)
