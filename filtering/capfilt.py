@@ -316,7 +316,7 @@ def candidates(web: np.ndarray, web_s: np.ndarray, web_p: np.ndarray, syn: np.nd
         if "web" in sources and web[i] and np.isfinite(web_s[i]):
             row.append((str(web[i]), "web", float(web_s[i]), float(web_p[i])))
         if "synthetic" in sources:
-            texts, scores, probs = syn[i] or [], syn_s[i] or [], syn_p[i] or []
+            texts, scores, probs = (list(v) if v is not None else [] for v in (syn[i], syn_s[i], syn_p[i]))
             for j, text in enumerate(texts):
                 if text and j < len(scores) and scores[j] is not None and np.isfinite(scores[j]):
                     p = probs[j] if j < len(probs) and probs[j] is not None else float("nan")

@@ -54,7 +54,10 @@ class Pool:
     def strings(self, name: str) -> np.ndarray:
         key = f"str:{name}"
         if key not in self._cache:
-            self._cache[key] = np.array(self.table.column(name).to_pylist(), dtype=object)
+            values = self.table.column(name).to_pylist()
+            out = np.empty(len(values), dtype=object)  # 1-D even when every value is a list of one length
+            out[:] = values
+            self._cache[key] = out
         return self._cache[key]
 
     def bools(self, name: str) -> np.ndarray:
@@ -302,7 +305,7 @@ class CapFilt(Op):
     params_model = CapFiltParams
 
     def requires(self):
-        return set(CAPTION_SIGNALS) | ({CALIBRATED} if self.params.by_probability else set())
+        return {"caption", *CAPTION_SIGNALS} | ({CALIBRATED} if self.params.by_probability else set())
 
     def label(self):
         p = self.params

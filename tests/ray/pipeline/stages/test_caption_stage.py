@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from curation_testdata import TINY_MODEL, Sample, sample, tiny_model_files, write_pool
+from capfilt_testdata import GREEDY, stage_cfg
+from curation_testdata import Sample, sample, write_pool
+from stage_kill import kill_after_first_shard
 
 from filtering.capfilt import CapFiltError
 from filtering.captioner import CaptionerError
@@ -25,38 +22,6 @@ from pipeline.core.config import ConfigError
 from pipeline.pipeline_config import parse_pipeline_config
 from pipeline.stages import caption
 from pipeline.stages.context import StageContext
-
-GREEDY = {"strategy": "greedy", "max_length": 5, "min_length": 5}  # fast on a random model
-
-
-def tiny_coca(path: Path, seed: int = 0) -> str:
-    import open_clip
-    from safetensors.torch import save_file
-
-    from pipeline.core.model_configs import register_model_configs
-
-    register_model_configs()
-    torch.manual_seed(seed)
-    model = open_clip.create_model("tiny-coca")
-    torch.nn.init.normal_(model.text_decoder.text_projection, std=64 ** -0.5)  # open_clip leaves it uninitialised
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("capfilt_models")
-    cfg, clip = tiny_model_files(d)
-    calibration = d / "holdout.json"
-    calibration.write_text(json.dumps({"estimated_auroc": 0.9, "platt": {"a": 40.0, "b": 0.0}}))
-    return {"coca": tiny_coca(d / "coca.safetensors"), "clip": clip, "clip_config": cfg,
-            "other_clip": tiny_model_files(d, seed=1)[1], "calibration": str(calibration)}
-
-
-def stage_cfg(models, **extra) -> dict:
-    return {"input": "pool", "captioner": {"name": "tiny-coca", "weights": models["coca"]}, "decoding": GREEDY,
-            "caption_filter": {"name": TINY_MODEL, "weights": models["clip"], "config_file": models["clip_config"]},
-            "calibration": models["calibration"], "batch_size": 8, "chunk_rows": 6, **extra}
 
 
 def ctx_for(root, stages: dict, name: str, **top):
@@ -69,11 +34,11 @@ def rows_of(ds) -> list[dict]:
             for r in pq.read_table(ds.shard_file(s, "parquet", "captions")).to_pylist()]
 
 
-def test_captions_and_judge_scores_per_uid_then_skip_and_redo(ray_local, tmp_path, models):
+def test_captions_and_judge_scores_per_uid_then_skip_and_redo(ray_local, tmp_path, capfilt_models):
     shards = [[sample(500 + 7 * s + i) for i in range(7)] for s in range(3)]
     shards[1].append(Sample(b"\xff\xd8 not a jpeg", "a broken image", "http://web.test/broken.jpg"))
     ds = write_pool(tmp_path, "pool", shards)
-    res = caption.run(*ctx_for(tmp_path, {"caption": stage_cfg(models)}, "caption"))
+    res = caption.run(*ctx_for(tmp_path, {"caption": stage_cfg(capfilt_models)}, "caption"))
     assert res["samples"] == 22 and res["ok"] == 21 and res["reasons"] == {"undecodable": 1}
     rows = rows_of(ds)
     assert sorted(r["uid"] for r in rows) == sorted(s.uid for sh in shards for s in sh)  # each uid once
@@ -94,11 +59,11 @@ def test_captions_and_judge_scores_per_uid_then_skip_and_redo(ray_local, tmp_pat
     from filtering.signals import signal_batches
     from pipeline.core.shards import read_samples
 
-    spec = CaptionerSpec(name="tiny-coca", weights=models["coca"])
+    spec = CaptionerSpec(name="tiny-coca", weights=capfilt_models["coca"])
     (batch,) = signal_batches(read_samples(ds.shard_file("00000", "tar")), "00000",
                               preprocess=Preprocessor(spec.preprocess_cfg()))
     direct = Captioner(spec, {**GREEDY, "device": "cpu"}).captions(batch["pixels"], batch["uid"])
-    judged = CaptionJudge(stage_cfg(models)["caption_filter"], "cpu").scores(
+    judged = CaptionJudge(stage_cfg(capfilt_models)["caption_filter"], "cpu").scores(
         batch["pixels"], [[c] + d for c, d in zip(batch["caption"], direct, strict=True)])
     by_uid = {r["uid"]: r for r in rows}
     for uid, caps, scores in zip(batch["uid"], direct, judged, strict=True):
@@ -106,9 +71,9 @@ def test_captions_and_judge_scores_per_uid_then_skip_and_redo(ray_local, tmp_pat
         assert by_uid[uid]["web_score"] == pytest.approx(scores[0], abs=1e-5)
         assert by_uid[uid]["synthetic_scores"][0] == pytest.approx(scores[1], abs=1e-5)
 
-    res = caption.run(*ctx_for(tmp_path, {"caption": stage_cfg(models)}, "caption"))
+    res = caption.run(*ctx_for(tmp_path, {"caption": stage_cfg(capfilt_models)}, "caption"))
     assert res["shards"]["skipped_already_done"] == 3
-    other = stage_cfg(models, decoding={**GREEDY, "max_length": 4, "min_length": 4})
+    other = stage_cfg(capfilt_models, decoding={**GREEDY, "max_length": 4, "min_length": 4})
     res = caption.run(*ctx_for(tmp_path, {"caption": other}, "caption"))
     assert res["shards"]["skipped_already_done"] == 0  # other decoding settings: every shard redone
     assert all(len(r["synthetic_captions"][0].split()) <= 4 for r in rows_of(ds) if r["reason"] is None)
@@ -118,7 +83,7 @@ def res_id(ds, key: str) -> str:
     return ds.manifest()["stages"]["caption"][key]
 
 
-def test_held_out_pairs_of_the_filter_stage_are_never_captioned(ray_local, tmp_path, models):
+def test_held_out_pairs_of_the_filter_stage_are_never_captioned(ray_local, tmp_path, capfilt_models):
     """Training stages that hold out part of this very input: those pairs are their evaluation set."""
     from filtering.holdout import held_out
 
@@ -128,8 +93,9 @@ def test_held_out_pairs_of_the_filter_stage_are_never_captioned(ray_local, tmp_p
     from safetensors.torch import load_file
 
     os.makedirs(tmp_path / "train_captioner")
-    torch.save(load_file(models["coca"]), tmp_path / "train_captioner" / "model.pt")  # as train-clip exports it
-    cap = {k: v for k, v in stage_cfg(models).items() if k != "captioner"}
+    # as train-clip exports it
+    torch.save(load_file(capfilt_models["coca"]), tmp_path / "train_captioner" / "model.pt")
+    cap = {k: v for k, v in stage_cfg(capfilt_models).items() if k != "captioner"}
     res = caption.run(*ctx_for(tmp_path, {"train_captioner": trainer, "caption": {
         **cap, "captioner_from": "train_captioner"}}, "caption"))
     held = {s.uid for s in [sample(600 + i) for i in range(20)] if held_out(s.uid, 0.3, 1)}
@@ -139,18 +105,19 @@ def test_held_out_pairs_of_the_filter_stage_are_never_captioned(ray_local, tmp_p
         assert (r["synthetic_captions"] == []) == (r["uid"] in held)
 
 
-def test_bad_weights_and_a_judge_that_is_the_captioner_fail_before_any_work(tmp_path, models):
+def test_bad_weights_and_a_judge_that_is_the_captioner_fail_before_any_work(tmp_path, capfilt_models):
+    m = capfilt_models
     from pipeline.cli.run import run_pipeline
 
     write_pool(tmp_path, "pool", [[sample(700 + i) for i in range(3)]])
     score = {"score": {"input": "pool"}}
     missing = str(tmp_path / "nope" / "coca.pt")
     cases = [
-        (stage_cfg(models, captioner={"name": "tiny-coca", "weights": missing}), CaptionerError,
+        (stage_cfg(m, captioner={"name": "tiny-coca", "weights": missing}), CaptionerError,
          rf"{missing}: no such file.*model config 'tiny-coca'"),
-        (stage_cfg(models, captioner={"name": "tiny-coca", "weights": models["other_clip"]}), CaptionerError,
-         rf"{models['other_clip']} do not match model config 'tiny-coca'"),
-        (stage_cfg(models, caption_filter={"name": "tiny-coca", "weights": models["coca"]}), CapFiltError,
+        (stage_cfg(m, captioner={"name": "tiny-coca", "weights": m["other_clip"]}), CaptionerError,
+         rf"{m['other_clip']} do not match model config 'tiny-coca'"),
+        (stage_cfg(m, caption_filter={"name": "tiny-coca", "weights": m["coca"]}), CapFiltError,
          r"rejected 8% of them"),
     ]
     for cfg, error, message in cases:
@@ -159,18 +126,18 @@ def test_bad_weights_and_a_judge_that_is_the_captioner_fail_before_any_work(tmp_
             run_pipeline(pc, config_path="t.yaml")
         assert not os.path.exists(tmp_path / "pool" / "signals")  # the score stage before it never ran
     trainer = {"kind": "train-clip", "input": "pool", "model": {"name": "tiny-coca"}, "objective": "coca"}
-    same = {k: v for k, v in stage_cfg(models).items() if k not in ("captioner", "caption_filter")}
+    same = {k: v for k, v in stage_cfg(capfilt_models).items() if k not in ("captioner", "caption_filter")}
     pc = parse_pipeline_config({"root": str(tmp_path), "stages": {"t": trainer, "caption": {
         **same, "captioner_from": "t", "caption_filter_from": "t"}}}, "t.yaml")
     with pytest.raises(ConfigError, match=r"8%.*both name stage 't'"):
         run_pipeline(pc, config_path="t.yaml")
     clip_trainer = {**trainer, "model": {"name": "tiny-clip-rn"}, "objective": "clip"}
     pc = parse_pipeline_config({"root": str(tmp_path), "stages": {"t": clip_trainer, "caption": {
-        **same, "captioner_from": "t", "caption_filter": stage_cfg(models)["caption_filter"]}}}, "t.yaml")
+        **same, "captioner_from": "t", "caption_filter": stage_cfg(capfilt_models)["caption_filter"]}}}, "t.yaml")
     with pytest.raises(ConfigError, match="a captioner must be a CoCa"):
         run_pipeline(pc, config_path="t.yaml")
     pc = parse_pipeline_config({"root": str(tmp_path), "synthetic": {"dir": str(tmp_path / "web")}, "stages": {
-        "caption": stage_cfg(models, input="web/test")}}, "t.yaml")
+        "caption": stage_cfg(capfilt_models, input="web/test")}}, "t.yaml")
     with pytest.raises(ConfigError, match="evaluation sets are never captioned"):
         run_pipeline(pc, config_path="t.yaml")
 
@@ -193,27 +160,31 @@ KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_kill_mid_stage_then_rerun_captions_every_uid_exactly_once(ray_local, tmp_path, models):
+def test_kill_mid_stage_then_rerun_captions_every_uid_exactly_once(ray_local, tmp_path, capfilt_models):
     shards = [[sample(800 + 5 * s + i) for i in range(5)] for s in range(5)]
     ds = write_pool(tmp_path, "pool", shards)
-    script = tmp_path / "kill_caption.py"
-    script.write_text(KILL_SCRIPT)
     address = ray_local.get_runtime_context().gcs_address
-    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), address, json.dumps(stage_cfg(models))],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 180
-    try:
-        while time.time() < deadline and not ds.done_shards("captions") and proc.poll() is None:
-            time.sleep(0.1)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate()
-    before = ds.done_shards("captions")
-    assert 1 <= len(before) < 5, err.decode()[-2000:]
+    before, err = kill_after_first_shard(KILL_SCRIPT, [str(tmp_path), address, json.dumps(stage_cfg(capfilt_models))],
+                                         ds, "captions", tmp_path)
+    assert 1 <= len(before) < 5, err
     mtimes = {s: os.stat(ds.shard_file(s, "parquet", "captions")).st_mtime_ns for s in before}
-    res = caption.run(*ctx_for(tmp_path, {"caption": stage_cfg(models)}, "caption"))
+    res = caption.run(*ctx_for(tmp_path, {"caption": stage_cfg(capfilt_models)}, "caption"))
     assert res["shards"]["skipped_already_done"] == len(before) and res["shards"]["done"] == 5
     assert {s: os.stat(ds.shard_file(s, "parquet", "captions")).st_mtime_ns for s in before} == mtimes
     uids = [r["uid"] for r in rows_of(ds)]
     assert len(uids) == len(set(uids)) == 25 and set(uids) == {s.uid for sh in shards for s in sh}
+
+
+def test_a_probability_cut_needs_a_calibrated_filter_before_any_work(tmp_path, capfilt_models):
+    from filtering.recipe import RecipeError
+    from pipeline.stages import filter as filter_stage
+
+    uncalibrated = {k: v for k, v in stage_cfg(capfilt_models).items() if k != "calibration"}
+    for cap, ok in ((uncalibrated, False), (stage_cfg(capfilt_models), True)):
+        ctx, cfg = ctx_for(tmp_path, {"score": {"input": "pool"}, "caption": cap,
+                                      "filter": {"input": "pool", "recipe": "capfilt"}}, "filter")
+        if ok:
+            filter_stage.preflight(ctx, cfg)
+        else:
+            with pytest.raises(RecipeError, match=r"capfilt: needs 'caption_calibrated'.*caption stage"):
+                filter_stage.preflight(ctx, cfg)

@@ -10,34 +10,12 @@ import os
 import numpy as np
 import pytest
 import torch
-from capfilt_testdata import CLEAN, web_shards
+from capfilt_testdata import CLEAN
 
 from filtering.holdout import HoldoutProbe, HoldoutSplit, auroc
-from pipeline.pipeline_config import parse_pipeline_config
-from pipeline.stages import train_clip
-from pipeline.stages.context import StageContext
 from training.contrastive.data import ErrorCounter
 from training.contrastive.holdout import SkipHeldOut
 from training.engine.checkpoint import step_dir_name
-
-STEPS, EVERY = 80, 20
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny CLIP (the bootstraps' filter model) trained on the web's hq set with 20% held out, its checkpoints
-    kept at every evaluation step."""
-    root = str(tmp_path_factory.mktemp("holdout"))
-    web = web_shards(root, pool=500, hq=600, mismatched_caption=0.3, generic_caption=0.1, junk_image=0.1)
-    stage = {"kind": "train-clip", "input": "hq", "model": {"name": "tiny-clip-rn"}, "objective": "clip",
-             "steps": STEPS, "optim": {"lr": 2e-3, "warmup_steps": 10}, "log_every": 10,
-             "checkpoint_every": EVERY, "keep_checkpoints": 10,
-             "data": {"batch_size": 32, "loader_workers": 0, "shuffle_buffer": 128},
-             "scaling": {"num_workers": 0, "torch_threads": 1}, "eval": {"synthetic_test": False},
-             "holdout": {"fraction": 0.2, "seed": 3, "every_steps": EVERY, "junk_images": True}}
-    cfg = parse_pipeline_config({"root": root, "stages": {"train_filter": stage}}, "t.yaml")
-    result = train_clip.run(StageContext(pipeline=cfg, stage="train_filter"), cfg.stages["train_filter"])
-    return web, result, os.path.join(root, "train_filter")
 
 
 def _scorers(points: list[dict | None]):
@@ -57,10 +35,10 @@ def _scorers(points: list[dict | None]):
         yield lambda images, captions: pair_scores(model.eval(), tok, preprocess, images, captions, "cpu").numpy()
 
 
-def test_the_summary_reports_the_estimate_and_model_pt_is_the_best_checkpoint(trained):
+def test_the_summary_reports_the_estimate_and_model_pt_is_the_best_checkpoint(trained_filter):
     from training.engine.checkpoint import load_weights
 
-    _, result, out = trained
+    _, result, out = trained_filter
     check = result["holdout"]
     history = {h["step"]: h["estimated_auroc"] for h in check["history"]}
     assert sorted(history) == [20, 40, 60, 80]
@@ -71,13 +49,18 @@ def test_the_summary_reports_the_estimate_and_model_pt_is_the_best_checkpoint(tr
         assert json.load(f)["step"] == check["step"]
     manifest = json.load(open(os.path.join(out, "manifest.json")))["stages"]["train_filter"]
     assert manifest["estimated_auroc"] == check["estimated_auroc"] and manifest["holdout_step"] == check["step"]
+    from pipeline.report.capfilt import checks_section
+    from pipeline.report.data import ReportData
+
+    html = checks_section(ReportData.load(os.path.dirname(out), "hq"))
+    assert f"{check['estimated_auroc']:.3f}" in html and f"{check['step']} of 80" in html
     exported = load_weights(os.path.join(out, "model.pt"))
     chosen = load_weights(os.path.join(out, "checkpoints", step_dir_name(check["step"]), "model.safetensors"))
     assert all(torch.equal(exported[k], chosen[k]) for k in exported)
 
 
-def test_held_out_pairs_never_reach_training(trained):
-    web, result, _ = trained
+def test_held_out_pairs_never_reach_training(trained_filter):
+    web, result, _ = trained_filter
     split = HoldoutSplit(0.2, 3)
     stream = SkipHeldOut(web["hq"], lambda im: im, lambda t: t, held_out=split, shuffle_buffer=0)
     seen = []
@@ -89,13 +72,13 @@ def test_held_out_pairs_never_reach_training(trained):
     assert not held & set(seen) and 90 <= len(held & set(web["truth"].query("split == 'hq'")["uid"])) <= 150
 
 
-def test_the_estimate_tracks_the_true_auroc_on_the_synthetic_web(trained):
+def test_the_estimate_tracks_the_true_auroc_on_the_synthetic_web(trained_filter):
     """At random init and at every saved step: the label-free estimate vs the AUROC against the web's truth."""
     from PIL import Image
 
     from training.engine.checkpoint import load_weights
 
-    web, result, out = trained
+    web, result, out = trained_filter
     probe = HoldoutProbe.from_shards(web["hq"], HoldoutSplit(0.2, 3), junk=True)
     steps = [0, 20, 40, 80]
     weights = [None] + [load_weights(os.path.join(out, "checkpoints", step_dir_name(s), "model.safetensors"))
