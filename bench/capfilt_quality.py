@@ -55,6 +55,7 @@ class Runner:
     def __init__(self, root: str, base: list[str]):
         self.root, self.base = root, [f"root={root}", *base]
         self.log = os.path.join(root, "bench.log")
+        os.makedirs(root, exist_ok=True)
 
     def __call__(self, stage: str, *sets: str) -> dict:
         from pipeline.cli.run import run_pipeline

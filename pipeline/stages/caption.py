@@ -84,6 +84,8 @@ def _train_stage(ctx: StageContext, key: str, name: str, coca: bool):
     if coca and getattr(stage, "objective", None) != "coca":
         raise ConfigError(f"{where}: stage {name!r} trains objective {getattr(stage, 'objective', '?')!r}; a "
                           "captioner must be a CoCa (objective: coca)")
+    if not coca and getattr(stage, "objective", None) == "catlip":
+        raise ConfigError(f"{where}: stage {name!r} trains CatLIP, which has no text tower to judge captions with")
     return stage
 
 
