@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field, model_validator
 
 from filtering import dedup
+from filtering.capfilt import CALIBRATED, CAPTION_SIGNALS, CapFiltParams, candidates, judge_captions
 from filtering.images import phash_to_uint64
 from pipeline.core.config import StrictModel
 
@@ -53,7 +54,10 @@ class Pool:
     def strings(self, name: str) -> np.ndarray:
         key = f"str:{name}"
         if key not in self._cache:
-            self._cache[key] = np.array(self.table.column(name).to_pylist(), dtype=object)
+            values = self.table.column(name).to_pylist()
+            out = np.empty(len(values), dtype=object)  # 1-D even when every value is a list of one length
+            out[:] = values
+            self._cache[key] = out
         return self._cache[key]
 
     def bools(self, name: str) -> np.ndarray:
@@ -65,6 +69,7 @@ class Drops:
     mask: np.ndarray  # (N,) bool: dropped by this op (only among alive rows)
     value: np.ndarray  # (N,) float: the value that dropped the row (NaN where not numeric)
     detail: np.ndarray | None = None  # (N,) object: text (a reason, the kept duplicate's uid), None where none
+    captions: np.ndarray | None = None  # (N,) object: an op that judges captions: per row, each caption's verdict
 
 
 class Op:
@@ -292,8 +297,41 @@ class ScoreThreshold(Op):
         return _below(pool.numeric(self.name), alive, low=low, high=high)
 
 
+class CapFilt(Op):
+    """BLIP's CapFilt filter, per caption: the web caption and each synthetic caption (caption stage) is kept when
+    the judge says it matches the image (`filtering.capfilt`); an image left with no caption is dropped."""
+
+    name = "capfilt"
+    params_model = CapFiltParams
+
+    def requires(self):
+        return {"caption", *CAPTION_SIGNALS} | ({CALIBRATED} if self.params.by_probability else set())
+
+    def label(self):
+        p = self.params
+        rule = next(f"{k}={getattr(p, k)}" for k in ("min_probability", "top_fraction", "min_score")
+                    if getattr(p, k) is not None)
+        return f"capfilt({rule}, sources={'+'.join(p.sources)})"
+
+    def threshold(self, pool):
+        cut = getattr(self, "cut", None)
+        return None if cut is None else ("caption_probability" if self.params.by_probability else "caption_score",
+                                         cut)
+
+    def apply(self, pool, alive):
+        rows = candidates(pool.strings("caption"), pool.numeric("web_score"), pool.numeric("web_probability"),
+                          pool.strings("synthetic_captions"), pool.strings("synthetic_scores"),
+                          pool.strings("synthetic_probabilities"), self.params.sources)
+        judge = pool.strings("caption_filter") if "caption_filter" in pool.signals else np.full(pool.n, None)
+        kept, best, verdicts, self.cut = judge_captions(self.params, rows, judge)
+        detail = np.array([None if k else f"no caption kept of {len(r)}" for k, r in zip(kept, rows, strict=True)],
+                          dtype=object)
+        return Drops(alive & ~kept, best, detail, verdicts)
+
+
 NAMED_OPS: dict[str, type[Op]] = {
-    op.name: op for op in (MinImageSide, MaxAspectRatio, MinCaptionWords, MinCaptionChars, DropGenericCaptions, Dedup)
+    op.name: op for op in (MinImageSide, MaxAspectRatio, MinCaptionWords, MinCaptionChars, DropGenericCaptions, Dedup,
+                           CapFilt)
 }
 SCALAR_PARAMS = {"min_image_side": (int, 0), "max_aspect_ratio": (float, 1.0), "min_caption_words": (int, 0),
                  "min_caption_chars": (int, 0), "drop_generic_captions": (bool, None)}

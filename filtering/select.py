@@ -3,6 +3,11 @@
 Two fixed steps run before the recipe's ops: `unique_uid` (a URL listed twice is one sample: its first row in
 shard/key order stays) and `decodable` (an image that does not decode cannot be trained on). The funnel records
 how many samples are left after each step.
+
+An op that judges captions (`capfilt`) also returns each caption's verdict; the selection then has a `captions`
+column: per uid, every candidate caption with its provenance (web / synthetic), the judge's score and match
+probability, the judge, and kept or the op that dropped it (kept captions first, best first). Reshard writes the
+kept ones.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ SELECTION_SCHEMA = pa.schema([
     ("drop_value", pa.float64()),
     ("drop_detail", pa.string()),
 ])
+CAPTION_VERDICT = pa.struct([("text", pa.string()), ("source", pa.string()), ("score", pa.float64()),
+                             ("probability", pa.float64()), ("judge", pa.string()), ("kept", pa.bool_()),
+                             ("drop_op", pa.string())])
 
 
 @dataclass
@@ -63,6 +71,7 @@ def apply_recipe(recipe: Recipe, pool: Pool) -> Selection:
     drop_value = np.full(n, np.nan)
     drop_detail = np.full(n, None, dtype=object)
     funnel = [{"step": -1, "op": "pool", "label": "scored pool", "left": n, "dropped": 0}]
+    captions = None  # per-caption verdicts, from an op that judges captions
 
     steps = [("unique_uid", "unique_uid", lambda: _unique_uid(pool), None),
              ("decodable", "decodable", lambda: _decodable(pool), None)]
@@ -76,6 +85,8 @@ def apply_recipe(recipe: Recipe, pool: Pool) -> Selection:
         drop_value[new] = drops.value[new]
         if drops.detail is not None:
             drop_detail[new] = drops.detail[new]
+        if drops.captions is not None:
+            captions = drops.captions
         entry = {"step": index, "op": name, "label": label, "left": int(alive.sum()), "dropped": int(new.sum())}
         cut = op.threshold(pool) if op is not None else None
         if cut is not None:
@@ -89,4 +100,8 @@ def apply_recipe(recipe: Recipe, pool: Pool) -> Selection:
         pa.array(drop_value, mask=np.isnan(drop_value)),
         pa.array([None if d is None else str(d) for d in drop_detail], type=pa.string()),
     ], schema=SELECTION_SCHEMA)
+    if captions is not None:
+        table = table.append_column(pa.field("captions", pa.list_(CAPTION_VERDICT)),
+                                    pa.array([c if c is not None else [] for c in captions],
+                                             type=pa.list_(CAPTION_VERDICT)))
     return Selection(table, funnel)

@@ -19,7 +19,7 @@ import logging
 import time
 
 from pipeline.core.layout import atomic_write
-from pipeline.report import curation, encoders, generation, overview
+from pipeline.report import capfilt, curation, encoders, generation, overview
 from pipeline.report.data import ReportData
 from pipeline.report.html import esc, page
 
@@ -31,6 +31,7 @@ SECTIONS = [
     ("score", "Signals and scores", curation.score),
     ("recipes", None, curation.recipes),  # one section per recipe
     ("reshard", "Training shards", curation.reshard),
+    ("capfilt", None, capfilt.sections),  # the filters' self-checks, and one section per recipe that judged captions
     ("encoders", "Encoders: curated vs raw", encoders.section),
     ("generation", "Text-to-image generator", generation.section),
     ("training", "Training and evaluation", overview.training),

@@ -20,6 +20,7 @@ STAGE_KINDS: dict[str, str] = {
     "filter": "pipeline.stages.filter",
     "reshard": "pipeline.stages.reshard",
     "train-clip": "pipeline.stages.train_clip",
+    "caption": "pipeline.stages.caption",
     "train-diffusion": "pipeline.stages.train_diffusion",
 }
 

@@ -7,7 +7,9 @@ applies the recipe's ops in order, and writes `selection/<recipe>.parquet` (uid,
 dropped uid the step, op, value and detail that dropped it) plus `selection/<recipe>.json` (the funnel: samples
 left after each op). Cheap to rerun with another recipe: score once, filter many.
 
-A recipe that names an unknown op, or an op whose signal was not computed, fails before anything is read.
+A recipe that names an unknown op, or an op whose signal was not computed, fails before anything is read. A recipe
+with `capfilt` also reads the caption stage's `captions/*.parquet` (synthetic captions and the judge's scores) and
+its selection gains the per-caption verdicts.
 """
 
 from __future__ import annotations
@@ -65,25 +67,30 @@ def preflight(ctx: StageContext, cfg: FilterConfig) -> None:
     The signals come from an earlier score stage on the same dataset in this config, else from what is on disk.
     """
     from filtering.recipe import load_recipe
+    from pipeline.stages import caption
     from pipeline.stages.score import ScoreConfig, planned_signals, signal_names
 
     recipe = load_recipe(cfg.recipe, _base_dir(ctx))
-    earlier = []
+    earlier, captioned = [], None
     for name, stage in ctx.pipeline.stages.items():
         if name == ctx.stage:
             break
         if isinstance(stage, ScoreConfig) and stage.input == cfg.input:
             earlier.append((name, stage))
+        if isinstance(stage, caption.CaptionConfig) and stage.input == cfg.input:
+            captioned = caption.planned_signals(stage, ctx)
+    extra = captioned if captioned is not None else caption.caption_signals(ctx.dataset(cfg.input))
+    hint = " or by a caption stage (capfilt's probabilities need a calibrated filter: holdout or calibration)"
     if earlier:
         name, stage = earlier[-1]
-        hint = f" (stage {name!r} has model: null)" if not stage.has_model else ""
-        recipe.check(planned_signals(stage), hint)
+        hint = (f" (stage {name!r} has model: null)" if not stage.has_model else "") + hint
+        recipe.check(planned_signals(stage) | extra, hint)
         return
     signals = signal_names(ctx.dataset(cfg.input))
     if signals is None:
         raise ConfigError(f"{ctx.config_path or 'config'}: stages.{ctx.stage}: dataset {cfg.input!r} has no scored "
                           "shards and no score stage comes before this filter")
-    recipe.check(signals)
+    recipe.check(signals | extra, hint)
 
 
 def load_pool(ds: Dataset, columns: list[str], embeddings: bool):
@@ -112,12 +119,38 @@ def load_pool(ds: Dataset, columns: list[str], embeddings: bool):
     return Pool(table, emb)
 
 
+def with_captions(ds: Dataset, pool, stage: str):
+    """The pool with the caption stage's columns joined on (shard, key); every scored shard must be captioned."""
+    import pyarrow as pa
+
+    from filtering.capfilt import CAPTION_SIGNALS
+    from filtering.ops import Pool
+    from pipeline.stages.caption import FOLDER, read_captions
+
+    missing = sorted(set(ds.done_shards("signals")) - set(ds.done_shards(FOLDER)))
+    if missing:
+        raise ConfigError(f"stages.{stage}: {len(missing)} scored shards of {ds.url} have no captions yet "
+                          f"({', '.join(missing[:5])}); finish the caption stage first")
+    caps = read_captions(ds)
+    where = {(s, k): i for i, (s, k) in enumerate(zip(caps.column("shard").to_pylist(),
+                                                      caps.column("key").to_pylist(), strict=True))}
+    idx = [where.get((s, k)) for s, k in zip(pool.table.column("shard").to_pylist(),
+                                              pool.table.column("key").to_pylist(), strict=True)]
+    take = pa.array(idx, type=pa.int64())  # a null index (a row without captions) takes nulls
+    table = pool.table
+    for name in CAPTION_SIGNALS:
+        table = table.append_column(name, caps.column(name).take(take))
+    return Pool(table, pool.embeddings)
+
+
 def run(ctx: StageContext, cfg: FilterConfig) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
+    from filtering.capfilt import caption_counts
     from filtering.recipe import load_recipe
     from filtering.select import apply_recipe
     from pipeline.core.tables import fmt_seconds, print_summary
+    from pipeline.stages.caption import caption_signals
     from pipeline.stages.score import signal_names
 
     t0 = time.time()
@@ -127,7 +160,7 @@ def run(ctx: StageContext, cfg: FilterConfig) -> dict[str, Any]:
     if signals is None:
         raise ConfigError(f"{ctx.config_path or 'config'}: stages.{ctx.stage}: dataset {ds.url} has no scored "
                           "shards (run the score stage first)")
-    recipe.check(signals)
+    recipe.check(signals | caption_signals(ds), " or by a caption stage")
     scored, downloaded = ds.done_shards("signals"), ds.done_shards("shards")
     unscored = sorted(set(downloaded) - set(scored))
     if unscored:
@@ -136,6 +169,8 @@ def run(ctx: StageContext, cfg: FilterConfig) -> dict[str, Any]:
                           f"scored yet ({', '.join(unscored[:5])}...); finish the score stage first")
 
     pool = load_pool(ds, sorted(set(ALWAYS_READ) | recipe.requires()), "embedding" in recipe.requires())
+    if recipe.requires() & caption_signals(ds):
+        pool = with_captions(ds, pool, ctx.stage)
     selection = apply_recipe(recipe, pool)
 
     sel_url = ds.sub("selection", f"{recipe.name}.parquet")
@@ -147,6 +182,7 @@ def run(ctx: StageContext, cfg: FilterConfig) -> dict[str, Any]:
         "funnel": selection.funnel, "samples": pool.n, "kept": kept,
         "kept_fraction": round(kept / pool.n, 4) if pool.n else 0.0,
         "selection": f"selection/{recipe.name}.parquet", "file": file_record(*fs_and_path(sel_url)),
+        **({"captions": counts} if (counts := caption_counts(selection.table)) else {}),
     }
     write_json_atomic(ds.sub("selection", f"{recipe.name}.json"), info)
     wall = time.time() - t0
@@ -158,6 +194,9 @@ def run(ctx: StageContext, cfg: FilterConfig) -> dict[str, Any]:
     for step in selection.funnel:
         cut = f"  (threshold {step['threshold']:.4g})" if "threshold" in step else ""
         rows.append((f"  {step['label']}", f"{step['left']} left, -{step['dropped']}{cut}"))
+    for source in ("web", "synthetic") if counts else ():
+        c = counts[source]
+        rows.append((f"  {source} captions", f"{c['kept']} of {c['judged']} kept"))
     rows += [("kept", f"{kept} of {pool.n} ({info['kept_fraction']:.1%})"), ("selection", sel_url),
              ("wall time", fmt_seconds(wall))]
     print_summary(f"stage {ctx.stage}: recipe {recipe.name}", rows)

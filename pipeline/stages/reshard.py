@@ -8,6 +8,11 @@ whose sizes differ by at most one, and writes `<output>/shards/00000.tar` ... wi
 caption, metadata) under the uid as key; the JSON gains `source` (dataset, shard, key) for provenance. Then
 `shards/sizes.json` (open_clip's `--train-num-samples` lookup) is written, last.
 
+A selection that judged captions (the `capfilt` op) says which captions of each image to keep: the JSON gets
+`captions` (every kept caption, best first: training draws one of them each time it reads the sample) and
+`caption_provenance` (each one's source, web or synthetic, the judge's score and probability, and the judge), and
+`<key>.txt` holds the first, so a reader that knows only `.txt` sees the best kept caption.
+
 Source members are located from tar headers (no extraction) and read by byte range, so each output shard reads only
 the bytes it needs. Output shards are resumable through the runner's done markers; a marker made for a different
 plan (another selection, seed or shard size) is discarded and the output rebuilt.
@@ -61,8 +66,9 @@ class ReshardConfig(StageConfig):
 CONFIG = ReshardConfig
 
 
-def read_kept(ds: Dataset, recipe: str) -> list[tuple[str, str, str]]:
-    """(uid, shard, key) of the kept samples, sorted by uid."""
+def read_kept(ds: Dataset, recipe: str) -> tuple[list[tuple[str, str, str]], dict[str, list[dict]] | None]:
+    """(uid, shard, key) of the kept samples, sorted by uid; and, for a selection that judged captions, each kept
+    uid's kept captions (best first), else None."""
     import pyarrow.parquet as pq
 
     fs, path = fs_and_path(ds.sub("selection", f"{recipe}.parquet"))
@@ -70,10 +76,17 @@ def read_kept(ds: Dataset, recipe: str) -> list[tuple[str, str, str]]:
         raise ConfigError(f"reshard: {ds.url} has no selection/{recipe}.parquet; run a filter stage with "
                           f"recipe {recipe!r} first")
     with fs.open(path, "rb") as f:
-        t = pq.read_table(f, columns=["uid", "shard", "key", "kept"])
-    rows = [(u, s, k) for u, s, k, kept in zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True)
-            if kept]
-    return sorted(rows)
+        names = pq.read_schema(f).names
+        f.seek(0)
+        t = pq.read_table(f, columns=["uid", "shard", "key", "kept"] + (["captions"] if "captions" in names else []))
+    kept = t.column("kept").to_pylist()
+    rows = [(u, s, k) for u, s, k, keep in zip(*(t.column(c).to_pylist() for c in ("uid", "shard", "key")), kept,
+                                               strict=True) if keep]
+    captions = None
+    if "captions" in names:
+        captions = {u: [c for c in caps if c["kept"]] for u, caps, keep in
+                    zip(t.column("uid").to_pylist(), t.column("captions").to_pylist(), kept, strict=True) if keep}
+    return sorted(rows), captions
 
 
 def plan_shards(kept: list[tuple[str, str, str]], samples_per_shard: int, seed: int) -> list[list[tuple]]:
@@ -85,12 +98,14 @@ def plan_shards(kept: list[tuple[str, str, str]], samples_per_shard: int, seed: 
     return [[kept[i] for i in part] for part in np.array_split(order, n_out)]
 
 
-def plan_hash(plan: list[list[tuple]]) -> str:
+def plan_hash(plan: list[list[tuple]], captions: dict[str, list[dict]] | None = None) -> str:
     h = hashlib.sha256()
     for i, part in enumerate(plan):
         h.update(f"#{i}:".encode())
         for uid, _, _ in part:
             h.update(uid.encode())
+            for c in (captions or {}).get(uid, []):  # other kept captions are another output
+                h.update(f"|{c['source']}:{c['text']}".encode())
     return h.hexdigest()[:16]
 
 
@@ -124,7 +139,7 @@ def write_shard(job: ShardJob, root: str, output: str, source: str, plan_id: str
 
     src, out = Dataset(root, source), Dataset(root, output)
     by_source: dict[str, list[tuple[int, str, Any]]] = defaultdict(list)
-    for i, (_, shard, _, members) in enumerate(job.payload):
+    for i, (_, shard, _, members, _) in enumerate(job.payload):
         for ext, rng in members.items():
             by_source[shard].append((i, ext, rng))
     files: list[dict[str, bytes]] = [{} for _ in job.payload]
@@ -133,27 +148,37 @@ def write_shard(job: ShardJob, root: str, output: str, source: str, plan_id: str
                                      strict=True):
             files[i][ext] = data
     samples, rows = [], []
-    for (uid, shard, key, _), members in zip(job.payload, files, strict=True):
+    for (uid, shard, key, _, kept_captions), members in zip(job.payload, files, strict=True):
         try:
             meta = json.loads(members["json"]) if "json" in members else {}
         except ValueError:
             meta = {}
         meta = meta if isinstance(meta, dict) else {}
         meta.update({"uid": uid, "key": uid, "source": {"dataset": source, "shard": shard, "key": key}})
+        if kept_captions:
+            with_captions(meta, members, kept_captions)
         members["json"] = json.dumps(meta, sort_keys=True).encode()
         caption = members["txt"].decode("utf-8", "replace") if "txt" in members else str(meta.get("caption") or "")
         samples.append((uid, members))
         rows.append({"uid": uid, "key": uid, "caption": caption, "url": meta.get("url"), "source_dataset": source,
-                     "source_shard": shard, "source_key": key})
+                     "source_shard": shard, "source_key": key, "captions": len(meta.get("captions") or [caption])})
     tar_url, pq_url = out.shard_file(job.shard, "tar"), out.shard_file(job.shard, "parquet")
     n = write_tar(tar_url, samples)
     schema = pa.schema([(c, pa.string()) for c in ("uid", "key", "caption", "url", "source_dataset", "source_shard",
-                                                   "source_key")])
+                                                   "source_key")] + [("captions", pa.int32())])
     with atomic_write(pq_url, "wb") as f:
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), f)
     return {"samples": n, "ok": n, "reasons": {}, "plan": plan_id,
             "files": {f"shards/{job.shard}.{e}": file_record(*fs_and_path(u)) for e, u in (("tar", tar_url),
                                                                                           ("parquet", pq_url))}}
+
+
+def with_captions(meta: dict, members: dict, kept: list[dict]) -> None:
+    """Every kept caption with its provenance into the sample's JSON; the first (best) into `.txt`."""
+    meta["captions"] = [c["text"] for c in kept]
+    meta["caption_provenance"] = [{k: c.get(k) for k in ("text", "source", "score", "probability", "judge")}
+                                  for c in kept]
+    members["txt"] = kept[0]["text"].encode()
 
 
 def discard_stale(out: Dataset, plan_id: str, n_out: int) -> None:
@@ -174,6 +199,17 @@ def discard_stale(out: Dataset, plan_id: str, n_out: int) -> None:
         fs.rm(path)
 
 
+def caption_provenance_counts(captions: dict[str, list[dict]] | None) -> dict | None:
+    """Kept captions by source, over the written images (None without judged captions)."""
+    if captions is None:
+        return None
+    out: dict[str, int] = defaultdict(int)
+    for kept in captions.values():
+        for c in kept:
+            out[c["source"]] += 1
+    return {"images": len(captions), **dict(sorted(out.items()))}
+
+
 def run(ctx: StageContext, cfg: ReshardConfig) -> dict[str, Any]:
     from pipeline.execution.record import pending_shards
     from pipeline.execution.shard_tasks import run_shards
@@ -181,23 +217,24 @@ def run(ctx: StageContext, cfg: ReshardConfig) -> dict[str, Any]:
     t0 = time.time()
     src = ctx.dataset(cfg.input)
     out = ctx.dataset(ctx.output)
-    kept = read_kept(src, cfg.recipe_name)
+    kept, captions = read_kept(src, cfg.recipe_name)
     src.intact_shards(sorted({shard for _, shard, _ in kept}))  # damaged sources are reported, not half-copied
     if not kept:
         raise RuntimeError(f"reshard: recipe {cfg.recipe_name!r} kept no samples of {src.url}; nothing to write")
     plan = plan_shards(kept, cfg.samples_per_shard, cfg.seed)
-    plan_id = plan_hash(plan)
+    plan_id = plan_hash(plan, captions)
     discard_stale(out, plan_id, len(plan))
     names = [f"{i:05d}" for i in range(len(plan))]
     todo = set(pending_shards(out, names, stage=ctx.stage))  # a damaged shard loses its marker: redone below
     ctx.init_ray()
     index = index_sources(src, [p for n, p in zip(names, plan, strict=True) if n in todo], cfg.num_cpus,
                           cfg.max_in_flight, cfg.retries)
-    jobs = [ShardJob(name, [(u, s, k, index.get((s, k), {})) for u, s, k in part] if name in todo else None)
-            for name, part in zip(names, plan, strict=True)]
+    jobs = [ShardJob(name, [(u, s, k, index.get((s, k), {}), (captions or {}).get(u)) for u, s, k in part]
+                     if name in todo else None) for name, part in zip(names, plan, strict=True)]
     sizes = {f"{name}.tar": len(part) for name, part in zip(names, plan, strict=True)}
     manifest = {"kind": "reshard", "source": cfg.input, "recipe": cfg.recipe_name, "seed": cfg.seed,
                 "samples_per_shard": cfg.samples_per_shard, "plan": plan_id, "kept": len(kept), "sizes": sizes,
+                "captions": caption_provenance_counts(captions),
                 "config_hash": config_hash(cfg)}
     work = partial(write_shard, root=ctx.root, output=out.name, source=src.name, plan_id=plan_id)
     summary = run_shards(stage=ctx.stage, dataset=out, jobs=jobs, work=work, num_cpus=cfg.num_cpus,

@@ -8,10 +8,16 @@ Input: the complete shards of dataset `input` (or `data.input_shards`, a glob/br
 after `pipeline.core.model_configs.register_model_configs()` for our tiny configs), `eval.json` and `train.json`.
 Rerunning the command resumes from the newest checkpoint. With no evaluation set configured and a synthetic web in
 the pipeline config, the web's held-out test set is the zero-shot and retrieval evaluation.
+
+With `holdout: {fraction: 0.1}` (a bootstrap's filter) part of the input is held back by uid hash and the model is
+measured there as a filter, without ground truth (`filtering.holdout`): the estimated AUROC is in the summary, the
+manifest, train.json, `holdout.json` and the report, model.pt holds the evaluated weights with the best estimate,
+and an estimate below `holdout.warn_below` is a warning that says what to try.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pipeline.core.config import ConfigError, config_hash
@@ -20,6 +26,8 @@ from pipeline.core.storage import exists
 from pipeline.stages.base import StageConfig
 from pipeline.stages.context import StageContext
 from training.contrastive.config import EvalConfig, RetrievalConfig, TrainConfig, ZeroShotConfig
+
+log = logging.getLogger(__name__)
 
 
 class TrainClipConfig(StageConfig, TrainConfig):
@@ -72,7 +80,9 @@ def run(ctx: StageContext, cfg: TrainClipConfig) -> dict[str, Any]:
     train_cfg = TrainConfig.model_validate(cfg.model_dump(exclude={"kind", "input", "output"}))
     train_cfg = train_cfg.model_copy(update={"eval": default_eval(ctx, train_cfg.eval)})
     cluster = ctx.init_ray() if train_cfg.scaling.num_workers > 0 else {}
-    result = fit(ContrastiveTask(train_cfg, shards), train_cfg, out_dir)  # the task's config is also the engine's
+    probe = holdout_probe(ctx, train_cfg, shards)
+    result = fit(ContrastiveTask(train_cfg, shards, probe), train_cfg, out_dir)  # its config is also the engine's
+    check = result.get("holdout")
 
     record = {"kind": "train-clip", "config": cfg.model_dump(mode="json"), "config_hash": config_hash(cfg),
               "input": {"dataset": cfg.input, "shards": len(shards)}, "cluster": cluster, **result}
@@ -82,7 +92,9 @@ def run(ctx: StageContext, cfg: TrainClipConfig) -> dict[str, Any]:
         "kind": "train-clip", "state": "complete" if result["step"] >= cfg.steps else "partial",
         "steps": {"done": result["step"], "total": cfg.steps}, "samples": result["samples_seen"],
         "wall_seconds": round(result["seconds"], 2), "config_hash": record["config_hash"],
-        "zeroshot_top1": (result["eval"].get("zeroshot") or {}).get("top1")})
+        "zeroshot_top1": (result["eval"].get("zeroshot") or {}).get("top1"),
+        **({"estimated_auroc": check["estimated_auroc"], "holdout_step": check["step"],
+            "holdout_warning": check.get("warning")} if check else {})})
     zs, rt = result["eval"].get("zeroshot", {}), result["eval"].get("retrieval", {})
     rows: list[tuple[str, Any]] = [
         ("model", f"{cfg.model.name} ({cfg.objective})"),
@@ -98,9 +110,42 @@ def run(ctx: StageContext, cfg: TrainClipConfig) -> dict[str, Any]:
     if rt:
         rows.append(("retrieval", f"image->text R@1 {rt['image_to_text_R@1']:.1%}, "
                                   f"text->image R@1 {rt['text_to_image_R@1']:.1%}"))
+    rows += holdout_rows(check)
     rows.append(("weights", result["weights"]))
     print_summary(f"stage {ctx.stage}", rows)
+    if check and check.get("warning"):
+        log.warning("%s: %s", ctx.stage, check["warning"])
     return {"output": out_dir, **{k: v for k, v in record.items() if k != "config"}}
+
+
+def holdout_probe(ctx: StageContext, cfg, shards: list[str]):
+    """The held-out pairs of a run with `holdout` (read from its shards once, here on the driver), else None."""
+    if cfg.holdout is None:
+        return None
+    from filtering.holdout import HoldoutProbe, HoldoutSplit
+
+    h = cfg.holdout
+    probe = HoldoutProbe.from_shards(shards, HoldoutSplit(h.fraction, h.seed), h.max_pairs, h.junk_images,
+                                     h.warn_below)
+    if len(probe) < 2:
+        raise ConfigError(f"stages.{ctx.stage}.holdout: {len(probe)} held-out pairs with a decodable image and a "
+                          f"caption in {len(shards)} shards; raise holdout.fraction or add data")
+    return probe
+
+
+def holdout_rows(check: dict | None) -> list[tuple[str, Any]]:
+    """The summary's lines on the filter check."""
+    if not check:
+        return []
+    rows: list[tuple[str, Any]] = [(
+        "filter check", f"estimated AUROC {check['estimated_auroc']:.3f} on {check['pairs']} held-out pairs vs "
+                        f"{check.get('negatives', '?')} shuffled/junk (step {check['step']} chosen; last step "
+                        f"{check['last_step_auroc']:.3f})")]
+    if check.get("platt"):
+        rows.append(("  calibration", f"p(match) = 0.5 at cosine {check['platt']['threshold_score']:.3f}"))
+    if check.get("warning"):
+        rows.append(("  WARNING", check["warning"]))
+    return rows
 
 
 def evaluate(ctx: StageContext, cfg: TrainClipConfig, out: str | None = None) -> dict[str, Any]:

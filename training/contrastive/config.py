@@ -90,6 +90,27 @@ class EvalConfig(StrictModel):
     synthetic_test: bool = Field(True, description="with no sets given, use the synthetic web's held-out set")
 
 
+class HoldoutConfig(StrictModel):
+    """Hold back part of the training set and measure the model as a filter there, without ground truth
+    (`filtering.holdout`): held-out clean pairs against the same pairs with captions shuffled across images (and
+    junk images, for a DFN). The estimate is in the summary, train.json and the report; the checkpoint with the best
+    estimate becomes model.pt.
+
+        holdout: {fraction: 0.1, seed: 0}                 # CapFilt's filter
+        holdout: {fraction: 0.1, junk_images: true}       # a DFN filtering network
+    """
+
+    fraction: float = Field(0.1, gt=0, le=0.5, description="share of the training samples held out (by uid hash)")
+    seed: int = Field(0, description="which samples: the split is a hash of (seed, uid)")
+    max_pairs: int = Field(500, ge=2, description="held-out pairs evaluated (the first found, in shard order)")
+    junk_images: bool = Field(False, description="add junk images (noise, flat, gradients) with real captions to "
+                                                 "the negatives: what a DFN must reject")
+    every_steps: int = Field(100, ge=1, description="estimate every N steps (unless eval.every_steps is set)")
+    choose_checkpoint: bool = Field(True, description="export the evaluated weights with the best estimate as "
+                                                      "model.pt, not the last")
+    warn_below: float = Field(0.85, gt=0.5, le=1, description="warn, with what to try, below this estimate")
+
+
 class TrainConfig(EngineConfig):
     """Everything the contrastive task and the engine need besides where the shards are and where the run writes
     (the engine's keys: `steps`, `optim`, `scaling`, `log_every`, `checkpoint_every`, ...)."""
@@ -99,4 +120,12 @@ class TrainConfig(EngineConfig):
     loss: LossConfig = LossConfig()
     data: DataConfig = DataConfig()
     eval: EvalConfig = EvalConfig()
+    holdout: HoldoutConfig | None = Field(None, description="hold back part of the data to check the model as a "
+                                                            "filter (the bootstraps' filters); null = train on all")
+
+    @model_validator(mode="after")
+    def _holdout_needs_text(self) -> TrainConfig:
+        if self.holdout is not None and self.objective == "catlip":
+            raise ValueError("holdout measures image-caption similarity; CatLIP has no text tower to score with")
+        return self
 

@@ -99,6 +99,19 @@ def zeroshot_classifier(clip, tokenizer, classnames: list[str], templates: list[
     return torch.stack(rows)  # (C, D)
 
 
+@torch.no_grad()
+def pair_scores(clip, tokenizer, preprocess, images: list, captions: list[str], device,
+                batch_size: int = 256) -> torch.Tensor:
+    """(N,) cosine similarity of image i and caption i (PIL images, preprocessed here): a filter's match score."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = torch.stack([preprocess(im) for im in images[i:i + batch_size]]).to(device)  # (B, 3, H, W)
+        img = clip.encode_image(x, normalize=True).float()  # (B, D)
+        txt = clip.encode_text(tokenizer(captions[i:i + batch_size]).to(device), normalize=True).float()  # (B, D)
+        out.append((img * txt).sum(dim=1).cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
 def zeroshot_metrics(logits: torch.Tensor, labels: torch.Tensor, classnames: list[str]) -> dict:
     """logits (N, C), labels (N,): top-1, top-5 and each class's recall (top-1 accuracy within the class)."""
     k = min(5, logits.shape[1])

@@ -16,7 +16,9 @@ SIGNALS_WITHOUT_MODEL = {"uid", "key", "shard", "width", "height", "aspect_ratio
 def test_every_shipped_recipe_loads_and_needs_only_known_signals(path: Path):
     recipe = load_recipe(str(path))
     assert recipe.description and (recipe.ops or path.stem == "none")  # `none` is the raw-pool baseline
-    recipe.check(SIGNALS_WITHOUT_MODEL | {"dfn_score", "embedding"})
+    from filtering.capfilt import CALIBRATED, CAPTION_SIGNALS
+
+    recipe.check(SIGNALS_WITHOUT_MODEL | {"dfn_score", "embedding", *CAPTION_SIGNALS, CALIBRATED})
 
 
 def test_shipped_recipes_are_what_the_issue_asks_for():

@@ -155,3 +155,46 @@ def test_score_filter_reshard_through_run_pipeline_then_report(ray_local, tmp_pa
     assert len(read_output(out)) == 18
     report = Path(tmp_path, "pool", "report", "index.html").read_text()
     assert "Recipe: basic" in report and "data:image/jpeg;base64," in report and "pool-basic" in report
+
+
+def test_capfilt_keeps_judged_captions_whose_provenance_survives_reshard(ray_local, tmp_path, capfilt_models):
+    """score -> caption -> filter (capfilt: the best half of all candidate captions) -> reshard -> report: every
+    kept caption is in the sample with its source, score and judge; `.txt` is the best; an image with no kept
+    caption is gone; training draws among the kept captions only."""
+    import random
+
+    from capfilt_testdata import stage_cfg
+
+    from pipeline.cli.run import run_pipeline
+    from pipeline.core.sample import pick_caption
+
+    write_pool(tmp_path, "pool", [[sample(900 + 8 * s + i) for i in range(8)] for s in range(2)])
+    recipe = tmp_path / "half.yaml"
+    recipe.write_text("description: the best half of the captions\nops:\n  - capfilt: {top_fraction: 0.5}\n")
+    cap = stage_cfg(capfilt_models, decoding={"strategy": "beam", "num_beams": 2, "num_captions": 2,
+                                              "max_length": 4, "min_length": 4})
+    stages = {"score": {"input": "pool"}, "caption": cap, "filter": {"input": "pool", "recipe": str(recipe)},
+              "reshard": {"input": "pool", "recipe": str(recipe), "output": "capfilt", "samples_per_shard": 5}}
+    pc = parse_pipeline_config({"name": "capfilt", "root": str(tmp_path), "stages": stages}, "c.yaml")
+    res = run_pipeline(pc, config_path="c.yaml")
+    sel = {r["uid"]: r for r in pq.read_table(Path(tmp_path, "pool", "selection", "half.parquet")).to_pylist()}
+    assert all(len(r["captions"]) == 3 for r in sel.values())  # the web caption + 2 beams, each judged
+    kept = {u for u, r in sel.items() if r["kept"]}
+    assert kept == {u for u, r in sel.items() if any(c["kept"] for c in r["captions"])} and 0 < len(kept) < 16
+    assert sum(c["kept"] for r in sel.values() for c in r["captions"]) == 24  # floor(0.5 x 48) (no score ties)
+    assert res["filter"]["kept"] == len(kept) == res["reshard"]["samples"]
+    out = read_output(Dataset(str(tmp_path), "capfilt"))
+    assert {key for key, *_ in out} == kept
+    judge = json.loads(Path(tmp_path, "pool", "manifest.json").read_text())["stages"]["caption"]["caption_filter_id"]
+    sources = set()
+    for key, _, txt, meta in out:
+        want = [c for c in sel[key]["captions"] if c["kept"]]
+        assert meta["captions"] == [c["text"] for c in want] and txt == want[0]["text"]
+        for got, c in zip(meta["caption_provenance"], want, strict=True):
+            assert got["source"] == c["source"] and got["score"] == pytest.approx(c["score"]) and got["judge"] == judge
+            sources.add(got["source"])
+        drawn = {pick_caption({"json": json.dumps(meta).encode()}, random.Random(i)) for i in range(60)}
+        assert drawn == set(meta["captions"])  # one kept caption per read, each of them over many reads
+    assert sources == {"web", "synthetic"}
+    report = Path(tmp_path, "pool", "report", "index.html").read_text()
+    assert "CapFilt: half" in report and "judged" in report and "synthetic" in report

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from curation_testdata import TINY_MODEL, Sample, add_hostile_members, mark, sample, tiny_model_files, write_pool
+from stage_kill import kill_after_first_shard
 
 from pipeline.pipeline_config import parse_pipeline_config
 from pipeline.stages import score
@@ -130,21 +127,9 @@ KILL_SCRIPT = textwrap.dedent("""
 def test_kill_mid_run_then_rerun_scores_every_uid_exactly_once(ray_local, tmp_path):
     shards = [[sample(100 + 10 * s + i) for i in range(10)] for s in range(5)]
     ds = write_pool(tmp_path, "pool", shards)
-    script = tmp_path / "kill_score.py"
-    script.write_text(KILL_SCRIPT)
     address = ray_local.get_runtime_context().gcs_address
-    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), address], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 120
-    try:
-        while time.time() < deadline and not ds.done_shards("signals") and proc.poll() is None:
-            time.sleep(0.1)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate()
-    done_before = ds.done_shards("signals")
-    assert 1 <= len(done_before) < 5, err.decode()[-2000:]
+    done_before, err = kill_after_first_shard(KILL_SCRIPT, [str(tmp_path), address], ds, "signals", tmp_path, 120)
+    assert 1 <= len(done_before) < 5, err
     mtimes = {s: os.stat(ds.shard_file(s, "parquet", "signals")).st_mtime_ns for s in done_before}
 
     ctx, cfg = score_ctx(str(tmp_path), None)

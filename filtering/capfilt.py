@@ -1,0 +1,373 @@
+"""BLIP's CapFilt (Li et al. 2022): caption every pool image, then let a separate filter judge the web caption and
+each synthetic caption of the image; keep the captions the filter says match.
+
+    CaptionAndJudge (the caption stage's actor): crops -> Captioner -> synthetic captions
+                                                 -> CaptionJudge scores the web caption and every synthetic one
+    the `capfilt` recipe op (filtering.ops) -> keep / drop per caption with `judge_captions`
+
+The judge is an open_clip model (`clip` backend: a CLIP, SigLIP or CoCa checkpoint; its score is the image-caption
+cosine) or BLIP's image-text matching head (`blip` backend: its score is already P(match)). A cosine becomes a
+match probability through a Platt calibration fitted on held-out clean pairs (`filtering.holdout`), so the keep
+rule can be BLIP's: P(match) >= 0.5. The judge must not be the captioner: BLIP measured that a filter sharing the
+captioner's parameters accepts its own captions (it rejected 8% of them, against 25% for a separate filter) and the
+final model got worse, so `check_distinct` refuses a judge with the captioner's weights.
+
+Like the other model classes here, `CaptionAndJudge` is a plain class (load in `__init__`, `__call__(batch)`): it
+runs in a unit test as is and under Ray Data as an actor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, model_validator
+
+from pipeline.core.config import StrictModel
+from pipeline.core.errors import WinnowError
+
+SOURCES = ("web", "synthetic")
+# What the caption stage adds to a pool for the filter stage (`caption_calibrated`: its judge's scores have match
+# probabilities, so `capfilt: {min_probability: ...}` can cut on them)
+CAPTION_SIGNALS = ("web_score", "web_probability", "synthetic_captions", "synthetic_scores", "synthetic_probabilities",
+                   "caption_filter")
+CALIBRATED = "caption_calibrated"
+SAME_MODEL = ("the caption filter must be a different model from the captioner: BLIP (Li et al. 2022) found that a "
+              "filter sharing the captioner's parameters accepts its own captions (it rejected 8% of them, a separate "
+              "filter 25%) and the final model trains worse")
+
+
+class CapFiltError(WinnowError):
+    """A CapFilt setting that cannot work (e.g. the judge is the captioner)."""
+
+
+class CaptionFilterSpec(StrictModel):
+    """The model that judges captions, and its weights."""
+
+    backend: Literal["clip", "blip"] = Field("clip", description="clip: an open_clip model's cosine (CLIP, SigLIP, "
+                                                                 "CoCa); blip: BLIP's image-text matching head")
+    name: str | None = Field(None, description="clip: open_clip model config name")
+    weights: str = Field(..., description="clip: a checkpoint file or open_clip pretrained tag of `name`; blip: a "
+                                          "local BlipForImageTextRetrieval folder (save_pretrained)")
+    config_file: str | None = Field(None, description="clip: open_clip model config JSON (file or folder)")
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+
+    @model_validator(mode="after")
+    def _name_for_clip(self):
+        if self.backend == "clip" and not self.name:
+            raise ValueError("the clip backend needs `name`, the open_clip model config of the weights")
+        return self
+
+    def model_spec(self):
+        from filtering.dfn import ModelSpec
+
+        return ModelSpec(name=self.name, pretrained=self.weights, config_file=self.config_file,
+                         precision=self.precision)
+
+    def preprocess_cfg(self) -> dict:
+        if self.backend == "blip":
+            from filtering.captioner_blip import blip_preprocess_cfg
+
+            return blip_preprocess_cfg(self.weights)
+        return self.model_spec().preprocess_cfg()
+
+
+def weights_id(weights: str, name: str | None = None) -> str:
+    """What identifies a model's parameters: `sha256:<hex>` of a checkpoint file (or of a folder's files, in name
+    order), else `tag:<name>/<tag>` for a pretrained tag."""
+    from pipeline.core import storage
+    from pipeline.core.layout import fs_and_path, sha256_file
+
+    if "://" not in weights and Path(weights).is_dir():
+        h = hashlib.sha256()
+        for p in sorted(q for q in Path(weights).rglob("*") if q.is_file()):
+            h.update(p.relative_to(weights).as_posix().encode())
+            h.update(sha256_file(*fs_and_path(str(p))).encode())
+        return f"sha256:{h.hexdigest()}"
+    if storage.exists(weights):
+        return f"sha256:{sha256_file(*fs_and_path(weights))}"
+    return f"tag:{name}/{weights}"
+
+
+def check_distinct(captioner_id: str, judge_id: str, captioner: str, judge: str) -> None:
+    """Refuse a judge whose parameters are the captioner's."""
+    if captioner_id == judge_id:
+        raise CapFiltError(f"{SAME_MODEL}; captioner {captioner} and caption filter {judge} are the same "
+                           f"weights ({captioner_id[:23]}...): train or name a separate filter")
+
+
+def check_loads(captioner, judge: CaptionFilterSpec | None = None) -> None:
+    """Build the captioner (a CoCa) and the judge (a clip model) from their weights on the CPU, so that missing or
+    incompatible weights fail before any work, naming the weights and the model config. BLIP folders are only
+    checked for presence (`check_blip`): loading them is the actors' job."""
+    from filtering.captioner import load_coca
+
+    if captioner is not None and captioner.backend == "coca":
+        load_coca(captioner, "cpu")
+    if judge is None:
+        return
+    if judge.backend == "blip":
+        from filtering.captioner_blip import check_blip
+
+        check_blip(judge.weights, "BLIP ITM")
+        return
+    from filtering.dfn import load_model
+    from pipeline.core import storage
+
+    where = f"model config {judge.name!r}" + (f" ({judge.config_file})" if judge.config_file else "")
+    if ("/" in judge.weights or "." in judge.weights) and not storage.exists(judge.weights):
+        raise CapFiltError(f"caption filter weights {judge.weights}: no such file, for {where}")
+    try:
+        load_model(judge.model_spec(), "cpu")
+    except Exception as err:  # noqa: BLE001  (strict loading raises RuntimeError; a foreign file, others)
+        raise CapFiltError(f"caption filter weights {judge.weights} do not load as {where}: "
+                           f"{type(err).__name__}: {str(err)[:300]}") from None
+
+
+def read_calibration(path: str) -> dict:
+    """The Platt fit (`{"a", "b", "threshold_score"}`) from a train-clip stage's `holdout.json`."""
+    from pipeline.core.layout import read_json
+
+    found = read_json(path)
+    platt = found.get("platt") if isinstance(found, dict) else None
+    if not platt or "a" not in platt or "b" not in platt:
+        raise CapFiltError(f"calibration {path}: no Platt fit (`platt: {{a, b}}`) in it; it should be the "
+                           "holdout.json of a train-clip stage with `holdout:` set")
+    return {"a": float(platt["a"]), "b": float(platt["b"]), "threshold_score": platt.get("threshold_score"),
+            "source": path, "estimated_auroc": found.get("estimated_auroc")}
+
+
+def probability(scores: np.ndarray, calibration: dict | None, backend: str) -> np.ndarray:
+    """Match probability of judge scores: BLIP's ITM score is one; a cosine goes through the Platt fit (NaN
+    without one)."""
+    s = np.asarray(scores, dtype=np.float64)
+    if backend == "blip":
+        return s
+    if calibration is None:
+        return np.full(s.shape, np.nan)
+    z = np.clip(calibration["a"] * s + calibration["b"], -60, 60)
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+class CaptionJudge:
+    """Scores (image, caption) pairs, several captions per image: cosine (clip) or P(match) (blip)."""
+
+    def __init__(self, spec: dict | CaptionFilterSpec, device: str = "auto", num_threads: int | None = None):
+        self.spec = spec if isinstance(spec, CaptionFilterSpec) else CaptionFilterSpec(**spec)
+        if self.spec.backend == "blip":
+            from filtering.captioner_blip import BlipITM
+
+            self.itm = BlipITM(self.spec.weights, device)
+        else:
+            from filtering.dfn import DFNScorer
+
+            self.scorer = DFNScorer(self.spec.model_spec(), device, num_threads)
+
+    def scores(self, pixels: np.ndarray, caption_sets: list[list[str]]) -> list[np.ndarray]:
+        """Per image (uint8 (B, H, W, 3) crops), the scores of its captions, in order."""
+        rows = np.asarray([i for i, caps in enumerate(caption_sets) for _ in caps], dtype=np.int64)
+        texts = [c for caps in caption_sets for c in caps]
+        if not texts:
+            return [np.zeros(0, np.float32) for _ in caption_sets]
+        if self.spec.backend == "blip":
+            flat = self.itm.scores(pixels[rows], texts)
+        else:
+            flat = self._cosines(pixels, rows, texts)
+        bounds = np.cumsum([0] + [len(c) for c in caption_sets])
+        return [np.asarray(flat[bounds[i]:bounds[i + 1]], np.float32) for i in range(len(caption_sets))]
+
+    def _cosines(self, pixels: np.ndarray, rows: np.ndarray, texts: list[str]) -> np.ndarray:
+        import torch
+
+        from filtering.preprocess import normalize_batch
+
+        s = self.scorer
+        with torch.inference_mode():
+            x = normalize_batch(torch.from_numpy(np.ascontiguousarray(pixels)).to(s.device), s.mean, s.std)
+            img = s.model.encode_image(x.to(s.dtype), normalize=True)  # (B, D), each image once
+            txt = s.model.encode_text(s.tokenizer(texts).to(s.device), normalize=True)  # (T, D)
+            cos = (img[torch.from_numpy(rows).to(s.device)] * txt).sum(dim=1)  # (T,)
+        return cos.float().cpu().numpy()
+
+
+def object_column(values: list) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+class CaptionAndJudge:
+    """The caption stage's actor: synthetic captions for every decodable, not held-out image, then the judge's
+    score and match probability for its web caption and each synthetic caption.
+
+    Batch in: `pixels` (the captioner's crops), optional `judge_pixels` (the judge's, when its preprocessing
+    differs), `caption`, `decodable`, `held_out`, `uid`. Out: `synthetic_captions`, `reason`, `web_score`,
+    `web_probability`, `synthetic_scores`, `synthetic_probabilities` (no pixels)."""
+
+    def __init__(self, captioner: dict, decoding: dict, judge: dict, calibration: dict | None = None,
+                 device: str = "cpu", num_threads: int | None = None):
+        from filtering.captioner import Captioner
+
+        self.captioner = Captioner(captioner, {**decoding, "device": device}, num_threads, keep_pixels=True)
+        self.judge = CaptionJudge(judge, device)
+        self.calibration = calibration
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        decodable = np.asarray(batch["decodable"], dtype=bool)
+        held = np.asarray(batch["held_out"], dtype=bool)
+        ok = decodable & ~held  # evaluation pairs are never captioned
+        batch["decodable"] = ok
+        batch = self.captioner(batch)
+        batch["decodable"] = decodable
+        batch["reason"] = np.where(held, "held_out", np.where(decodable, "", "undecodable")).astype(object)
+        del batch["synthetic_captions_reason"]
+        crops = batch.pop("judge_pixels") if "judge_pixels" in batch else batch["pixels"]
+        del batch["pixels"]
+        web = [str(c).strip() for c in batch["caption"]]
+        n = len(ok)
+        web_s, syn_s = np.full(n, np.nan, np.float32), [[] for _ in range(n)]
+        idx = np.flatnonzero(ok)
+        if len(idx):
+            sets = [([web[i]] if web[i] else []) + list(batch["synthetic_captions"][i]) for i in idx]
+            for i, s in zip(idx, self.judge.scores(crops[idx], sets), strict=True):
+                if web[i]:
+                    web_s[i], s = s[0], s[1:]
+                syn_s[i] = [float(v) for v in s]
+        backend = self.judge.spec.backend
+        batch["web_score"] = web_s
+        batch["web_probability"] = probability(web_s, self.calibration, backend).astype(np.float32)
+        batch["synthetic_scores"] = object_column(syn_s)
+        batch["synthetic_probabilities"] = object_column(
+            [probability(np.asarray(s), self.calibration, backend).tolist() for s in syn_s])
+        return batch
+
+
+CAPTIONS_SCHEMA = pa.schema([
+    ("uid", pa.string()), ("key", pa.string()), ("shard", pa.string()), ("caption", pa.string()),
+    ("decodable", pa.bool_()), ("reason", pa.string()), ("synthetic_captions", pa.list_(pa.string())),
+    ("web_score", pa.float32()), ("web_probability", pa.float32()), ("synthetic_scores", pa.list_(pa.float32())),
+    ("synthetic_probabilities", pa.list_(pa.float32())), ("captioner", pa.string()), ("caption_filter", pa.string()),
+    ("decoding", pa.string()),
+])
+
+
+def captions_table(cols: dict, captioner_id: str, judge_id: str, decoding: str) -> pa.Table:
+    """The caption stage's rows as its parquet table: one row per sample, with the captioner's and the judge's
+    checkpoint hashes and the decoding settings on every row."""
+    n = len(cols["uid"])
+
+    def floats(values) -> list:
+        return [None if v is None or v != v else float(v) for v in values]
+
+    data = {
+        "uid": [str(v) for v in cols["uid"]], "key": [str(v) for v in cols["key"]],
+        "shard": [str(v) for v in cols["shard"]], "caption": [str(v) for v in cols["caption"]],
+        "decodable": [bool(v) for v in cols["decodable"]], "reason": [str(v) or None for v in cols["reason"]],
+        "synthetic_captions": [list(v) for v in cols["synthetic_captions"]],
+        "web_score": floats(cols["web_score"]), "web_probability": floats(cols["web_probability"]),
+        "synthetic_scores": [floats(v) for v in cols["synthetic_scores"]],
+        "synthetic_probabilities": [floats(v) for v in cols["synthetic_probabilities"]],
+        "captioner": [captioner_id] * n, "caption_filter": [judge_id] * n, "decoding": [decoding] * n,
+    }
+    return pa.Table.from_pydict(data, schema=CAPTIONS_SCHEMA)
+
+
+def decoding_record(decoding: dict) -> str:
+    """The decoding settings as the JSON string stored with each caption row (device and batch left out)."""
+    return json.dumps({k: v for k, v in sorted(decoding.items()) if k not in ("device", "batch_size")},
+                      sort_keys=True)
+
+
+class CapFiltParams(StrictModel):
+    """The `capfilt` recipe op: which captions of an image to keep. One rule; none given = BLIP's P(match) >= 0.5."""
+
+    min_probability: float | None = Field(None, ge=0, le=1, description="keep captions with calibrated P(match) >= "
+                                                                        "this (BLIP's ITM threshold is 0.5)")
+    top_fraction: float | None = Field(None, gt=0, le=1, description="keep the best-scoring fraction of all the "
+                                                                     "pool's candidate captions")
+    min_score: float | None = Field(None, description="keep captions whose raw judge score (cosine) is >= this")
+    sources: list[Literal["web", "synthetic"]] = Field(["web", "synthetic"], min_length=1,
+                                                       description="which captions are candidates")
+
+    @model_validator(mode="after")
+    def _one_rule(self):
+        given = [k for k in ("min_probability", "top_fraction", "min_score") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of min_probability, top_fraction, min_score (got {', '.join(given)})")
+        if not given:
+            self.min_probability = 0.5
+        return self
+
+    @property
+    def by_probability(self) -> bool:
+        return self.min_probability is not None
+
+
+def candidates(web: np.ndarray, web_s: np.ndarray, web_p: np.ndarray, syn: np.ndarray, syn_s: np.ndarray,
+               syn_p: np.ndarray, sources: list[str]) -> list[list[tuple[str, str, float, float]]]:
+    """Per row, its candidate captions as (text, source, score, probability): the web caption first."""
+    out = []
+    for i in range(len(web)):
+        row = []
+        if "web" in sources and web[i] and np.isfinite(web_s[i]):
+            row.append((str(web[i]), "web", float(web_s[i]), float(web_p[i])))
+        if "synthetic" in sources:
+            texts, scores, probs = (list(v) if v is not None else [] for v in (syn[i], syn_s[i], syn_p[i]))
+            for j, text in enumerate(texts):
+                if text and j < len(scores) and scores[j] is not None and np.isfinite(scores[j]):
+                    p = probs[j] if j < len(probs) and probs[j] is not None else float("nan")
+                    row.append((str(text), "synthetic", float(scores[j]), float(p)))
+        out.append(row)
+    return out
+
+
+def judge_captions(params: CapFiltParams, rows: list[list[tuple[str, str, float, float]]], judge: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Keep or drop each candidate caption. Returns (any caption kept (N,), the row's best value (N,), per row the
+    verdicts `[{text, source, score, probability, judge, kept, drop_op}]` (kept first, best first), threshold)."""
+    by_p = params.by_probability
+    value = (lambda c: c[3]) if by_p else (lambda c: c[2])
+    if params.top_fraction is not None:
+        from filtering.ops import top_fraction_threshold
+
+        pool = np.asarray([c[2] for row in rows for c in row], dtype=np.float64)
+        cut = top_fraction_threshold(pool, params.top_fraction)
+    else:
+        cut = params.min_probability if by_p else params.min_score
+    n = len(rows)
+    kept_any, best = np.zeros(n, bool), np.full(n, np.nan)
+    verdicts = np.empty(n, dtype=object)
+    for i, row in enumerate(rows):
+        out = []
+        for c in row:
+            v = value(c)
+            keep = bool(np.isfinite(v) and v >= cut)
+            out.append({"text": c[0], "source": c[1], "score": c[2], "probability": None if c[3] != c[3] else c[3],
+                        "judge": judge[i], "kept": keep, "drop_op": None if keep else "capfilt"})
+        vals = [value(c) for c in row if np.isfinite(value(c))]
+        best[i] = max(vals) if vals else np.nan
+        kept_any[i] = any(v["kept"] for v in out)
+        verdicts[i] = sorted(out, key=lambda v: (not v["kept"], -v["score"]))
+    return kept_any, best, verdicts, float(cut)
+
+
+def caption_counts(selection: pa.Table) -> dict | None:
+    """Captions judged and kept by source, among the images the recipe kept and over the whole pool, and the images
+    keeping at least one (None for a selection that judged no captions)."""
+    if "captions" not in selection.column_names:
+        return None
+    out = {s: {"judged": 0, "kept": 0} for s in SOURCES}
+    images = 0
+    for kept, caps in zip(selection.column("kept").to_pylist(), selection.column("captions").to_pylist(),
+                          strict=True):
+        for c in caps or []:
+            out[c["source"]]["judged"] += 1
+            out[c["source"]]["kept"] += int(bool(c["kept"] and kept))
+        images += int(bool(kept))
+    for s in SOURCES:
+        out[s]["rejected_fraction"] = round(1 - out[s]["kept"] / out[s]["judged"], 4) if out[s]["judged"] else None
+    return {**out, "images_with_caption": images}

@@ -1,0 +1,351 @@
+"""The caption stage: BLIP's CapFilt captioner and filter over a pool, once per image.
+
+    winnow run configs/capfilt_bootstrap.yaml --stage caption
+
+One input shard -> `captions/<shard>.parquet` in the input dataset (one row per sample, keyed by uid, sorted by key),
+then a `captions/_done/<shard>` marker. A row holds the web caption, the synthetic captions (`decoding.num_captions`
+per image), the judge's score of each and its match probability, the decoding settings and the captioner's and
+judge's checkpoint hashes. The actor-pool runner (`pipeline.execution.actor_pool`) covers the shards not yet done:
+
+    shard paths -> read tar + resize/crop (`read_shard`) -> CaptionAndJudge (actor pool: caption, then judge)
+                -> driver writes shards (`write_caption_shard`)
+
+An image that does not decode gets no caption and reason `undecodable`; a sample held out by the captioner's or the
+judge's training stage (`holdout:`) is an evaluation pair and is never captioned (reason `held_out`). A shard is
+redone when its input tar, the captioner, the decoding or the judge changed. Weights come from a path or from a
+train-clip stage of the pipeline (`captioner_from`: it must train a CoCa; `caption_filter_from`); missing or
+incompatible weights, or a judge that is the captioner, fail before any work.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from filtering.capfilt import CaptionFilterSpec
+from filtering.captioner import CaptionerConfig, CaptionerSpec
+from pipeline.core.config import ConfigError, config_hash
+from pipeline.core.images import DEFAULT_MAX_PIXELS
+from pipeline.core.layout import Dataset, atomic_write, file_record, fs_and_path, join
+from pipeline.core.storage import exists
+from pipeline.execution.actor_pool import ActorPoolConfig
+from pipeline.stages.base import StageConfig
+from pipeline.stages.context import StageContext
+
+log = logging.getLogger(__name__)
+FOLDER = "captions"
+
+
+class CaptionConfig(StageConfig, ActorPoolConfig):
+    captioner: CaptionerSpec | None = Field(None, description="the captioning model and its weights")
+    captioner_from: str | None = Field(None, description="a train-clip stage of this pipeline that trains a CoCa: "
+                                                         "its final model.pt captions, instead of captioner")
+    decoding: CaptionerConfig = Field(CaptionerConfig(), description="how captions are decoded (BLIP: nucleus, "
+                                                                     "top_p 0.9)")
+    caption_filter: CaptionFilterSpec | None = Field(None, description="the model that judges each caption; never "
+                                                                       "the captioner")
+    caption_filter_from: str | None = Field(None, description="a train-clip stage of this pipeline whose model.pt "
+                                                              "judges, instead of caption_filter")
+    calibration: str | None = Field(None, description="a holdout.json whose Platt fit turns the judge's cosine into "
+                                                      "P(match); default: the caption_filter_from stage's")
+    max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="bigger images are a decode error")
+
+    @model_validator(mode="after")
+    def _sources(self) -> CaptionConfig:
+        if not self.input:
+            raise ValueError("caption needs `input:` (the dataset whose images to caption)")
+        if (self.captioner is None) == (self.captioner_from is None):
+            raise ValueError("give exactly one of `captioner` and `captioner_from`")
+        if (self.caption_filter is None) == (self.caption_filter_from is None):
+            raise ValueError("give exactly one of `caption_filter` and `caption_filter_from`")
+        if self.output not in (None, self.input):
+            raise ValueError("caption writes captions/ into its input dataset (as score writes signals/); drop "
+                             "`output`")
+        return self
+
+    def output_dataset(self, stage: str) -> str:
+        return self.input
+
+
+CONFIG = CaptionConfig
+
+
+def _train_stage(ctx: StageContext, key: str, name: str, coca: bool):
+    where = f"{ctx.config_path or 'config'}: stages.{ctx.stage}.{key}"
+    known = ctx.pipeline.stages_producing("encoder")
+    if name not in known:
+        raise ConfigError(f"{where}: {name!r} is not a stage of this pipeline that trains a model (those: "
+                          f"{', '.join(known) or 'none'})")
+    stage = ctx.pipeline.stages[name]
+    if coca and getattr(stage, "objective", None) != "coca":
+        raise ConfigError(f"{where}: stage {name!r} trains objective {getattr(stage, 'objective', '?')!r}; a "
+                          "captioner must be a CoCa (objective: coca)")
+    if not coca and getattr(stage, "objective", None) == "catlip":
+        raise ConfigError(f"{where}: stage {name!r} trains CatLIP, which has no text tower to judge captions with")
+    return stage
+
+
+def _weights(ctx: StageContext, name: str) -> str:
+    from pipeline.stages import stage_module
+
+    return ctx.path(ctx.pipeline.output_of(name), stage_module(ctx.pipeline.stages[name].kind).WEIGHTS)
+
+
+def preflight(ctx: StageContext, cfg: CaptionConfig) -> None:
+    """Before any stage runs: the weights (or the stages that will train them), the captioner's config and the
+    decoding settings, a judge that is not the captioner, and an input that is not an evaluation set."""
+    from filtering.capfilt import SAME_MODEL, check_loads
+    from filtering.captioner import check_captioner
+
+    if cfg.captioner_from and cfg.captioner_from == cfg.caption_filter_from:
+        raise ConfigError(f"{ctx.config_path or 'config'}: stages.{ctx.stage}: {SAME_MODEL}; captioner_from and "
+                          f"caption_filter_from both name stage {cfg.captioner_from!r}")
+    if cfg.caption_filter_from:
+        _train_stage(ctx, "caption_filter_from", cfg.caption_filter_from, coca=False)
+    _refuse_evaluation_input(ctx, cfg)
+    if cfg.captioner_from:
+        stage = _train_stage(ctx, "captioner_from", cfg.captioner_from, coca=True)
+        weights = _weights(ctx, cfg.captioner_from)
+        if not exists(weights):  # to be trained by that stage: its model config file stands in for the weights
+            weights = _model_config_file(stage.model.name) or weights
+        check_captioner(CaptionerSpec(name=stage.model.name, weights=weights), cfg.decoding)
+    else:
+        check_captioner(cfg.captioner, cfg.decoding)
+    if cfg.captioner and cfg.caption_filter:
+        _distinct(cfg.captioner, cfg.caption_filter)
+    check_loads(cfg.captioner, cfg.caption_filter)  # weights given as paths: built once now, not hours in
+
+
+def _model_config_file(name: str) -> str | None:
+    """The JSON file of an open_clip model config (winnow's configs/models, else open_clip's own)."""
+    import importlib.util
+    from pathlib import Path
+
+    from pipeline.core.paths import MODEL_CONFIGS_DIR
+
+    dirs = [MODEL_CONFIGS_DIR]
+    spec = importlib.util.find_spec("open_clip")
+    if spec and spec.submodule_search_locations:
+        dirs.append(Path(list(spec.submodule_search_locations)[0]) / "model_configs")
+    return next((str(d / f"{name}.json") for d in dirs if (d / f"{name}.json").is_file()), None)
+
+
+def _refuse_evaluation_input(ctx: StageContext, cfg: CaptionConfig) -> None:
+    """Evaluation sets are never captioned: refuse an input that holds a train-clip stage's evaluation shards or
+    the synthetic web's test set."""
+    import os
+
+    from pipeline.core.layout import fs_and_path
+
+    mine = fs_and_path(ctx.path(cfg.input))[1].rstrip("/") + "/"
+    sets = [join(ctx.pipeline.synthetic_dir(), "test")] if ctx.pipeline.synthetic is not None else []
+    for st in ctx.pipeline.stages.values():
+        ev = getattr(st, "eval", None)
+        for src in (getattr(ev, "zeroshot", None), getattr(ev, "retrieval", None)):
+            sets += [p for p in (getattr(src, "shards", None), getattr(src, "image_folder", None)) if p]
+    for pattern in sets:
+        path = fs_and_path(pattern)[1]
+        if (os.path.dirname(path) if any(c in path for c in "*?[{") or path.endswith(".tar") else path) \
+                .rstrip("/") + "/" == mine or path.startswith(mine):
+            raise ConfigError(f"{ctx.config_path or 'config'}: stages.{ctx.stage}.input: {cfg.input!r} holds an "
+                              f"evaluation set ({pattern}); evaluation sets are never captioned")
+
+
+def _distinct(captioner: CaptionerSpec, judge: CaptionFilterSpec) -> tuple[str, str]:
+    """(captioner id, judge id): checkpoint hashes; raises when they are the same weights."""
+    from filtering.capfilt import check_distinct, weights_id
+
+    ids = weights_id(captioner.weights, captioner.name), weights_id(judge.weights, judge.name)
+    check_distinct(*ids, captioner.weights, judge.weights)
+    return ids
+
+
+def resolve(ctx: StageContext, cfg: CaptionConfig) -> dict:
+    """The models as they are now on disk: captioner and judge specs and ids, the calibration, and the held-out
+    splits of the stages that trained them on this input (those samples are evaluation pairs)."""
+    from filtering.capfilt import check_loads, read_calibration
+    from filtering.captioner import check_captioner
+    from filtering.holdout import HoldoutSplit
+
+    captioner, judge, splits = cfg.captioner, cfg.caption_filter, []
+    for key, name in (("captioner_from", cfg.captioner_from), ("caption_filter_from", cfg.caption_filter_from)):
+        if not name:
+            continue
+        stage, weights = ctx.pipeline.stages[name], _weights(ctx, name)
+        if not exists(weights):
+            raise ConfigError(f"stages.{ctx.stage}.{key}: {weights} does not exist; run stage {name!r} first")
+        if key == "captioner_from":
+            captioner = CaptionerSpec(name=stage.model.name, weights=weights)
+        else:
+            judge = CaptionFilterSpec(name=stage.model.name, weights=weights)
+        if stage.holdout is not None and stage.input == cfg.input:
+            splits.append(HoldoutSplit(stage.holdout.fraction, stage.holdout.seed))
+    check_captioner(captioner, cfg.decoding)  # missing or incompatible weights fail here, before any work
+    ids = _distinct(captioner, judge)
+    check_loads(captioner if cfg.captioner_from else None, judge if cfg.caption_filter_from else None)
+    calibration = cfg.calibration
+    if calibration is None and cfg.caption_filter_from:
+        found = join(ctx.path(ctx.pipeline.output_of(cfg.caption_filter_from)), "holdout.json")
+        calibration = found if exists(found) else None
+    cal = read_calibration(calibration) if calibration and judge.backend == "clip" else None
+    return {"captioner": captioner, "judge": judge, "captioner_id": ids[0], "judge_id": ids[1],
+            "calibration": cal, "splits": splits}
+
+
+def planned_signals(cfg: CaptionConfig, ctx: StageContext) -> set[str]:
+    """What a caption stage with this config adds to its input's pool (for checking recipes before any work)."""
+    from filtering.capfilt import CALIBRATED, CAPTION_SIGNALS
+
+    judge = ctx.pipeline.stages.get(cfg.caption_filter_from) if cfg.caption_filter_from else None
+    calibrated = bool(cfg.calibration) or (cfg.caption_filter is not None and cfg.caption_filter.backend == "blip") \
+        or getattr(judge, "holdout", None) is not None
+    return set(CAPTION_SIGNALS) | ({CALIBRATED} if calibrated else set())
+
+
+def caption_signals(ds: Dataset) -> set[str]:
+    """What the captions on disk add to a dataset's pool (empty when it has none)."""
+    from filtering.capfilt import CALIBRATED, CAPTION_SIGNALS
+
+    done = ds.done_shards(FOLDER)
+    if not done:
+        return set()
+    return set(CAPTION_SIGNALS) | ({CALIBRATED} if all(r.get("calibrated") for r in done.values()) else set())
+
+
+def read_shard(item: dict, chunk_rows: int, max_pixels: int, captioner_pre: dict, judge_pre: dict | None,
+               splits: list):
+    """Read function of the actor-pool runner: one shard's rows with the captioner's crops (and the judge's when
+    its preprocessing differs), whether each is held out, then the shard's end."""
+    from filtering.preprocess import Preprocessor
+    from filtering.signals import sample_row
+    from pipeline.core.images import decode_image
+    from pipeline.core.sample import image_member
+    from pipeline.core.shards import ReadReport, read_samples
+    from pipeline.execution.actor_pool import ShardEnd
+
+    pre = Preprocessor(captioner_pre)
+    judge = Preprocessor(judge_pre) if judge_pre is not None else None
+    report, shard, rows = ReadReport(), str(item["shard"]), []
+    for key, files in read_samples(str(item["url"]), report):
+        row, pixels = sample_row(key, files, shard, max_pixels, pre)
+        crop = None
+        if judge is not None and pixels is not None:
+            crop = judge(decode_image(image_member(files)[1], max_pixels)[1])
+        rows.append((row, pixels, crop))
+        if len(rows) >= chunk_rows:
+            yield _columns(rows, pre, judge, splits)
+            rows = []
+    if rows:
+        yield _columns(rows, pre, judge, splits)
+    blank = ({"uid": "", "key": "", "shard": shard, "caption": "", "decodable": False, "decode_error": ""}, None, None)
+    yield ShardEnd(report.as_dict(), _columns([blank], pre, judge, []))
+
+
+def _columns(rows: list[tuple], pre, judge, splits: list) -> dict[str, np.ndarray]:
+    from filtering.capfilt import object_column
+
+    cols = {k: object_column([str(r[0][k] or "") for r in rows]) for k in ("uid", "key", "shard", "caption",
+                                                                           "decode_error")}
+    cols["decodable"] = np.array([bool(r[0]["decodable"]) for r in rows], dtype=bool)
+    cols["held_out"] = np.array([any(s.uid(r[0]["uid"]) for s in splits) for r in rows], dtype=bool)
+    for name, prep, i in (("pixels", pre, 1), ("judge_pixels", judge, 2)):
+        if prep is not None:
+            batch = np.zeros((len(rows), *prep.shape), dtype=np.uint8)  # (B, H, W, 3)
+            for j, r in enumerate(rows):
+                if r[i] is not None:
+                    batch[j] = r[i]
+            cols[name] = batch
+    return cols
+
+
+def write_caption_shard(ds: Dataset, shard: str, cols: dict, info: dict, ident: dict) -> dict:
+    """Write one shard's captions; return its record (the runner writes it as the marker)."""
+    import pyarrow.parquet as pq
+
+    from filtering.capfilt import captions_table
+
+    if len(cols["uid"]):
+        order = np.argsort(np.asarray(cols["key"]).astype(str), kind="stable")  # deterministic row order
+        cols = {k: np.asarray(v)[order] for k, v in cols.items()}
+    table = captions_table(cols, ident["captioner_id"], ident["judge_id"], ident["decoding"])
+    url = ds.shard_file(shard, "parquet", FOLDER)
+    with atomic_write(url, "wb") as f:
+        pq.write_table(table, f)
+    reasons = Counter(r for r in table.column("reason").to_pylist() if r)
+    for why, n in (info.get("skipped") or {}).items():
+        reasons[f"member:{why}"] += n
+    if info.get("error"):
+        reasons["tar_error"] += 1
+    return {"samples": table.num_rows, "ok": table.num_rows - sum(v for k, v in reasons.items()
+                                                                   if k in ("undecodable", "held_out")),
+            "reasons": dict(reasons), "files": {f"{FOLDER}/{shard}.parquet": file_record(*fs_and_path(url))},
+            **{k: ident[k] for k in ("key", "calibrated")}, "input_sha256": ident["input_sha"].get(shard)}
+
+
+def run(ctx: StageContext, cfg: CaptionConfig) -> dict[str, Any]:
+    from filtering.capfilt import CaptionAndJudge, decoding_record
+    from pipeline.execution.actor_pool import ModelStep, ReadStep, plan_resources, run_actor_pool
+    from pipeline.execution.record import StageRecord
+
+    ds = ctx.dataset(cfg.input)
+    inputs = ds.done_shards("shards")
+    if not inputs:
+        raise ConfigError(f"{ctx.config_path or 'config'}: stages.{ctx.stage}: dataset {ds.url} has no complete "
+                          "shards to caption (run the download stage first)")
+    models = resolve(ctx, cfg)
+    decoding = decoding_record(cfg.decoding.model_dump())
+    ident = {"captioner_id": models["captioner_id"], "judge_id": models["judge_id"], "decoding": decoding,
+             "calibrated": models["calibration"] is not None or models["judge"].backend == "blip",
+             "input_sha": {s: (m.get("files") or {}).get(f"shards/{s}.tar", {}).get("sha256")
+                           for s, m in inputs.items()}}
+    ident["key"] = config_hash({k: ident[k] for k in ("captioner_id", "judge_id", "decoding")} |
+                               {"calibration": models["calibration"], "splits": [repr(s) for s in models["splits"]]})
+    record = StageRecord(ctx.stage, ds, sorted(inputs), folder=FOLDER, timings={"startup_seconds": None})
+    todo = record.pending(current=lambda s, mark: mark.get("key") == ident["key"]
+                          and mark.get("input_sha256") == ident["input_sha"].get(s))
+    ds.intact_shards(todo)
+    resources = {}
+    if todo:
+        resources = plan_resources(cfg, ctx.init_ray(), True, ctx.stage)
+        cap_pre, judge_pre = models["captioner"].preprocess_cfg(), models["judge"].preprocess_cfg()
+        read = ReadStep(read_shard, {"chunk_rows": cfg.chunk_rows, "max_pixels": cfg.max_image_pixels,
+                                     "captioner_pre": cap_pre, "splits": models["splits"],
+                                     "judge_pre": None if judge_pre == cap_pre else judge_pre},
+                        num_cpus=resources["read_cpus"], memory_mb=cfg.read_memory_mb)
+        model = ModelStep(CaptionAndJudge, {"captioner": models["captioner"].model_dump(),
+                                            "decoding": cfg.decoding.model_dump(),
+                                            "judge": models["judge"].model_dump(),
+                                            "calibration": models["calibration"], "device": resources["device"],
+                                            "num_threads": resources["threads"]},
+                          actors=resources["actors"], num_cpus=resources["actor_cpus"],
+                          num_gpus=resources["actor_gpus"], batch_size=cfg.batch_size)
+        row_bytes = 4096 + int(np.prod(cap_pre["size"])) * 6
+        run_actor_pool(record, [{"shard": s, "url": ds.shard_file(s, "tar")} for s in todo],
+                       lambda s, cols, info: write_caption_shard(ds, s, cols, info, ident), read, model,
+                       block_bytes=max(1 << 20, cfg.chunk_rows * row_bytes), retries=cfg.retries)
+    summary = record.finish({
+        "kind": "caption", "captioner": models["captioner"].model_dump(), "captioner_id": models["captioner_id"],
+        "caption_filter": models["judge"].model_dump(), "caption_filter_id": models["judge_id"],
+        "decoding": cfg.decoding.model_dump(), "calibration": models["calibration"],
+        "held_out_splits": [repr(s) for s in models["splits"]], "resources": resources,
+        "config_hash": config_hash(cfg)})
+    return {"dataset": ds.url, **summary.as_dict()}
+
+
+def read_captions(ds: Dataset):
+    """Every captioned shard's rows (a pyarrow table in shard order)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from filtering.capfilt import CAPTIONS_SCHEMA
+
+    tables = []
+    for shard in sorted(ds.done_shards(FOLDER)):
+        fs, path = fs_and_path(ds.shard_file(shard, "parquet", FOLDER))
+        with fs.open(path, "rb") as f:
+            tables.append(pq.read_table(f))
+    return pa.concat_tables(tables) if tables else CAPTIONS_SCHEMA.empty_table()
