@@ -112,6 +112,7 @@ class DownloadShard:
         from img2dataset.resizer import Resizer
         from img2dataset.writer import WebDatasetSampleWriter
 
+        from pipeline.core.shards import sort_tar
         from pipeline.core.storage import upload
         from pipeline.fetch.download_reasons import classify
         from pipeline.fetch.net_guard import install_guard
@@ -151,10 +152,12 @@ class DownloadShard:
                 disallowed_header_directives=s["disallowed_header_directives"] or None,
             )
             downloader.download_shard((int(job.shard), f"{tmp}/input.arrow"))
+            # Its threads write samples in the order their requests finish: key order makes reruns identical.
+            sort_tar(f"{tmp_path}/{job.shard}.tar", f"{tmp_path}/{job.shard}.tar")
 
             # Label each row with a reason code, in the parquet the rest of the pipeline reads.
             with fs.open(f"{tmp_path}/{job.shard}.parquet", "rb") as f:
-                table = pq.read_table(f)
+                table = pq.read_table(f).sort_by("key")
             reasons = [classify(st, err) for st, err in zip(table["status"].to_pylist(),
                                                              table["error_message"].to_pylist(), strict=True)]
             table = table.append_column("reason", pa.array(reasons, pa.string()))
