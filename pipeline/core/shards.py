@@ -257,3 +257,23 @@ def write_tar(url: str, samples: Iterable[tuple[str, dict[str, bytes]]]) -> int:
         sink.close()
     return n
 
+
+
+def sort_tar(src: str, dst: str) -> int:
+    """Rewrite the local tar `src` as `dst` with its samples in key order and a fixed mtime; returns the samples.
+
+    A downloader's threads write samples in the order their requests finish, which changes from run to run; in key
+    order (the URL list's order) the same downloads give the same bytes, so everything trained or scored downstream
+    reads the same stream. Members are copied by byte range (one sample in memory at a time)."""
+    index = index_samples(src)
+
+    def ordered() -> Iterator[tuple[str, dict[str, bytes]]]:
+        with open(src, "rb") as f:
+            for key in sorted(index):
+                files = {}
+                for ext, r in index[key].items():
+                    f.seek(r.offset)
+                    files[ext] = f.read(r.size)
+                yield key, files
+
+    return write_tar(dst, ordered())

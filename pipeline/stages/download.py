@@ -165,6 +165,7 @@ class DownloadShard:
     max_pixels: int
 
     def __call__(self, job: ShardJob) -> dict:
+        from pipeline.core.shards import sort_tar
         from pipeline.fetch.net_guard import guarded
 
         if "cv2" not in sys.modules:  # in-process use; a Ray task gets it from worker_env
@@ -185,6 +186,8 @@ class DownloadShard:
                 fo.write(fi.read())
             with guarded(self.policy, budget):
                 self._downloader(tmp, budget).download_shard((int(job.shard), f"{tmp}/input.arrow"))
+            # Its threads write samples in the order their requests finish: key order makes reruns identical.
+            sort_tar(f"{tmp_path}/{job.shard}.tar", f"{tmp_path}/{job.shard}.tar")
             reasons = _label_rows(fs, tmp_path, job.shard)
             files = _place_files(ds, fs, tmp_path, job.shard, local)
         finally:
@@ -228,7 +231,7 @@ def _label_rows(fs, tmp_path: str, shard: str) -> list[str]:  # noqa: ANN001
     from pipeline.fetch.download_reasons import classify
 
     with fs.open(f"{tmp_path}/{shard}.parquet", "rb") as f:
-        table = pq.read_table(f)
+        table = pq.read_table(f).sort_by("key")
     reasons = [classify(st, err) for st, err in zip(table["status"].to_pylist(),
                                                      table["error_message"].to_pylist(), strict=True)]
     table = table.append_column("reason", pa.array(reasons, pa.string()))
