@@ -122,7 +122,7 @@ def dequantize(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor
 def to_signed_unit(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[0, 256) -> [-1, 1): x = 2 y / 256 - 1; returns (x, log|det dx/dy| per sample = D log(2 / 256))."""
     d = y[0].numel()
-    return 2 * y / 256 - 1, torch.full((y.shape[0],), d * math.log(2 / 256), dtype=y.dtype)
+    return 2 * y / 256 - 1, torch.full((y.shape[0],), d * math.log(2 / 256), dtype=y.dtype, device=y.device)
 
 
 def bits_per_dim(log_p: torch.Tensor, log_det: torch.Tensor, dims: int) -> torch.Tensor:

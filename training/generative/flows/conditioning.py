@@ -72,6 +72,8 @@ class Conditioner(nn.Module):
     def __init__(self, cfg: FlowModelConfig):
         super().__init__()
         if cfg.conditioning == "class":
+            if cfg.classes < 1:
+                raise ValueError("class conditioning needs `classes` >= 1 (FlowTask sets it from the classnames)")
             self.embed = nn.Embedding(cfg.classes + 1, cfg.cond_dim)  # + 1: "names no class"
         else:
             self.embed = nn.EmbeddingBag(cfg.text_buckets + 1, cfg.cond_dim, mode="mean", padding_idx=0)

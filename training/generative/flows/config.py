@@ -33,18 +33,12 @@ class FlowModelConfig(StrictModel):
     conditioning: Literal["none", "class", "text"] = Field(
         "none", description="class: the class named in the caption (an extra index for none); text: hashed words")
     cond_dim: int = Field(32, ge=1, description="width of the conditioning vector")
-    classes: int = Field(0, ge=0, description="class conditioning: how many classes (set from the classnames)")
+    classes: int = Field(0, ge=0, description="class conditioning: how many classes (0 = from the classnames)")
     text_buckets: int = Field(2048, ge=1, description="text conditioning: hash buckets of caption words")
     text_words: int = Field(16, ge=1, description="text conditioning: caption words kept")
 
     def scale_kind(self) -> str | None:
         return self.scale if self.scale is not None and self.kind != "nice" else DEFAULT_SCALE[self.kind]
-
-    @model_validator(mode="after")
-    def _classes_for_class_conditioning(self) -> FlowModelConfig:
-        if self.conditioning == "class" and self.classes < 1:
-            raise ValueError("class conditioning needs `classes` >= 1 (the task sets it from the classnames)")
-        return self
 
 
 class FlowTaskConfig(StrictModel):

@@ -19,6 +19,11 @@ class NotInitialised(RuntimeError):
     """An actnorm used before its data-dependent initialisation."""
 
 
+def _sync_ready(module: ActNorm, incompatible_keys) -> None:
+    """After load_state_dict: the Python flag follows the loaded buffer (a plain function: hooks are pickled)."""
+    module.ready = bool(module.initialised)
+
+
 class ActNorm(nn.Module):
     """Per-channel affine y = (x + loc) * exp(log_scale), initialised once from data so that y has zero mean and
     unit variance per channel (Glow, Kingma & Dhariwal 2018). The `initialised` buffer is part of the state dict:
@@ -32,10 +37,7 @@ class ActNorm(nn.Module):
         self.register_buffer("initialised", torch.zeros(()))
         self.ready = False  # a Python copy of the flag: checking the buffer would sync a GPU on every forward
         self.init_from_next_batch = False  # set by FlowModel.initialize
-        self.register_load_state_dict_post_hook(lambda module, _keys: module._sync_ready())
-
-    def _sync_ready(self) -> None:
-        self.ready = bool(self.initialised)
+        self.register_load_state_dict_post_hook(_sync_ready)
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:

@@ -39,8 +39,10 @@ class FlowTask(Task):
 
     def __init__(self, cfg: FlowTaskConfig, shards: list[str], heldout: list[str] | None = None,
                  classnames: list[str] | None = None):
-        self.cfg, self.shards, self.heldout = cfg, list(shards), list(heldout or [])
         self.classnames = list(classnames) if classnames else None
+        if cfg.model.conditioning == "class" and not cfg.model.classes and self.classnames:
+            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"classes": len(self.classnames)})})
+        self.cfg, self.shards, self.heldout = cfg, list(shards), list(heldout or [])
         self.batch_size, self.eval_every = cfg.batch_size, cfg.eval_every
         self.preprocess = Preprocess(cfg.preprocess, cfg.logit_alpha)
         self.encode = caption_encoder(cfg.model, self.classnames)  # fails here, before workers start

@@ -12,6 +12,7 @@ from flow_jacobian import autograd_log_det, jiggle
 from training.generative.flows.conditioning import CaptionToClass, CaptionToWords
 from training.generative.flows.config import FlowModelConfig, FlowTaskConfig
 from training.generative.flows.multiscale import FlowModel, standard_normal_log_prob
+from training.generative.flows.task import FlowTask
 
 F64 = torch.float64
 VARIANTS = [("nice", "none"), ("realnvp", "text"), ("glow", "class"), ("glow", "none")]
@@ -86,7 +87,11 @@ def test_configs_refuse_what_cannot_be_built():
     with pytest.raises(ValueError, match="divisible"):
         FlowTaskConfig(resolution=12, model={"levels": 3})
     with pytest.raises(ValueError, match="classes"):
-        FlowModelConfig(conditioning="class")
+        FlowModel(FlowModelConfig(conditioning="class"))
+    task = FlowTask(FlowTaskConfig(model={"conditioning": "class"}), ["x.tar"], classnames=["a b", "c d", "e f"])
+    assert task.cfg.model.classes == 3  # from the class names
+    with pytest.raises(ValueError, match="class names"):
+        FlowTask(FlowTaskConfig(model={"conditioning": "class", "classes": 4}), ["x.tar"], classnames=["a b"])
     assert FlowModelConfig(kind="realnvp").scale_kind() == "tanh"
     assert FlowModelConfig(kind="glow").scale_kind() == "sigmoid"
     assert math.isclose(FlowTaskConfig().logit_alpha, 0.05)
