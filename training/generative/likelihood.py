@@ -14,6 +14,10 @@ Every preprocessing step's log-determinant is counted, so all families report bi
 pixels k in {0..255} are dequantised to k + u, u ~ U(0, 1) (a density on [0, 256)^D whose likelihood lower-bounds
 the discrete one), then scaled to [-1, 1] (log-det D log(2 / 256)) or pushed through a logit (flows; its own
 log-det). bits/dim = -(log p(x) + log|det| of the preprocessing) / (D ln 2).
+
+`heldout_bits_per_dim` is the one function every generator's evaluation calls: it dequantises held-out pixels with a
+fixed seed, preprocesses them, asks the family for log p of its own input (a flow's exact change of variables, a
+denoiser's `OdeLikelihood`), refuses a non-finite sample by name and returns bits/dim of the same 8-bit data.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -117,10 +122,76 @@ def dequantize(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor
 def to_signed_unit(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[0, 256) -> [-1, 1): x = 2 y / 256 - 1; returns (x, log|det dx/dy| per sample = D log(2 / 256))."""
     d = y[0].numel()
-    return 2 * y / 256 - 1, torch.full((y.shape[0],), d * math.log(2 / 256), dtype=y.dtype)
+    return 2 * y / 256 - 1, torch.full((y.shape[0],), d * math.log(2 / 256), dtype=y.dtype, device=y.device)
 
 
 def bits_per_dim(log_p: torch.Tensor, log_det: torch.Tensor, dims: int) -> torch.Tensor:
     """Per-sample bits/dim of the dequantised 8-bit data from the model's log-density of its own input and the
     preprocessing's log-determinant (data -> model input)."""
     return -(log_p + log_det) / (dims * math.log(2))
+
+
+def to_logit(y: torch.Tensor, alpha: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+    """[0, 256) -> logit(p), p = alpha + (1 - 2 alpha) y / 256 (RealNVP's, keeping p off 0 and 1); returns (x,
+    log|det dx/dy| per sample = sum log((1 - 2 alpha) / 256) - log p - log(1 - p))."""
+    p = alpha + (1 - 2 * alpha) * y / 256
+    log_p, log_q = torch.log(p), torch.log1p(-p)
+    log_det = (math.log((1 - 2 * alpha) / 256) - log_p - log_q).flatten(1).sum(1)
+    return log_p - log_q, log_det
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Dequantised pixels [0, 256) <-> a model's input space, with the log-determinant bits/dim counts."""
+
+    name: Literal["signed_unit", "logit"] = "signed_unit"
+    alpha: float = 0.05  # logit only
+
+    def __call__(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return to_signed_unit(y) if self.name == "signed_unit" else to_logit(y, self.alpha)
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space -> uint8 pixels: the inverse map, then the bin k that k + u fell in."""
+        if self.name == "signed_unit":
+            y = (x + 1) * 128
+        else:
+            y = (torch.sigmoid(x) - self.alpha) * 256 / (1 - 2 * self.alpha)
+        return y.floor().clamp(0, 255).to(torch.uint8)
+
+
+@dataclass
+class BitsPerDim:
+    """Per-sample bits/dim of held-out 8-bit images, and how they were measured."""
+
+    per_sample: torch.Tensor  # (N,) float64
+    preprocess: str
+    seed: int
+
+    def as_dict(self) -> dict:
+        n = len(self.per_sample)
+        sem = float(self.per_sample.std() / math.sqrt(n)) if n > 1 else 0.0
+        return {"bits_per_dim": float(self.per_sample.mean()), "bits_per_dim_sem": sem, "samples": n,
+                "preprocess": self.preprocess, "dequantisation": "uniform", "seed": self.seed}
+
+
+LogDensity = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]  # (x, conditioning or None) -> (B,)
+
+
+@torch.no_grad()
+def heldout_bits_per_dim(log_density: LogDensity, pixels: torch.Tensor, names: list[str],
+                         cond: torch.Tensor | None = None, *, preprocess: Preprocess = Preprocess(), seed: int = 0,
+                         batch_size: int = 128, device: torch.device | str = "cpu",
+                         dtype: torch.dtype = torch.float32) -> BitsPerDim:
+    """Bits/dim of uint8 `pixels` (N, C, H, W) under a model whose `log_density(x, cond)` is log p of its input
+    space. Dequantisation noise is drawn from `seed` (the same numbers for every model); a NaN or infinite
+    per-sample likelihood raises `NonFiniteLikelihood` naming the sample, never enters a mean."""
+    gen = torch.Generator().manual_seed(seed)
+    dims = pixels[0].numel()
+    out = []
+    for i in range(0, len(pixels), batch_size):
+        x, log_det = preprocess(dequantize(pixels[i:i + batch_size], gen))  # float64 on CPU
+        c = None if cond is None else cond[i:i + batch_size].to(device)
+        log_p = log_density(x.to(device, dtype), c).double().cpu()
+        check_finite(log_p, names[i:i + batch_size])
+        out.append(bits_per_dim(log_p, log_det, dims))
+    return BitsPerDim(torch.cat(out), preprocess.name, seed)

@@ -12,10 +12,12 @@ from training.generative.likelihood import (
     LikelihoodConfig,
     NonFiniteLikelihood,
     OdeLikelihood,
+    Preprocess,
     bits_per_dim,
     check_finite,
     dequantize,
     gaussian_log_prob,
+    heldout_bits_per_dim,
     to_signed_unit,
 )
 
@@ -70,3 +72,58 @@ def test_bits_per_dim_counts_the_dequantisation_and_scaling():
 def test_a_non_finite_likelihood_names_the_sample():
     with pytest.raises(NonFiniteLikelihood, match="shard-3/key-7"):
         check_finite(torch.tensor([1.0, float("nan")]), ["shard-3/key-0", "shard-3/key-7"])
+
+
+def test_the_logit_preprocessing_counts_its_log_det():
+    """p = a + (1 - 2a) y / 256 is uniform on [a, 1 - a] when y is uniform on [0, 256), so x = logit(p) has the
+    density sigmoid'(x) / (1 - 2a) per dimension: that model must score exactly 8 bits/dim."""
+    pixels = torch.randint(0, 256, (4, 3, 2, 2), generator=torch.Generator().manual_seed(4), dtype=torch.uint8)
+    pre = Preprocess("logit", alpha=0.05)
+    x, log_det = pre(dequantize(pixels, torch.Generator().manual_seed(5)))
+    log_p = (torch.nn.functional.logsigmoid(x) + torch.nn.functional.logsigmoid(-x) - math.log(0.9)).flatten(1).sum(1)
+    assert torch.allclose(bits_per_dim(log_p, log_det, 12), torch.full((4,), 8.0, dtype=F64), atol=1e-12)
+    # and the log-det is the Jacobian's (elementwise map: the sum of log-derivatives), by autograd
+    y = dequantize(pixels, torch.Generator().manual_seed(5)).requires_grad_(True)
+    (grad,) = torch.autograd.grad(pre(y)[0].sum(), y)
+    assert torch.allclose(log_det, grad.log().flatten(1).sum(1), atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["signed_unit", "logit"])
+def test_model_space_maps_back_to_the_same_pixels(name):
+    pixels = torch.arange(256, dtype=torch.uint8).view(4, 1, 8, 8)
+    pre = Preprocess(name)
+    for seed in range(3):
+        x, _ = pre(dequantize(pixels, torch.Generator().manual_seed(seed)))
+        assert torch.equal(pre.to_pixels(x.float()), pixels)
+
+
+def test_heldout_bits_per_dim_names_a_non_finite_sample_and_repeats_its_noise():
+    pixels = torch.randint(0, 256, (5, 3, 2, 2), generator=torch.Generator().manual_seed(6), dtype=torch.uint8)
+    names = [f"00000.tar/{i:04d}" for i in range(5)]
+
+    def uniform(x, cond):  # density 1/2 per dimension on [-1, 1]: 8 bits/dim, except sample 3 when poisoned
+        out = torch.full((len(x),), x[0].numel() * math.log(0.5), dtype=x.dtype)
+        if cond is not None:
+            out[cond == 1] = float("nan")
+        return out
+
+    got = heldout_bits_per_dim(uniform, pixels, names, batch_size=2)
+    assert got.as_dict()["bits_per_dim"] == pytest.approx(8.0, abs=1e-5) and got.as_dict()["samples"] == 5
+    with pytest.raises(NonFiniteLikelihood, match="00000.tar/0003"):
+        heldout_bits_per_dim(uniform, pixels, names, torch.tensor([0, 0, 0, 1, 0]), batch_size=2)
+
+
+def test_heldout_bits_per_dim_through_the_ode_matches_the_closed_form_density():
+    """The diffusion path through the one function every generator's evaluation calls: a Gaussian fitted to 8-bit
+    "images" of two pixels, scored by its exact denoiser's probability-flow ODE and by its closed-form density."""
+    g = Gaussian(mu=torch.tensor([0.1, -0.2], dtype=F64), cov=torch.tensor([[0.09, 0.04], [0.04, 0.06]], dtype=F64))
+    x = g.sample(8, torch.Generator().manual_seed(7)).clamp(-0.99, 0.99)
+    pixels = ((x + 1) * 128).floor().to(torch.uint8).view(8, 1, 1, 2)
+    names = [f"k{i}" for i in range(8)]
+    cfg = LikelihoodConfig(trace="exact", rtol=1e-6, atol=1e-6)
+    ode = OdeLikelihood(g.denoise, sigma_max=500.0, cfg=cfg)
+    via_ode = heldout_bits_per_dim(lambda v, c: ode(v.flatten(1)), pixels, names, dtype=F64)
+    via_density = heldout_bits_per_dim(lambda v, c: true_log_density(g, v.flatten(1), cfg.sigma_min), pixels, names,
+                                       dtype=F64)
+    # measured: 6e-4 bits/dim at most (the prior ignores the data mean: ~|mu| / sigma_max nats)
+    assert torch.allclose(via_ode.per_sample, via_density.per_sample, atol=2e-3), via_ode.per_sample
