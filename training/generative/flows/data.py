@@ -16,7 +16,7 @@ from PIL import Image
 
 from pipeline.core.images import open_rgb
 from pipeline.core.sample import image_member, primary_caption
-from training.contrastive.data import ErrorCounter, ShardStream, make_loader, tar_samples
+from training.data import ErrorCounter, ShardStream, make_loader, tar_samples
 
 
 class ToPixels:
