@@ -86,7 +86,7 @@ def test_a_recipe_with_capfilt_needs_the_caption_stage_and_a_calibrated_filter()
     with pytest.raises(RecipeError, match="caption_calibrated"):
         r.check({"uid", "web_score", "web_probability", "synthetic_captions", "synthetic_scores",
                  "synthetic_probabilities", "caption_filter"})
-    recipe({"capfilt": {"min_score": 0.2}}).check({"web_score", "web_probability", "synthetic_captions",
+    recipe({"capfilt": {"min_score": 0.2}}).check({"caption", "web_score", "web_probability", "synthetic_captions",
                                                   "synthetic_scores", "synthetic_probabilities", "caption_filter"})
 
 

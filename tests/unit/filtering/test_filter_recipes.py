@@ -8,8 +8,9 @@ import pytest
 
 from filtering.recipe import RECIPE_DIR, RecipeError, load_recipe, parse_recipe
 
-SIGNALS_WITHOUT_MODEL = {"uid", "key", "shard", "width", "height", "aspect_ratio", "decodable", "caption_words",
-                         "caption_chars", "generic_caption", "generic_reason", "sha256", "phash", "image_bytes"}
+SIGNALS_WITHOUT_MODEL = {"uid", "key", "shard", "caption", "width", "height", "aspect_ratio", "decodable",
+                         "caption_words", "caption_chars", "generic_caption", "generic_reason", "sha256", "phash",
+                         "image_bytes"}
 
 
 @pytest.mark.parametrize("path", sorted(RECIPE_DIR.glob("*.yaml")), ids=lambda p: p.stem)
