@@ -197,6 +197,9 @@ def test_submit_the_demo_as_a_ray_job(cluster, tmp_path: Path) -> None:
             sets += [f"{name}.number_sample_per_shard=100", f"{name}.thread_count=8"]
         if stage.kind == "train-clip":
             sets += [f"{name}.steps=12", f"{name}.checkpoint_every=6", f"{name}.eval.max_samples=60"]
+        if stage.kind == "train-diffusion":
+            sets += [f"{name}.steps=8", f"{name}.sample.grid_every=8", f"{name}.eval.frechet_samples=8",
+                     f"{name}.eval.attribute_seeds=1"]
     env = cluster.env
     cmd = [sys.executable, "-m", "pipeline", "submit", "--address", cluster.dashboard_url, "configs/demo.yaml",
            "--follow", *[x for s in sets for x in ("--set", s)]]
@@ -213,6 +216,11 @@ def test_submit_the_demo_as_a_ray_job(cluster, tmp_path: Path) -> None:
             record = json.loads((root / (stage.output or name) / "train.json").read_text())
             assert record["step"] == 12
             assert (root / (stage.output or name) / "model.pt").exists()
+    kinds = {stage.kind for stage in demo.stages.values()}
+    assert {"caption", "train-diffusion"} <= kinds  # the demo shows every capability; each ran in the job:
+    captions = list((root / "pool" / "captions").glob("*.parquet"))
+    assert captions and sum(pq.read_metadata(f).num_rows for f in captions) == download["ok"]
+    assert json.loads((root / "generator" / "train.json").read_text())["step"] == 8
     listed = subprocess.run([sys.executable, "-m", "pipeline", "jobs", "--address", cluster.dashboard_url],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert job_id in listed.stdout and "SUCCEEDED" in listed.stdout
