@@ -41,6 +41,18 @@ class FlowModelConfig(StrictModel):
         return self.scale if self.scale is not None and self.kind != "nice" else DEFAULT_SCALE[self.kind]
 
 
+class FlowOptionsConfig(StrictModel):
+    """A flow's settings in a train-diffusion stage (`flow:`) that the shared sections (data, eval) do not cover."""
+
+    preprocess: Literal["signed_unit", "logit"] = Field(
+        "signed_unit", description="dequantised pixels -> model input; its log-det is counted in bits/dim")
+    logit_alpha: float = Field(0.05, gt=0, lt=0.5, description="logit preprocessing: squeeze into [a, 1 - a]")
+    ema_decay: float | None = Field(0.999, gt=0, lt=1, description="EMA of the weights for eval/export; None = off")
+    init_samples: int = Field(256, ge=2, description="images that initialise Glow's actnorm (once, before DDP)")
+    temperature: float = Field(0.7, gt=0, description="sampling temperature of grids and evaluation samples")
+    grid: int = Field(8, ge=1, description="the exported sample grid is grid x grid images")
+
+
 class FlowTaskConfig(StrictModel):
     """Maximum likelihood on uniformly dequantised 8-bit pixels; evaluation in bits/dim on held-out images."""
 

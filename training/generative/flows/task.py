@@ -122,7 +122,7 @@ class FlowTask(Task):
                                       seed=self.cfg.eval_seed, batch_size=self.cfg.eval_batch_size,
                                       device=self.device)
         self.net.train()
-        return {"likelihood": result.as_dict()}
+        return {"likelihood": {**result.as_dict(), "method": "exact change of variables"}}
 
     def grid_ids(self, n: int) -> torch.Tensor | None:
         """Conditioning of the sample grid: one class per row; for text, the held-out captions."""
@@ -141,3 +141,15 @@ class FlowTask(Task):
         image_grid(pixels, self.cfg.grid, scale=max(1, math.ceil(64 / self.cfg.resolution))).save(
             run.path("samples.png"))
         return {"weights": join(run.url, os.path.basename(weights)), "samples": join(run.url, "samples.png")}
+
+
+def flow_task_config(cfg) -> FlowTaskConfig:
+    """A train-diffusion stage's config (`DiffusionTrainConfig` with a flow `model`) as the flow task's: the shared
+    sections (data, eval.likelihood, sample.grid_every) and the stage's `flow:` section."""
+    f, d, lk = cfg.flow, cfg.data, cfg.eval.likelihood
+    return FlowTaskConfig(
+        model=cfg.model, resolution=d.resolution, preprocess=f.preprocess, logit_alpha=f.logit_alpha,
+        batch_size=d.batch_size, loader_workers=d.loader_workers, shuffle_buffer=d.shuffle_buffer,
+        ema_decay=f.ema_decay, init_samples=f.init_samples, eval_samples=max(1, lk.samples),
+        eval_batch_size=lk.batch_size, eval_seed=lk.seed, eval_every=cfg.sample.grid_every,
+        temperature=f.temperature, grid=f.grid)
