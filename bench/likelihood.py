@@ -12,11 +12,12 @@ in-process on one torch thread: NICE, RealNVP and Glow (2 levels x 4 steps, hidd
 conditioning, [-1, 1] scaling) and a rectified-flow MMDiT (4 layers x 128, patch 2, the CLIP's text tower). The
 budget is wall clock: a short calibration run measures each family's step rate, and the real run takes the steps
 that fit the budget (the seconds it really took are printed).
-Scores, on the same held-out images: bits/dim of the first `--bpd-images` given their captions (flows: the exact
+Scores, on the same held-out images: bits/dim of the first `--bpd-images` (16) given their captions (flows: the exact
 change of variables; diffusion: the probability-flow ODE, Hutchinson with 1 probe, dopri5 rtol = atol = 1e-5; the
 dequantisation and scaling log-dets counted, the same dequantisation noise for all), the Frechet distance of one
-sample per held-out caption against the real images (flows at temperature 0.7; diffusion Heun, 18 levels, no
-guidance), and samples/s of that generation.
+sample per held-out caption against 256 real images (flows at temperature 0.7; diffusion Heun, 18 levels, no
+guidance), and samples/s of that generation. "train s" is the wall time of the whole run (start-up, loader
+processes and the export included).
 Last line: RESULT glow_over_nice_bits_per_dim=<mean over worlds> target<=1.0 (Glow's actnorm, 1x1 convolutions
 and affine couplings buy likelihood over NICE's additive couplings at the same budget).
 """
@@ -130,8 +131,9 @@ def run_world(world: str, work: str, args) -> dict:
     from training.generative.config import EncoderRef
 
     torch.set_num_threads(1)
-    shards, heldout, _ = write_world(world, os.path.join(work, world), 3000, 600)
-    clip = EncoderRef(name=ENCODER, weights=train_clip(shards, os.path.join(work, world, "clip"), 100, seed=1),
+    shards, heldout, _ = write_world(world, os.path.join(work, world), args.train_images, 600)
+    clip = EncoderRef(name=ENCODER, weights=train_clip(shards, os.path.join(work, world, "clip"), args.clip_steps,
+                                                       seed=1),
                       source="a tiny CLIP trained on the training images")
     rows = {}
     for family in FAMILIES:
@@ -151,12 +153,14 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="240 s per family, 64 bits/dim images, 512 FD images")
     ap.add_argument("--budget", type=float, default=None, help="training seconds per family (default 60)")
     ap.add_argument("--worlds", nargs="+", default=["shapes", "objects"], choices=["shapes", "objects"])
-    ap.add_argument("--bpd-images", type=int, default=None, help="held-out images scored in bits/dim (default 32)")
+    ap.add_argument("--bpd-images", type=int, default=None, help="held-out images scored in bits/dim (default 16)")
     ap.add_argument("--fd-images", type=int, default=None, help="generated and real images of the FD (default 256)")
+    ap.add_argument("--train-images", type=int, default=3000)
+    ap.add_argument("--clip-steps", type=int, default=100, help="steps of the CLIP that conditions and gives features")
     ap.add_argument("--workdir", default=None, help="keep outputs here (default: a temp dir, removed)")
     args = ap.parse_args()
     args.budget = args.budget or (240.0 if args.full else 60.0)
-    args.bpd_images = args.bpd_images or (64 if args.full else 32)
+    args.bpd_images = args.bpd_images or (64 if args.full else 16)
     args.fd_images = args.fd_images or (512 if args.full else 256)
 
     work = args.workdir or tempfile.mkdtemp(prefix="bench-likelihood-")
