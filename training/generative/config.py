@@ -45,7 +45,8 @@ class LikelihoodConfig(StrictModel):
     """Held-out bits/dim: how many images, the seed of their dequantisation noise (and of Hutchinson's probes), and
     the probability-flow ODE of the diffusion families (flows need none of it: their likelihood is exact)."""
 
-    samples: int = Field(32, ge=0, description="held-out images scored, the first in file order (0 = off)")
+    samples: int = Field(16, ge=0, description="held-out images scored, the first in file order (0 = off); a denoiser"
+                                               " solves an ODE per image")
     batch_size: int = Field(16, ge=1)
     trace: str = Field("hutchinson", pattern="^(hutchinson|exact)$",
                        description="exact: one backward pass per dimension (small inputs); hutchinson: probes")
