@@ -35,7 +35,10 @@ def zero_denoiser(untrained, shapes):
                                        "likelihood": {"samples": N, "batch_size": N, "seed": 3}})
     task = DiffusionTask(cfg, shapes["pool"])
     task.setup(0, 1, torch.device("cpu"))
-    return cfg, task.generator
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small ops: one thread (measured 0.3 s; 50 s with two threads on an overloaded box)
+    yield cfg, task.generator
+    torch.set_num_threads(threads)
 
 
 def bits(cfg, density) -> dict:
