@@ -56,7 +56,8 @@ def encoders(shapes, tmp_path_factory) -> dict[str, EncoderRef]:
 
 
 def tiny_config(encoder: EncoderRef, steps: int = 20, **over):
-    """A one-layer MMDiT at 16 px (patch 2: 64 image tokens), batch 16, in-process on one thread."""
+    """A one-layer MMDiT at 16 px (patch 2: 64 image tokens), batch 16, in-process on one thread; no held-out bits/dim
+    unless `eval={"likelihood": {...}}` asks."""
     from training.generative.diffusion.config import DiffusionTrainConfig
 
     data = {"steps": steps, "log_every": 5, "checkpoint_every": steps, "encoder": encoder.model_dump(),
@@ -64,7 +65,8 @@ def tiny_config(encoder: EncoderRef, steps: int = 20, **over):
             "data": {"resolution": 16, "batch_size": 16, "loader_workers": 0, "shuffle_buffer": 64},
             "sample": {"sampler": {"method": "euler", "steps": 4, "guidance": 2.0}, "seeds_per_prompt": 2,
                        "prompts": ["a red circle", "a blue square"]},
-            "scaling": {"num_workers": 0, "torch_threads": 1}}
+            "scaling": {"num_workers": 0, "torch_threads": 1},
+            "eval": {"likelihood": {"samples": 0}}}  # held-out bits/dim (an ODE solve per image) where a test asks
     for key, value in over.items():
         data[key] = {**data[key], **value} if isinstance(value, dict) and key in data else value
     return DiffusionTrainConfig.model_validate(data)

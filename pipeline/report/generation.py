@@ -1,7 +1,8 @@
-"""The report's generator section: for each train-diffusion run, its final sample grid (EMA weights, fixed prompts
-and seeds), its scores each beside its reference (chance, the judge on real images, the Frechet floor of the sample
-size), and its training curves (the loss per flow-time bin among them). A later `winnow eval` (`eval.json`)
-replaces the scores measured at the end of training."""
+"""The report's generator section: for each train-diffusion run (a denoiser or a normalizing flow), its final sample
+grid (EMA weights, fixed prompts and seeds; a flow's: one class per row), its scores each beside its reference
+(chance, the judge on real images, the Frechet floor of the sample size, a uniform model's 8 bits/dim), and its
+training curves (the loss per flow-time bin among them). A later `winnow eval` (`eval.json`) replaces the scores
+measured at the end of training."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def generators(data: ReportData) -> list[dict[str, Any]]:
             continue
         model_dir = rel.rsplit("/", 1)[0]
         later = data.results.get(f"{model_dir}/eval.json") or {}
-        scores = later if any(k in later for k in ("frechet", "attributes", "alignment")) else rec.get("eval") or {}
+        scores = later if any(k in later for k in ("frechet", "attributes", "alignment", "likelihood")) else \
+            rec.get("eval") or {}
         out.append({"dir": model_dir, "record": rec, "eval": scores})
     return out
 
@@ -50,7 +52,28 @@ def score_rows(ev: dict) -> list[list[str]]:
                      f"real pairs {align['real_score']:.2f}"])
     if held:
         rows.append(["held-out loss (fixed noise)", f"{held['loss']:.4f}", f"{held['images']} images"])
+    lk = ev.get("likelihood")
+    if lk:
+        rows.append(["held-out bits/dim", f"{lk['bits_per_dim']:.3f} ± {lk['bits_per_dim_sem']:.3f}",
+                     f"a uniform model 8; {lk['samples']} images, {lk['preprocess']} preprocessing counted; "
+                     f"{lk.get('method', '')}"])
     return rows
+
+
+def describe_run(run: dict) -> str:
+    rec, cfg = run["record"], run["record"].get("config") or {}
+    model, diffusion = cfg.get("model") or {}, cfg.get("diffusion") or {}
+    batches = f"{esc(rec.get('step'))} steps x {esc((cfg.get('data') or {}).get('batch_size'))} on " \
+              f"{esc((rec.get('input') or {}).get('dataset'))}"
+    if model.get("kind") in ("nice", "realnvp", "glow"):
+        return (f"<h3>{esc(run['dir'])}</h3><p>{esc(model['kind'])} normalizing flow, {esc(model.get('levels'))} "
+                f"levels x {esc(model.get('steps_per_level'))} steps (hidden {esc(model.get('hidden'))}), "
+                f"conditioning {esc(model.get('conditioning'))}, maximum likelihood, {batches}; judged by "
+                f"{esc((rec.get('judge') or {}).get('source') or '-')}.</p>")
+    return (f"<h3>{esc(run['dir'])}</h3><p>{esc(model.get('kind'))} {esc(model.get('layers'))} layers x "
+            f"{esc((model.get('heads') or 0) * (model.get('head_dim') or 0))}, {esc(diffusion.get('family'))} "
+            f"objective, {batches}; conditioned on {esc((rec.get('encoder') or {}).get('source'))}, judged by "
+            f"{esc((rec.get('judge') or {}).get('source') or '-')}.</p>")
 
 
 def section(data: ReportData) -> str | None:
@@ -59,14 +82,8 @@ def section(data: ReportData) -> str | None:
         return None
     parts = []
     for run in runs:
-        rec, cfg = run["record"], run["record"].get("config") or {}
-        model, diffusion = cfg.get("model") or {}, cfg.get("diffusion") or {}
-        head = (f"<h3>{esc(run['dir'])}</h3><p>{esc(model.get('kind'))} {esc(model.get('layers'))} layers x "
-                f"{esc((model.get('heads') or 0) * (model.get('head_dim') or 0))}, {esc(diffusion.get('family'))} "
-                f"objective, {esc(rec.get('step'))} steps x {esc((cfg.get('data') or {}).get('batch_size'))} on "
-                f"{esc((rec.get('input') or {}).get('dataset'))}; conditioned on "
-                f"{esc((rec.get('encoder') or {}).get('source'))}, judged by "
-                f"{esc((rec.get('judge') or {}).get('source') or '-')}.</p>")
+        rec = run["record"]
+        head = describe_run(run)
         grid = png_file_uri(rec["grid"]) if rec.get("grid") else None
         curves = png_file_uri(join(data.root, run["dir"], "curves.png"))
         pictures = "".join(img(uri, alt) for uri, alt in ((grid, "samples"), (curves, "curves")) if uri)

@@ -1,5 +1,8 @@
-"""The train-diffusion stage: a text-to-image generator (an MMDiT; rectified flow, EDM, VP or VE) on a dataset's
-shards, conditioned on the frozen text tower of a train-clip stage of the same pipeline.
+"""The train-diffusion stage: a text-to-image generator on a dataset's shards. `model.kind: mmdit` is a denoiser
+(rectified flow, EDM, VP or VE) conditioned on the frozen text tower of a train-clip stage of the same pipeline;
+`model.kind: nice | realnvp | glow` is a normalizing flow (maximum likelihood on dequantised 8-bit pixels, sampled
+by its exact inverse) conditioned through its couplings and base distribution on the class named in each caption or
+on hashed caption words (`model.conditioning`), with no text encoder; its own settings are the `flow:` section.
 
     winnow run configs/demo.yaml --stage generator
     winnow eval configs/demo.yaml --stage generator
@@ -8,12 +11,15 @@ Input: the complete shards of dataset `input` (or `data.input_shards`). Output, 
 the stage's name): `checkpoints/step_*` (with the EMA weights), `metrics.csv` (loss per flow-time bin included),
 `tb/`, `curves.png`, `samples/step_*.png` (grids from the EMA weights, fixed prompts and seeds),
 `generator.safetensors` + `generator.json` (the EMA weights; network, image space, objective and the encoder's
-sha256), `eval.json` and `train.json`. Rerunning resumes from the newest checkpoint.
+sha256) or, for a flow, `flow.safetensors` + `flow.json` + `samples.png`, `eval.json` and `train.json`. Rerunning
+resumes from the newest checkpoint.
 
 Evaluation (after training, and `winnow eval`) uses encoders other than the conditioning one: the judge
 (`eval.judge_from`, default: the first other train-clip stage) classifies samples of "a {colour} {shape}" zero-shot
 and scores image-text alignment; the Frechet distance uses `eval.features_from` (default: the judge). With a
-synthetic web in the pipeline its held-out test set is the real reference and the class list.
+synthetic web in the pipeline its held-out test set is the real reference and the class list. Every family also
+reports held-out bits/dim of the same 8-bit images (`eval.likelihood`): exact for flows, through the probability-flow
+ODE for pixel-space denoisers.
 """
 
 from __future__ import annotations
@@ -40,6 +46,12 @@ class TrainDiffusionConfig(StageConfig, DiffusionTrainConfig):
 
     @model_validator(mode="after")
     def _one_encoder(self) -> TrainDiffusionConfig:
+        if self.is_flow:
+            if self.encoder_from is not None or self.encoder is not None:
+                raise ValueError(f"model.kind {self.model.kind} is a normalizing flow: it is conditioned through "
+                                 "model.conditioning (class or text), not a text encoder; drop `encoder_from` / "
+                                 "`encoder`")
+            return self
         if (self.encoder_from is None) == (self.encoder is None):
             raise ValueError("give `encoder_from` (a train-clip stage) or `encoder` ({name, weights}), exactly one")
         return self
@@ -48,6 +60,7 @@ class TrainDiffusionConfig(StageConfig, DiffusionTrainConfig):
 CONFIG = TrainDiffusionConfig
 PRODUCES = "generator"
 WEIGHTS = "generator.safetensors"
+FLOW_WEIGHTS = "flow.safetensors"
 
 
 def _encoder_stage(ctx: StageContext, name: str, key: str):
@@ -89,7 +102,8 @@ def preflight(ctx: StageContext, cfg: TrainDiffusionConfig) -> None:
                               "condition them")
     if cfg.eval.features_from:
         _encoder_stage(ctx, cfg.eval.features_from, "eval.features_from")
-    check_latent(cfg, f"stages.{ctx.stage}")
+    if not cfg.is_flow:
+        check_latent(cfg, f"stages.{ctx.stage}")
 
 
 def _ref(ctx: StageContext, name: str, key: str) -> EncoderRef:
@@ -122,8 +136,10 @@ def resolve(ctx: StageContext, cfg: TrainDiffusionConfig) -> DiffusionTrainConfi
     """The task's config: the stage keys dropped, the encoders resolved to weights files."""
     train_cfg = DiffusionTrainConfig.model_validate(
         cfg.model_dump(exclude={"kind", "input", "output", "encoder_from"}))
-    encoder = cfg.encoder or _ref(ctx, cfg.encoder_from, "encoder_from")
     ev = default_eval(ctx, cfg)
+    if cfg.is_flow:
+        return train_cfg.model_copy(update={"eval": ev})
+    encoder = cfg.encoder or _ref(ctx, cfg.encoder_from, "encoder_from")
     if ev.judge is not None and ev.judge.weights == encoder.weights:
         raise ConfigError(f"stages.{ctx.stage}.eval.judge: {ev.judge.weights} is the conditioning encoder's "
                           "checkpoint; judge samples with an encoder that did not condition them")
@@ -131,13 +147,35 @@ def resolve(ctx: StageContext, cfg: TrainDiffusionConfig) -> DiffusionTrainConfi
 
 
 def make_task(cfg: DiffusionTrainConfig, shards: list[str], where: str):
-    """The engine task that trains `model.kind`: the MMDiT denoiser now; another generator family (normalizing
-    flows) is one more kind in the model config and one more branch here."""
+    """The engine task that trains `model.kind`: the MMDiT denoiser, or a normalizing flow (NICE, RealNVP, Glow)
+    whose held-out set and class names come from the resolved `eval` section."""
     if cfg.model.kind == "mmdit":
         from training.generative.diffusion.task import DiffusionTask
 
         return DiffusionTask(cfg, shards, where=where)
+    if cfg.is_flow:
+        from training.data import expand_shards
+        from training.generative.flows.task import FlowTask, flow_task_config
+
+        ev, classnames = cfg.eval, None
+        if ev.classnames:
+            from training.contrastive.eval import read_classnames
+
+            classnames = read_classnames(ev.classnames)[0]
+        if cfg.model.conditioning == "class" and not (classnames or cfg.model.classes):
+            raise ConfigError(f"{where}.model.conditioning: class conditioning needs the class names: set "
+                              f"{where}.eval.classnames (a classnames.json) or run with a synthetic web")
+        heldout = expand_shards(ev.heldout) if ev.heldout and ev.likelihood.samples else []
+        return FlowTask(flow_task_config(cfg), shards, heldout, classnames)
     raise ConfigError(f"{where}.model.kind: no task trains {cfg.model.kind!r}")
+
+
+def describe_model(cfg: DiffusionTrainConfig) -> str:
+    m = cfg.model
+    if cfg.is_flow:
+        return (f"{m.kind} flow, {m.levels} levels x {m.steps_per_level} steps, hidden {m.hidden}, conditioning "
+                f"{m.conditioning}, {cfg.flow.preprocess} preprocessing")
+    return f"{m.kind} {m.layers} layers x {m.width} ({cfg.diffusion.family}, {cfg.diffusion.prediction_name()})"
 
 
 def run(ctx: StageContext, cfg: TrainDiffusionConfig) -> dict[str, Any]:
@@ -150,9 +188,14 @@ def run(ctx: StageContext, cfg: TrainDiffusionConfig) -> dict[str, Any]:
     train_cfg = resolve(ctx, cfg)
     cluster = ctx.init_ray() if train_cfg.scaling.num_workers > 0 else {}
     result = fit(make_task(train_cfg, shards, f"stages.{ctx.stage}"), train_cfg, out_dir)
+    if train_cfg.is_flow:  # the flow task scores bits/dim; its samples are judged here, on the exported weights
+        result["grid"] = result.pop("samples", None)
+        if train_cfg.eval.enabled:
+            result["eval"] = evaluate(ctx, cfg, train_cfg=train_cfg)
 
+    encoder = train_cfg.encoder.model_dump() if train_cfg.encoder else None
     record = {"kind": "train-diffusion", "config": cfg.model_dump(mode="json"), "config_hash": config_hash(cfg),
-              "input": {"dataset": cfg.input, "shards": len(shards)}, "encoder": train_cfg.encoder.model_dump(),
+              "input": {"dataset": cfg.input, "shards": len(shards)}, "encoder": encoder,
               "judge": train_cfg.eval.judge.model_dump() if train_cfg.eval.judge else None, "cluster": cluster,
               **result}
     write_json_atomic(join(out_dir, "train.json"), record)
@@ -161,11 +204,11 @@ def run(ctx: StageContext, cfg: TrainDiffusionConfig) -> dict[str, Any]:
         "kind": "train-diffusion", "state": "complete" if result["step"] >= cfg.steps else "partial",
         "steps": {"done": result["step"], "total": cfg.steps}, "samples": result["samples_seen"],
         "wall_seconds": round(result["seconds"], 2), "config_hash": record["config_hash"],
-        "fd": (ev.get("frechet") or {}).get("fd")})
+        "fd": (ev.get("frechet") or {}).get("fd"), "bits_per_dim": (ev.get("likelihood") or {}).get("bits_per_dim")})
     rows: list[tuple[str, Any]] = [
-        ("model", f"{cfg.model.kind} {cfg.model.layers} layers x {cfg.model.width} ({cfg.diffusion.family}, "
-                  f"{train_cfg.diffusion.prediction_name()})"),
-        ("conditioning", train_cfg.encoder.describe()),
+        ("model", describe_model(train_cfg)),
+        ("conditioning", train_cfg.encoder.describe() if train_cfg.encoder else f"{cfg.model.conditioning} "
+                                                                                "(through the flow)"),
         ("steps", f"{result['step']}/{cfg.steps} ({result['samples_seen']} samples)"),
         ("wall time", fmt_seconds(result["seconds"])),
         ("final loss", f"{result['metrics'].get('loss', float('nan')):.4f}"),
@@ -180,7 +223,7 @@ def run(ctx: StageContext, cfg: TrainDiffusionConfig) -> dict[str, Any]:
 def summary_rows(ev: dict) -> list[tuple[str, str]]:
     """The evaluation's lines, each number with its reference (chance, real images, the sample-size floor)."""
     rows = []
-    fd, attrs, align = ev.get("frechet"), ev.get("attributes"), ev.get("alignment")
+    fd, attrs, align, lk = ev.get("frechet"), ev.get("attributes"), ev.get("alignment"), ev.get("likelihood")
     if fd:
         rows.append(("Frechet distance", f"{fd['fd']:.4f} ({fd['samples']} images; two real halves: "
                                          f"{fd['fd_real_halves']:.4f})"))
@@ -191,40 +234,55 @@ def summary_rows(ev: dict) -> list[tuple[str, str]]:
                                             f"{attrs['images']} images)"))
     if align:
         rows.append(("alignment", f"{align['score']:.2f} (real pairs {align['real_score']:.2f})"))
+    if lk:
+        rows.append(("held-out bits/dim", f"{lk['bits_per_dim']:.3f} +- {lk['bits_per_dim_sem']:.3f} "
+                                          f"({lk['samples']} images; a uniform model: 8; {lk.get('method', '')})"))
     return rows
 
 
-def evaluate(ctx: StageContext, cfg: TrainDiffusionConfig, out: str | None = None) -> dict[str, Any]:
-    """`winnow eval CONFIG`: sample the trained generator (EMA weights) and score it; writes `<model dir>/eval.json`
-    unless `out` names another file."""
+def evaluate(ctx: StageContext, cfg: TrainDiffusionConfig, out: str | None = None,
+             train_cfg: DiffusionTrainConfig | None = None) -> dict[str, Any]:
+    """`winnow eval CONFIG`: sample the trained generator (EMA weights) and score it, held-out bits/dim included;
+    writes `<model dir>/eval.json` unless `out` names another file."""
     import torch
 
-    from training.generative.diffusion.generate import load_generator
     from training.generative.evaluation import evaluate_generator
 
     model_dir = ctx.path(ctx.output)
-    if not exists(join(model_dir, WEIGHTS)):
-        raise ConfigError(f"stages.{ctx.stage}: no trained generator at {join(model_dir, WEIGHTS)}; run the stage "
-                          "first")
-    train_cfg = resolve(ctx, cfg)
-    if not train_cfg.eval.enabled:
+    weights = join(model_dir, FLOW_WEIGHTS if cfg.is_flow else WEIGHTS)
+    if not exists(weights):
+        raise ConfigError(f"stages.{ctx.stage}: no trained generator at {weights}; run the stage first")
+    train_cfg = train_cfg or resolve(ctx, cfg)
+    ev = train_cfg.eval
+    if not ev.anything:
         raise ConfigError(f"stages.{ctx.stage}.eval: nothing to evaluate against (set eval.heldout and eval.judge_from"
                           ", or run with a synthetic web)")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    gen = load_generator(model_dir, train_cfg.encoder, device, f"stages.{ctx.stage}")
-    sampler = train_cfg.eval.sampler or train_cfg.sample.sampler
-    result = evaluate_generator(lambda p, s: gen.images(p, s, sampler), train_cfg.eval, train_cfg.data.resolution,
-                                device)
-    result = {"generator": model_dir, "sampler": sampler.model_dump(mode="json"), **result}
+    if cfg.is_flow:
+        from training.generative.flows.generate import load_flow_generator
+
+        gen = load_flow_generator(model_dir, train_cfg.flow.temperature, device)
+        result = evaluate_generator(gen.images, ev, train_cfg.data.resolution, device, density=gen)
+        result = {"generator": model_dir, "temperature": train_cfg.flow.temperature, **result}
+    else:
+        from training.generative.diffusion.generate import load_generator
+
+        gen = load_generator(model_dir, train_cfg.encoder, device, f"stages.{ctx.stage}")
+        sampler = ev.sampler or train_cfg.sample.sampler
+        result = evaluate_generator(lambda p, s: gen.images(p, s, sampler), ev, train_cfg.data.resolution, device,
+                                    density=gen.density(ev.likelihood))
+        result = {"generator": model_dir, "sampler": sampler.model_dump(mode="json"), **result}
     write_json_atomic(out or join(model_dir, "eval.json"), result)
     return result
 
 
 def eval_row(cfg: TrainDiffusionConfig, res: dict) -> dict[str, str]:
-    """This stage's row in `winnow eval`'s table (a likelihood metric adds its column the same way)."""
+    """This stage's row in `winnow eval`'s table."""
     fd, attrs, align = res.get("frechet") or {}, res.get("attributes") or {}, res.get("alignment") or {}
-    return {"model": f"{cfg.model.kind} ({cfg.diffusion.family})",
+    lk = res.get("likelihood") or {}
+    return {"model": cfg.model.kind if cfg.is_flow else f"{cfg.model.kind} ({cfg.diffusion.family})",
             "FD": f"{fd['fd']:.4f}" if fd else "-",
             "colour": f"{attrs['colour']:.1%} ({attrs['colour_chance']:.0%})" if attrs else "-",
             "shape": f"{attrs['shape']:.1%} ({attrs['shape_chance']:.0%})" if attrs else "-",
-            "alignment": f"{align['score']:.2f}" if align else "-"}
+            "alignment": f"{align['score']:.2f}" if align else "-",
+            "bits/dim": f"{lk['bits_per_dim']:.3f}" if lk else "-"}

@@ -3,6 +3,7 @@ generator is conditioned on or judged by, the sampler, and what its evaluation c
 
     EncoderRef            -> encoders.load_encoder / TextConditioner
     SamplerConfig         -> diffusion.samplers.sample
+    LikelihoodConfig      -> likelihood.OdeLikelihood, evaluation.likelihood (held-out bits/dim)
     GenerativeEvalConfig  -> evaluation.evaluate_generator
 """
 
@@ -40,6 +41,28 @@ class SamplerConfig(StrictModel):
     shift: float | None = Field(None, gt=0, description="noise-level shift k; default: the one trained with")
 
 
+class LikelihoodConfig(StrictModel):
+    """Held-out bits/dim: how many images, the seed of their dequantisation noise (and of Hutchinson's probes), and
+    the probability-flow ODE of the diffusion families (flows need none of it: their likelihood is exact)."""
+
+    samples: int = Field(16, ge=0, description="held-out images scored, the first in file order (0 = off); a denoiser"
+                                               " solves an ODE per image")
+    batch_size: int = Field(16, ge=1)
+    trace: str = Field("hutchinson", pattern="^(hutchinson|exact)$",
+                       description="exact: one backward pass per dimension (small inputs); hutchinson: probes")
+    probes: int = Field(1, ge=1, description="Hutchinson probes per sample (their mean is the estimate)")
+    seed: int = Field(0, description="seed of the dequantisation noise and the probes")
+    rtol: float = Field(1e-5, gt=0, description="dopri5's relative tolerance")
+    atol: float = Field(1e-5, gt=0, description="dopri5's absolute tolerance")
+    sigma_min: float = Field(1e-3, gt=0, description="where the ODE starts: well below an 8-bit bin (2 / 256)")
+    sigma_max: float | None = Field(None, gt=0, description="where it ends; default: the family's")
+
+    def describe(self) -> str:
+        trace = "exact trace" if self.trace == "exact" else f"Hutchinson, {self.probes} Rademacher probe(s)"
+        return (f"probability-flow ODE, sigma {self.sigma_min:g} -> {self.sigma_max or 'the family max'}, {trace}, "
+                f"dopri5 rtol {self.rtol:g} atol {self.atol:g}, seed {self.seed}")
+
+
 class GenerativeEvalConfig(StrictModel):
     heldout: str | None = Field(None, description="held-out real shards (glob/brace): Frechet reference, prompts; "
                                                   "default: the synthetic web's test set")
@@ -56,6 +79,7 @@ class GenerativeEvalConfig(StrictModel):
     batch_size: int = Field(64, ge=1)
     sampler: SamplerConfig | None = Field(None, description="default: sample.sampler")
     synthetic_test: bool = Field(True, description="with no held-out set given, use the synthetic web's")
+    likelihood: LikelihoodConfig = LikelihoodConfig()
 
     @model_validator(mode="after")
     def _one_source(self) -> GenerativeEvalConfig:
@@ -66,4 +90,10 @@ class GenerativeEvalConfig(StrictModel):
 
     @property
     def enabled(self) -> bool:
+        """Whether the sample metrics (Frechet distance, attributes, alignment) can run."""
         return self.heldout is not None and (self.judge is not None or self.features is not None)
+
+    @property
+    def anything(self) -> bool:
+        """Whether any metric can run: the sample metrics, or held-out bits/dim (needs only the held-out set)."""
+        return self.enabled or (self.heldout is not None and self.likelihood.samples > 0)

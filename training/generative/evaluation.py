@@ -9,16 +9,23 @@
     alignment   mean cosine x 100 between the judge's image and text embeddings of (generated image, its prompt),
                 and of (real image, its caption) for scale
 
-A metric is a function `fn(ctx: EvalInputs) -> dict | None` listed in `METRICS`; a generator family adds its own
-(normalizing flows: bits/dim from their exact likelihood) as one more entry. Generated images are produced once and
+    likelihood  bits/dim of the first `likelihood.samples` held-out 8-bit images given their captions: every
+                preprocessing log-determinant counted (`training.generative.likelihood`), so a flow's exact
+                likelihood and a denoiser's probability-flow ODE score the same data; a non-finite sample is an
+                error naming it (uid, shard, key)
+
+A metric is a function `fn(ctx: EvalInputs) -> dict | None` listed in `METRICS`. A family supplies what its metrics
+need: `generate` for the sample metrics, a `ModelDensity` for bits/dim. Generated images are produced once and
 shared between metrics. Real and generated images take the same path to the judge: the generator's own
 resize-and-crop to its resolution, 8 bits, then the judge's preprocessing.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -33,6 +40,16 @@ class Real:
     labels: list[int]  # class index, -1 when unlabelled
 
 
+class ModelDensity(Protocol):
+    """A generator's log-density of its own input space: `density(x, captions) -> log p (B,)`, its `preprocess`
+    (8-bit data -> that space, with the log-det) and `method` (how the number is computed, for the record)."""
+
+    preprocess: object
+    method: str
+
+    def __call__(self, x: torch.Tensor, captions: list[str]) -> torch.Tensor: ...
+
+
 @dataclass
 class EvalInputs:
     """What metrics share: the generator (`generate(prompts, seeds) -> (B, 3, S, S) in [-1, 1]`), the config, and
@@ -42,6 +59,7 @@ class EvalInputs:
     cfg: GenerativeEvalConfig
     resolution: int
     device: torch.device | str = "cpu"
+    density: ModelDensity | None = None
     cache: dict = field(default_factory=dict)
 
     def once(self, key: str, make: Callable):
@@ -216,17 +234,36 @@ def alignment(ctx: EvalInputs) -> dict | None:
             "real_score": float(100 * (truth * texts).sum(1).mean()), "pairs": len(real.captions)}
 
 
+# --- held-out bits/dim ----------------------------------------------------------------------------------------------
+def likelihood(ctx: EvalInputs) -> dict | None:
+    from training.data import expand_shards
+    from training.generative.flows.data import first_samples
+    from training.generative.likelihood import heldout_bits_per_dim
+
+    lk = ctx.cfg.likelihood
+    if ctx.density is None or lk.samples == 0 or ctx.cfg.heldout is None:
+        return None
+    pixels, captions, names = first_samples(expand_shards(ctx.cfg.heldout), lk.samples, ctx.resolution)
+    t0 = time.perf_counter()
+    # the conditioning handed through is each image's index: the density looks its captions up
+    result = heldout_bits_per_dim(lambda x, idx: ctx.density(x, [captions[i] for i in idx.tolist()]), pixels, names,
+                                  torch.arange(len(pixels)), preprocess=ctx.density.preprocess, seed=lk.seed,
+                                  batch_size=lk.batch_size, device=ctx.device)
+    return {**result.as_dict(), "method": ctx.density.method, "seconds": round(time.perf_counter() - t0, 2)}
+
+
 METRICS: dict[str, Callable[[EvalInputs], dict | None]] = {
     "frechet": frechet,
     "attributes": attributes,
     "alignment": alignment,
+    "likelihood": likelihood,
 }
 
 
 def evaluate_generator(generate: Callable, cfg: GenerativeEvalConfig, resolution: int, device="cpu",
-                       metrics: dict | None = None) -> dict:
+                       metrics: dict | None = None, density: ModelDensity | None = None) -> dict:
     """Every metric of `METRICS` (or `metrics`) that has what it needs; `{name: result}`."""
-    ctx = EvalInputs(generate, cfg, resolution, device)
+    ctx = EvalInputs(generate, cfg, resolution, device, density)
     out = {}
     for name, fn in (metrics or METRICS).items():
         found = fn(ctx)

@@ -23,6 +23,16 @@ from PIL import Image
 from pipeline.core.config import ConfigError
 
 
+def square_crop(image: Image.Image, size: int) -> Image.Image:
+    """Short side to `size` (bicubic), centre crop: every generator's (and its evaluation's) view of an image."""
+    w, h = image.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    image = image.convert("RGB").resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
 class PixelTransform:
     """PIL image -> (3, S, S) in [-1, 1]: short side to S (bicubic), centre crop (a class: loaders pickle it)."""
 
@@ -30,12 +40,7 @@ class PixelTransform:
         self.size = size
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        w, h = image.size
-        scale = self.size / min(w, h)
-        nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
-        image = image.convert("RGB").resize((nw, nh), Image.BICUBIC)
-        left, top = (nw - self.size) // 2, (nh - self.size) // 2
-        image = image.crop((left, top, left + self.size, top + self.size))
+        image = square_crop(image, self.size)
         return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)  # (3, S, S)
 
 

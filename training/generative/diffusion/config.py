@@ -17,14 +17,15 @@ The smallest useful run (a tiny MMDiT on a train-clip stage's text tower, ~3 min
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from pipeline.core.config import StrictModel
 from training.contrastive.config import DataConfig
 from training.engine.config import EngineConfig, OptimConfig
 from training.generative.config import EncoderRef, GenerativeEvalConfig, SamplerConfig
+from training.generative.flows.config import FlowModelConfig, FlowOptionsConfig
 
 # Each family's own prediction and training density: rectified flow's velocity with SD3's logit-normal, DDPM's eps
 # with uniform t, NCSN's eps with log-uniform sigma, EDM's preconditioned output with its log-normal sigma.
@@ -96,7 +97,8 @@ class MMDiTConfig(StrictModel):
     """A tiny MMDiT by default (2.3M parameters at 32 px, patch 4: 64 image tokens). The text widths default to the
     conditioning encoder's (its token width and embedding size); set them only to assert what that encoder is."""
 
-    kind: Literal["mmdit"] = Field("mmdit", description="the generator family (normalizing flows add their kinds)")
+    kind: Literal["mmdit"] = Field("mmdit", description="the generator family: mmdit (a denoiser of `diffusion`), or "
+                                                        "a normalizing flow: nice, realnvp, glow")
     layers: int = Field(4, ge=1)
     heads: int = Field(4, ge=1)
     head_dim: int = Field(32, ge=8)
@@ -156,17 +158,32 @@ class DiffusionOptimConfig(OptimConfig):
     beta2: float = 0.99
 
 
+FLOW_KINDS = ("nice", "realnvp", "glow")
+
+
+def _model_family(value: Any) -> str:
+    """`model.kind` picks the config: a flow kind -> FlowModelConfig, anything else (or none) -> MMDiTConfig."""
+    kind = value.get("kind", "mmdit") if isinstance(value, dict) else getattr(value, "kind", "mmdit")
+    return "flow" if kind in FLOW_KINDS else "mmdit"
+
+
+GeneratorModel = Annotated[Annotated[MMDiTConfig, Tag("mmdit")] | Annotated[FlowModelConfig, Tag("flow")],
+                           Discriminator(_model_family)]
+
+
 class DiffusionTrainConfig(EngineConfig):
     """Everything the diffusion task and the engine need besides the shards, the encoder and the run directory."""
 
     optim: DiffusionOptimConfig = DiffusionOptimConfig()
     steps: int = 500
-    model: MMDiTConfig = MMDiTConfig()  # the generator family: one kind now (flows add theirs)
+    model: GeneratorModel = Field(MMDiTConfig(), description="kind mmdit: the denoiser; nice | realnvp | glow: a "
+                                                             "normalizing flow (maximum likelihood, exact inverse)")
     diffusion: DiffusionConfig = DiffusionConfig()
     data: ImageDataConfig = ImageDataConfig()
     latent: LatentConfig = LatentConfig()
     conditioning: ConditioningConfig = ConditioningConfig()
     ema: EMAConfig = EMAConfig()
+    flow: FlowOptionsConfig = FlowOptionsConfig()
     sample: SampleConfig = SampleConfig()
     eval: GenerativeEvalConfig = GenerativeEvalConfig()
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
@@ -178,4 +195,16 @@ class DiffusionTrainConfig(EngineConfig):
     def _grid(self) -> DiffusionTrainConfig:
         if self.sample.grid_every and self.sample.grid_every > self.steps:
             raise ValueError(f"sample.grid_every ({self.sample.grid_every}) is more than steps ({self.steps})")
+        if self.is_flow:
+            levels = self.model.levels
+            if self.data.resolution % 2**levels:
+                raise ValueError(f"model.kind {self.model.kind}: data.resolution {self.data.resolution} must be "
+                                 f"divisible by 2^model.levels = {2**levels}")
+            if self.latent.vae is not None:
+                raise ValueError(f"model.kind {self.model.kind}: a flow models 8-bit pixels exactly; latent.vae "
+                                 "applies to mmdit only")
         return self
+
+    @property
+    def is_flow(self) -> bool:
+        return self.model.kind in FLOW_KINDS

@@ -57,6 +57,38 @@ class Generator:
     def images(self, prompts: list[str], seeds: list[int], sampler: SamplerConfig | None = None) -> torch.Tensor:
         return self(prompts, seeds, sampler)[0]
 
+    def density(self, cfg) -> OdeDensity | None:
+        """log p(x | caption) of [-1, 1] pixels through the probability-flow ODE (`cfg` a LikelihoodConfig); None
+        for a latent generator, whose autoencoder is not invertible: it has no exact likelihood of pixels."""
+        return OdeDensity(self, cfg) if self.codec.__class__.__name__ == "PixelCodec" else None
+
+
+class OdeDensity:
+    """A pixel-space generator's log-density of [-1, 1] images given captions (no guidance: the conditional model),
+    by `likelihood.OdeLikelihood` from `cfg.sigma_min` to `cfg.sigma_max` (default: the family's)."""
+
+    def __init__(self, gen: Generator, cfg):
+        from training.generative.likelihood import Preprocess
+
+        self.gen, self.cfg, self.preprocess = gen, cfg, Preprocess("signed_unit")
+        self.sigma_max = cfg.sigma_max or gen.denoiser.family.sigma_max
+        self.method = cfg.describe().replace("the family max", f"{self.sigma_max:g}")
+
+    def __call__(self, x: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        from training.generative.likelihood import OdeLikelihood
+
+        gen = self.gen
+        tokens, pooled = (t.to(gen.device) for t in gen.conditioner(captions))
+        cond = (tokens, pooled, torch.zeros(len(captions), device=gen.device))
+        was_training = gen.net.training
+        gen.net.eval()
+        try:
+            ode = OdeLikelihood(lambda z, s: gen.denoiser(z, s, cond), self.sigma_max, gen.diffusion.sigma_data,
+                                self.cfg)
+            return ode(x)
+        finally:
+            gen.net.train(was_training)
+
 
 def describe(cfg, encoder: dict) -> dict:
     """generator.json: what a generator of this config needs to be rebuilt and sampled as trained (`cfg` a

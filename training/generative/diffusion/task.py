@@ -199,12 +199,12 @@ class DiffusionTask(Task):
         ev = self.cfg.eval
         if ev.heldout:
             out["heldout"] = self.heldout_loss()
-        if self.step >= self.total and ev.enabled:  # the full evaluation only after the last step
+        if self.step >= self.total and ev.anything:  # the full evaluation only after the last step
             from training.generative.evaluation import evaluate_generator
 
             sampler = ev.sampler or self.cfg.sample.sampler
             out |= evaluate_generator(lambda p, s: self.generator.images(p, s, sampler), ev, self.cfg.data.resolution,
-                                      self.device)
+                                      self.device, density=self.generator.density(ev.likelihood))
         return out
 
     def extra_state(self) -> dict[str, torch.Tensor]:

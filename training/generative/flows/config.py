@@ -41,6 +41,17 @@ class FlowModelConfig(StrictModel):
         return self.scale if self.scale is not None and self.kind != "nice" else DEFAULT_SCALE[self.kind]
 
 
+class FlowOptionsConfig(StrictModel):
+    """A flow's settings in a train-diffusion stage (`flow:`) that the shared sections (data, eval) do not cover."""
+
+    preprocess: Literal["signed_unit", "logit"] = Field(
+        "signed_unit", description="dequantised pixels -> model input; its log-det is counted in bits/dim")
+    logit_alpha: float = Field(0.05, gt=0, lt=0.5, description="logit preprocessing: squeeze into [a, 1 - a]")
+    init_samples: int = Field(256, ge=2, description="images that initialise Glow's actnorm (once, before DDP)")
+    temperature: float = Field(0.7, gt=0, description="sampling temperature of grids and evaluation samples")
+    grid: int = Field(8, ge=1, description="the exported sample grid is grid x grid images")
+
+
 class FlowTaskConfig(StrictModel):
     """Maximum likelihood on uniformly dequantised 8-bit pixels; evaluation in bits/dim on held-out images."""
 
@@ -53,6 +64,9 @@ class FlowTaskConfig(StrictModel):
     loader_workers: int = Field(1, ge=0)
     shuffle_buffer: int = Field(512, ge=0)
     ema_decay: float | None = Field(0.999, gt=0, lt=1, description="EMA of the weights for eval/export; None = off")
+    ema_halflife_samples: float | None = Field(None, gt=0, description="instead of ema_decay: EDM's half-life in "
+                                                                       "samples (the stage's `ema:` section)")
+    ema_rampup: float | None = Field(0.1, gt=0, description="with ema_halflife_samples: half-life <= rampup x seen")
     init_samples: int = Field(256, ge=2, description="images that initialise Glow's actnorm (once, before DDP)")
     eval_samples: int = Field(512, ge=1, description="held-out images scored in bits/dim")
     eval_batch_size: int = Field(128, ge=1)

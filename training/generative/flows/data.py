@@ -1,5 +1,9 @@
-"""8-bit pixels for likelihood training: images as uint8 (3, R, R) tensors, never floats, so dequantisation and the
-preprocessing's log-determinant are applied in one place (`training.generative.likelihood`).
+"""8-bit pixels for likelihood training and evaluation: images as uint8 (3, R, R) tensors, never floats, so
+dequantisation and the preprocessing's log-determinant are applied in one place (`training.generative.likelihood`).
+
+Every generator family sees the same 8-bit images: the short side resized to R (bicubic) and centre-cropped, as the
+diffusion task's `PixelTransform` does before scaling to [-1, 1] (`codec.square_crop`, one definition), so held-out
+bits/dim of a flow and of a denoiser score the same data.
 
 Training reads the shared shard stream (`training.contrastive.data.ShardStream`: per-rank shard slices, a shuffle
 buffer, skipped samples counted); the held-out set and the actnorm initialisation batch are the first images of
@@ -8,6 +12,7 @@ their shards in file order, the same on every rank and every run.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -17,20 +22,18 @@ from PIL import Image
 from pipeline.core.images import open_rgb
 from pipeline.core.sample import image_member, primary_caption
 from training.data import ErrorCounter, ShardStream, make_loader, tar_samples
+from training.generative.diffusion.codec import square_crop
 
 
 class ToPixels:
-    """PIL image -> uint8 (3, R, R): centre crop to a square, then box-filter down (each output pixel the mean of
-    the input pixels it covers). A class, so spawned loader workers can pickle it."""
+    """PIL image -> uint8 (3, R, R): `square_crop` (short side to R, bicubic; centre crop). A class, so spawned
+    loader workers can pickle it."""
 
     def __init__(self, resolution: int):
         self.resolution = resolution
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        w, h = img.size
-        side = min(w, h)
-        box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
-        img = img.convert("RGB").resize((self.resolution, self.resolution), Image.BOX, box=box)
+        img = square_crop(img, self.resolution)
         return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
@@ -44,12 +47,22 @@ def pixel_batches(urls: list[str], resolution: int, encode: Callable[[str], torc
         yield {"pixels": pixels, "cond": cond, "skipped": skipped}
 
 
-def first_images(urls: list[str], n: int, resolution: int,
-                 encode: Callable[[str], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """The first `n` decodable images of `urls` in file order: (uint8 pixels (N, 3, R, R), conditioning ids (N, ...),
-    names "<shard>/<key>"). Undecodable images are passed over, like the training stream does."""
+def sample_name(url: str, sample: dict) -> str:
+    """How a likelihood error names a sample: its uid (from its JSON, when it has one), shard and key."""
+    uid = None
+    try:
+        uid = json.loads(sample["json"]).get("uid") if "json" in sample else None
+    except (ValueError, AttributeError):
+        pass
+    where = f"{url.rsplit('/', 1)[-1]}/{sample['__key__']}"
+    return f"uid {uid} ({where})" if uid else where
+
+
+def first_samples(urls: list[str], n: int, resolution: int) -> tuple[torch.Tensor, list[str], list[str]]:
+    """The first `n` decodable images of `urls` in file order: (uint8 pixels (N, 3, R, R), primary captions, names
+    from `sample_name`). Undecodable images are passed over, like the training stream does."""
     to_pixels = ToPixels(resolution)
-    pixels, cond, names = [], [], []
+    pixels, captions, names = [], [], []
     for url in urls:
         for sample in tar_samples([url], ErrorCounter()):
             try:
@@ -57,10 +70,17 @@ def first_images(urls: list[str], n: int, resolution: int,
             except Exception:  # any undecodable image: PIL raises many kinds
                 continue
             pixels.append(image)
-            cond.append(encode(primary_caption(sample) or ""))
-            names.append(f"{url.rsplit('/', 1)[-1]}/{sample['__key__']}")
+            captions.append(primary_caption(sample) or "")
+            names.append(sample_name(url, sample))
             if len(pixels) == n:
-                return torch.stack(pixels), torch.stack(cond), names
+                return torch.stack(pixels), captions, names
     if not pixels:
         raise ValueError(f"no decodable image in {urls[:3]}")
-    return torch.stack(pixels), torch.stack(cond), names
+    return torch.stack(pixels), captions, names
+
+
+def first_images(urls: list[str], n: int, resolution: int,
+                 encode: Callable[[str], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """`first_samples` with each caption through `encode`: (pixels, conditioning ids (N, ...), names)."""
+    pixels, captions, names = first_samples(urls, n, resolution)
+    return pixels, torch.stack([encode(c) for c in captions]), names

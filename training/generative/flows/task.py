@@ -23,6 +23,7 @@ from pipeline.core.layout import join
 from training.engine.checkpoint import complete_checkpoints
 from training.engine.run_dir import RunDir
 from training.engine.task import Task
+from training.generative.ema import EMA
 from training.generative.flows.artifacts import image_grid, sample_pixels, save_flow
 from training.generative.flows.conditioning import caption_encoder
 from training.generative.flows.config import FlowTaskConfig
@@ -65,7 +66,13 @@ class FlowTask(Task):
             x, _ = self.preprocess(dequantize(pixels, torch.Generator().manual_seed(INIT_SEED)))
             self.net.initialize(x.float(), self.ids(ids))
             self.actnorm_inits += 1
-        self.ema = copy.deepcopy(self.net).requires_grad_(False).to(device) if self.cfg.ema_decay else None
+        self.global_batch = self.cfg.batch_size * world
+        self.tracker = None
+        if self.cfg.ema_halflife_samples:  # EDM's half-life in samples with ramp-up (the diffusion task's EMA)
+            self.tracker = EMA(self.net, self.cfg.ema_halflife_samples, self.cfg.ema_rampup)
+            self.ema = self.tracker.module.to(device)
+        else:
+            self.ema = copy.deepcopy(self.net).requires_grad_(False).to(device) if self.cfg.ema_decay else None
         return self.net
 
     def resuming(self) -> bool:
@@ -88,6 +95,9 @@ class FlowTask(Task):
         return {"loss": bits_per_dim(log_p, log_det, pixels[0].numel()).mean()}
 
     def after_update(self, step: int) -> None:
+        if self.tracker is not None:
+            self.tracker.update(self.net, self.global_batch, (step + 1) * self.global_batch)
+            return
         if self.ema is None:
             return
         with torch.no_grad():
@@ -122,7 +132,7 @@ class FlowTask(Task):
                                       seed=self.cfg.eval_seed, batch_size=self.cfg.eval_batch_size,
                                       device=self.device)
         self.net.train()
-        return {"likelihood": result.as_dict()}
+        return {"likelihood": {**result.as_dict(), "method": "exact change of variables"}}
 
     def grid_ids(self, n: int) -> torch.Tensor | None:
         """Conditioning of the sample grid: one class per row; for text, the held-out captions."""
@@ -141,3 +151,16 @@ class FlowTask(Task):
         image_grid(pixels, self.cfg.grid, scale=max(1, math.ceil(64 / self.cfg.resolution))).save(
             run.path("samples.png"))
         return {"weights": join(run.url, os.path.basename(weights)), "samples": join(run.url, "samples.png")}
+
+
+def flow_task_config(cfg) -> FlowTaskConfig:
+    """A train-diffusion stage's config (`DiffusionTrainConfig` with a flow `model`) as the flow task's: the shared
+    sections (data, ema, eval.likelihood, sample.grid_every) and the stage's `flow:` section."""
+    f, d, lk = cfg.flow, cfg.data, cfg.eval.likelihood
+    return FlowTaskConfig(
+        model=cfg.model, resolution=d.resolution, preprocess=f.preprocess, logit_alpha=f.logit_alpha,
+        batch_size=d.batch_size, loader_workers=d.loader_workers, shuffle_buffer=d.shuffle_buffer,
+        ema_decay=None, ema_halflife_samples=cfg.ema.halflife_samples, ema_rampup=cfg.ema.rampup,
+        init_samples=f.init_samples, eval_samples=max(1, lk.samples),
+        eval_batch_size=lk.batch_size, eval_seed=lk.seed, eval_every=cfg.sample.grid_every,
+        temperature=f.temperature, grid=f.grid)

@@ -60,3 +60,20 @@ def test_a_later_winnow_eval_replaces_the_end_of_training_scores(tmp_path):
     text = text_of(section(ReportData.load(str(tmp_path), "pool")))
     assert "Frechet distance 0.2222" in text and "0.4321" not in text
     assert section(ReportData.load(str(tmp_path / "empty"), "pool")) is None  # no generator: no section
+
+
+def test_a_flow_run_shows_its_grid_and_bits_per_dim_beside_the_sample_scores(tmp_path):
+    run_dir(tmp_path, {**SCORES, "likelihood": {"bits_per_dim": 5.1234, "bits_per_dim_sem": 0.0312, "samples": 32,
+                                                "preprocess": "signed_unit", "method": "exact change of variables"}})
+    path = tmp_path / "generator" / "train.json"
+    record = json.loads(path.read_text())
+    record["config"]["model"] = {"kind": "glow", "levels": 2, "steps_per_level": 4, "hidden": 64,
+                                 "conditioning": "class"}
+    record["encoder"] = None
+    path.write_text(json.dumps(record))
+    html = section(ReportData.load(str(tmp_path), "pool"))
+    text = text_of(html)
+    assert "glow normalizing flow, 2 levels x 4 steps (hidden 64), conditioning class, maximum likelihood" in text
+    assert ("held-out bits/dim 5.123 ± 0.031 a uniform model 8; 32 images, signed_unit preprocessing counted; exact "
+            "change of variables") in text
+    assert "Frechet distance 0.4321" in text and html.count('src="data:image/png;base64,') == 2

@@ -67,3 +67,35 @@ def test_validating_a_config_with_the_stage_never_imports_torch():
             "load_pipeline_config('configs/diffusion_demo.yaml'); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_flow_kind_is_a_model_family_of_the_stage_with_no_text_encoder(tmp_path):
+    ctx, cfg = pipeline(tmp_path, {"model": {"kind": "realnvp", "levels": 2, "conditioning": "text"},
+                                   "data": {"resolution": 16}}, a={})
+    assert cfg.is_flow and cfg.model.scale_kind() == "tanh" and cfg.encoder_from is None
+    assert _judge_name(ctx, cfg) == "a"  # the judge: any train-clip stage, since none conditions a flow
+    preflight(ctx, cfg)
+    from pipeline.stages.train_diffusion import resolve
+    from training.generative.flows.task import flow_task_config
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "model.pt").write_bytes(b"")  # the judge's weights, as its stage leaves them
+    resolved = resolve(ctx, cfg)
+    assert resolved.encoder is None and resolved.eval.judge.weights == str(tmp_path / "a" / "model.pt")
+    task_cfg = flow_task_config(resolved)
+    assert task_cfg.resolution == 16 and task_cfg.ema_halflife_samples == cfg.ema.halflife_samples
+    assert task_cfg.eval_samples == cfg.eval.likelihood.samples and task_cfg.eval_seed == cfg.eval.likelihood.seed
+    ctx, cfg = pipeline(tmp_path, {"model": {"layers": 2}, "encoder_from": "a"}, a={})
+    assert not cfg.is_flow and cfg.model.kind == "mmdit"  # no kind: the MMDiT, as before flows
+
+
+@pytest.mark.parametrize(("generator", "message"), [
+    ({"model": {"kind": "glow"}, "encoder_from": "a"}, r"glow is a normalizing flow: .* drop `encoder_from`"),
+    ({"model": {"kind": "glow", "levels": 3}, "data": {"resolution": 20}},
+     r"data\.resolution 20 must be divisible by 2\^model\.levels = 8"),
+    ({"model": {"kind": "nice", "layers": 2}}, r"model\.flow\.layers: unknown key"),
+    ({"model": {"kind": "glow"}, "latent": {"vae": "/some/vae"}}, r"latent\.vae applies to mmdit only"),
+])
+def test_a_bad_flow_config_is_refused_when_loaded(tmp_path, generator, message):
+    with pytest.raises(ConfigError, match=message):
+        pipeline(tmp_path, generator, a={})
