@@ -88,7 +88,7 @@ def bare_rate(cfg, shards: list[str], threads: int) -> float:
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.0)
     crop = PixelTransform(RESOLUTION)
-    data = (wds.WebDataset(shards, shardshuffle=False, empty_check=False).repeat().shuffle(1000)
+    data = (wds.WebDataset(shards, shardshuffle=False).repeat().shuffle(1000)
             .map(lambda s: (crop(open_rgb(s["jpg"])), s["txt"].decode())).batched(cfg.data.batch_size))
     loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=1, prefetch_factor=4)
     rates, t0 = [], time.perf_counter()
@@ -116,7 +116,8 @@ def bare_rate(cfg, shards: list[str], threads: int) -> float:
     return sum(rates[1:]) / len(rates[1:])
 
 
-def sampler_fds(model_dir: str, encoder, heldout: str, images: int) -> dict[str, tuple[int, float, float]]:
+def sampler_fds(model_dir: str, encoder, heldout: str, images: int,
+                threads: int) -> dict[str, tuple[int, float, float]]:
     """{name: (evaluations, Frechet distance, seconds)} of each sampler on the same prompts and noise seeds."""
     import torch
 
@@ -133,7 +134,7 @@ def sampler_fds(model_dir: str, encoder, heldout: str, images: int) -> dict[str,
         read_heldout,
     )
 
-    torch.set_num_threads(os.cpu_count() or 2)
+    torch.set_num_threads(threads)  # as training: on a shared machine more threads than free cores stall
     gen = load_generator(model_dir, encoder)
     features = load_encoder(encoder)
     real = read_heldout(heldout, RESOLUTION, images)
@@ -187,7 +188,7 @@ def main() -> None:
         print(f"bare PyTorch loop      {max(bare):8.1f} samples/s")
         print(f"winnow train-diffusion {max(ours):8.1f} samples/s   ({max(ours) / max(bare):.2f}x the bare loop)")
         print(f"samplers on winnow's model ({images} images, FD against {images} held-out images):")
-        fds = sampler_fds(os.path.join(work, f"winnow{args.repeats - 1}"), encoder, heldout, images)
+        fds = sampler_fds(os.path.join(work, f"winnow{args.repeats - 1}"), encoder, heldout, images, args.threads)
         heun, euler100 = fds["heun, 18 levels"][1], fds["euler, 100 levels"][1]
         print(result_line("diffusion_vs_bare_loop", max(ours) / max(bare), ">=", 0.95))
         print(result_line("heun35_fd_over_euler100_fd", heun / euler100, "<=", 1.0))
