@@ -1,7 +1,7 @@
 """The text-to-image diffusion trainer: training speed against a bare PyTorch loop, and sample quality per network
 evaluation of the samplers on the trained model.
 
-    python bench/diffusion.py            # tiny MMDiT (32 px, patch 4), batch 64, 300 steps each, ~6 min on 2 cores
+    python bench/diffusion.py            # tiny MMDiT (32 px, patch 4), batch 64, 300 steps each, ~15 min on 2 cores
     python bench/diffusion.py --full     # 1000 steps each, 512 images per sampler
     python bench/diffusion.py --workdir W --samplers-only   # (2) again on the model a run with --workdir W left
 
