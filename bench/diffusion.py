@@ -1,8 +1,9 @@
 """The text-to-image diffusion trainer: training speed against a bare PyTorch loop, and sample quality per network
 evaluation of the samplers on the trained model.
 
-    python bench/diffusion.py            # tiny MMDiT (32 px, patch 4), batch 64, 300 steps each, ~6 min on 2 cores
+    python bench/diffusion.py            # tiny MMDiT (32 px, patch 4), batch 64, 300 steps each, ~15 min on 2 cores
     python bench/diffusion.py --full     # 1000 steps each, 512 images per sampler
+    python bench/diffusion.py --workdir W --samplers-only   # (2) again on the model a run with --workdir W left
 
 (1) Training steps/s: winnow's train-diffusion task (the engine on an already started local Ray, one Ray Train
 worker) against the loop a user writes from minRF's rf.py: the same `SD3Transformer2DModel` config, batch, shards,
@@ -11,7 +12,9 @@ a learned null caption, AdamW, gradient clipping and an EMA; webdataset reads th
 DataLoader worker each. Throughput is the steady state (the first log window left out), best of the rounds.
 (2) Sample quality per evaluation: on winnow's trained model, the Frechet distance to the held-out images (features
 of the conditioning CLIP's image tower; every sampler starts from the same noise) of Heun with 18 levels (35
-evaluations), Euler with 35 and Euler with 100.
+evaluations), Euler with 35 and Euler with 100; and, on the first 64 of those noises, each one's RMS pixel distance
+to Heun with 100 levels (199 evaluations, the ODE's own answer): the discretisation error the Frechet distance mixes
+with the model's error and its sample noise.
 Last lines: RESULT diffusion_vs_bare_loop=... target>=0.95 and RESULT heun35_fd_over_euler100_fd=... target<=1.0
 """
 
@@ -88,7 +91,7 @@ def bare_rate(cfg, shards: list[str], threads: int) -> float:
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.0)
     crop = PixelTransform(RESOLUTION)
-    data = (wds.WebDataset(shards, shardshuffle=False, empty_check=False).repeat().shuffle(1000)
+    data = (wds.WebDataset(shards, shardshuffle=False).repeat().shuffle(1000)
             .map(lambda s: (crop(open_rgb(s["jpg"])), s["txt"].decode())).batched(cfg.data.batch_size))
     loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=1, prefetch_factor=4)
     rates, t0 = [], time.perf_counter()
@@ -116,8 +119,16 @@ def bare_rate(cfg, shards: list[str], threads: int) -> float:
     return sum(rates[1:]) / len(rates[1:])
 
 
-def sampler_fds(model_dir: str, encoder, heldout: str, images: int) -> dict[str, tuple[int, float, float]]:
-    """{name: (evaluations, Frechet distance, seconds)} of each sampler on the same prompts and noise seeds."""
+SAMPLERS = (("heun, 18 levels", "heun", 18), ("euler, 35 levels", "euler", 35), ("euler, 100 levels", "euler", 100))
+REFERENCE = ("heun, 100 levels", "heun", 100)  # 199 evaluations: the ODE solution the others approximate
+
+
+def sampler_fds(model_dir: str, encoder, heldout: str, images: int, threads: int,
+                ref_images: int) -> dict[str, tuple[int, float, float, float]]:
+    """{name: (evaluations, Frechet distance, ODE error, seconds)} of each sampler on the same prompts and noise
+    seeds. The ODE error is the RMS pixel distance ([-1, 1] units) of its first `ref_images` images to the reference
+    sampler's on the same noise: how far the sampler is from the probability-flow ODE's own answer, which the
+    Frechet distance (model error + discretisation error + sample noise) may not resolve."""
     import torch
 
     from training.generative.config import SamplerConfig
@@ -133,23 +144,47 @@ def sampler_fds(model_dir: str, encoder, heldout: str, images: int) -> dict[str,
         read_heldout,
     )
 
-    torch.set_num_threads(os.cpu_count() or 2)
+    torch.set_num_threads(threads)  # as training: on a shared machine more threads than free cores stall
     gen = load_generator(model_dir, encoder)
     features = load_encoder(encoder)
     real = read_heldout(heldout, RESOLUTION, images)
     reference = gaussian_of(image_features(features, real.images, "cpu"))
-    out = {}
-    for name, method, steps in (("heun, 18 levels", "heun", 18), ("euler, 35 levels", "euler", 35),
-                                ("euler, 100 levels", "euler", 100)):
+    seeds = list(range(len(real.captions)))
+
+    def run(method: str, steps: int, n: int) -> torch.Tensor:
         cfg = SamplerConfig(method=method, steps=steps, guidance=1.0)
+        return generate_batched(lambda p, s: gen.images(p, s, cfg), real.captions[:n], seeds[:n], 64)
+
+    t0 = time.perf_counter()
+    exact = run(REFERENCE[1], REFERENCE[2], ref_images)
+    print(f"  reference: {REFERENCE[0]} ({evaluations(*REFERENCE[1:])} evaluations) on {ref_images} images "
+          f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    out = {}
+    for name, method, steps in SAMPLERS:
         t0 = time.perf_counter()
-        seeds = list(range(len(real.captions)))
-        fakes = generate_batched(lambda p, s, c=cfg: gen.images(p, s, c), real.captions, seeds, 64)
+        fakes = run(method, steps, len(seeds))
         feats = image_features(features, to_pil(fakes), "cpu")
         nfe = evaluations(method, steps)
-        out[name] = (nfe, frechet_distance(*gaussian_of(feats), *reference), time.perf_counter() - t0)
-        print(f"  {name:18s} {nfe:4d} evaluations  FD {out[name][1]:.4f}  ({out[name][2]:.0f} s)", flush=True)
+        ode = float((fakes[:ref_images] - exact).pow(2).mean().sqrt())
+        out[name] = (nfe, frechet_distance(*gaussian_of(feats), *reference), ode, time.perf_counter() - t0)
+        print(f"  {name:18s} {nfe:4d} evaluations  FD {out[name][1]:.4f}  ODE error {ode:.4f}  "
+              f"({out[name][3]:.0f} s)", flush=True)
     return out
+
+
+def training_rounds(cfg, shards: list[str], work: str, args) -> float:
+    """Bare loop and winnow, interleaved `args.repeats` times; returns best winnow / best bare samples/s."""
+    print(f"MMDiT {MODEL}, {RESOLUTION} px, batch {args.batch}, fp32, {cfg.steps} steps, 1 training process, "
+          f"1 loader worker, {args.threads} torch thread(s), {len(shards)} shards x 512 samples")
+    bare, ours = [], []
+    for r in range(args.repeats):  # interleaved, so load from elsewhere hits both alike
+        bare.append(bare_rate(cfg, shards, args.threads))
+        ours.append(winnow_rate(cfg, shards, os.path.join(work, f"winnow{r}")))
+        print(f"  round {r + 1}: bare loop {bare[-1]:.1f}, winnow {ours[-1]:.1f} samples/s "
+              f"({ours[-1] / bare[-1]:.2f}x)", flush=True)
+    print(f"bare PyTorch loop      {max(bare):8.1f} samples/s (best round)")
+    print(f"winnow train-diffusion {max(ours):8.1f} samples/s   ({max(ours) / max(bare):.2f}x the bare loop)")
+    return max(ours) / max(bare)
 
 
 def main() -> None:
@@ -161,7 +196,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="interleaved training rounds; the best of each counts")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each training process")
     ap.add_argument("--workdir", default=None, help="keep outputs here (default: a temp dir, removed)")
+    ap.add_argument("--samplers-only", action="store_true",
+                    help="skip training: compare the samplers on the model a previous run left in --workdir")
     args = ap.parse_args()
+    if args.samplers_only and not args.workdir:
+        ap.error("--samplers-only needs the --workdir of a previous run")
     steps = args.steps or (1000 if args.full else 300)
     images = args.images or (512 if args.full else 256)
 
@@ -172,24 +211,22 @@ def main() -> None:
 
     work = args.workdir or tempfile.mkdtemp(prefix="bench-diffusion-")
     try:
-        shards = make_pool(work, "pool", shards=4, per_shard=512)
-        heldout, _ = make_testset(os.path.join(work, "heldout"), n=images)
-        encoder = EncoderRef(name=ENCODER, weights=train_clip(shards, os.path.join(work, "clip"), 100, seed=1))
-        cfg = task_config(encoder, steps, args.batch, args.threads, max(10, steps // 10), heldout)
         print(f"machine: {machine()}")
-        print(f"MMDiT {MODEL}, {RESOLUTION} px, batch {args.batch}, fp32, {steps} steps, 1 training process, "
-              f"1 loader worker, {args.threads} torch thread(s), {len(shards)} shards x 512 samples")
-        bare, ours = [], []
-        for r in range(args.repeats):  # interleaved, so load from elsewhere hits both alike
-            bare.append(bare_rate(cfg, shards, args.threads))
-            ours.append(winnow_rate(cfg, shards, os.path.join(work, f"winnow{r}")))
-            print(f"  round {r + 1}: bare loop {bare[-1]:.1f}, winnow {ours[-1]:.1f} samples/s", flush=True)
-        print(f"bare PyTorch loop      {max(bare):8.1f} samples/s")
-        print(f"winnow train-diffusion {max(ours):8.1f} samples/s   ({max(ours) / max(bare):.2f}x the bare loop)")
+        if args.samplers_only:
+            heldout = os.path.join(work, "heldout", "00000.tar")
+            encoder = EncoderRef(name=ENCODER, weights=os.path.join(work, "clip", "model.pt"))
+        else:
+            shards = make_pool(work, "pool", shards=4, per_shard=512)
+            heldout, _ = make_testset(os.path.join(work, "heldout"), n=images)
+            encoder = EncoderRef(name=ENCODER, weights=train_clip(shards, os.path.join(work, "clip"), 100, seed=1))
+            cfg = task_config(encoder, steps, args.batch, args.threads, max(10, steps // 10), heldout)
+            ratio = training_rounds(cfg, shards, work, args)
         print(f"samplers on winnow's model ({images} images, FD against {images} held-out images):")
-        fds = sampler_fds(os.path.join(work, f"winnow{args.repeats - 1}"), encoder, heldout, images)
+        fds = sampler_fds(os.path.join(work, f"winnow{args.repeats - 1}"), encoder, heldout, images, args.threads,
+                          min(images, 64))
         heun, euler100 = fds["heun, 18 levels"][1], fds["euler, 100 levels"][1]
-        print(result_line("diffusion_vs_bare_loop", max(ours) / max(bare), ">=", 0.95))
+        if not args.samplers_only:
+            print(result_line("diffusion_vs_bare_loop", ratio, ">=", 0.95))
         print(result_line("heun35_fd_over_euler100_fd", heun / euler100, "<=", 1.0))
     finally:
         if not args.workdir:
