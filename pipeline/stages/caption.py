@@ -70,6 +70,10 @@ class CaptionConfig(StageConfig, ActorPoolConfig):
     def output_dataset(self, stage: str) -> str:
         return self.input
 
+    def check_datasets(self, stage: str, source: str = "config") -> tuple[str, ...]:
+        # It adds captions/ beside the input's shards, as score adds signals/: one dataset, locked while it runs.
+        return (self.input,)
+
 
 CONFIG = CaptionConfig
 

@@ -137,7 +137,7 @@ def test_bad_weights_and_a_judge_that_is_the_captioner_fail_before_any_work(tmp_
     with pytest.raises(ConfigError, match="a captioner must be a CoCa"):
         run_pipeline(pc, config_path="t.yaml")
     pc = parse_pipeline_config({"root": str(tmp_path), "synthetic": {"dir": str(tmp_path / "web")}, "stages": {
-        "caption": stage_cfg(capfilt_models, input="web/test")}}, "t.yaml")
+        "caption": stage_cfg(capfilt_models, input="web")}}, "t.yaml")
     with pytest.raises(ConfigError, match="evaluation sets are never captioned"):
         run_pipeline(pc, config_path="t.yaml")
 
