@@ -224,6 +224,9 @@ def main() -> None:
     ap.add_argument("--worlds", nargs="+", choices=["shapes", "objects"], help="default: shapes (--full: both)")
     ap.add_argument("--seeds", type=int, default=None, help="final-encoder seeds per arm (default 2, --full 3)")
     ap.add_argument("--workdir", default=None, help="folder for the run roots (kept; default: a temp dir, removed)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of configs/capfilt_bootstrap.yaml (repeatable), e.g. "
+                         "caption.decoding.strategy=greedy or train_captioner.steps=600")
     args = ap.parse_args()
     worlds = args.worlds or (["shapes", "objects"] if args.full else ["shapes"])
     seeds = list(range(args.seeds or (3 if args.full else 2)))
@@ -231,11 +234,12 @@ def main() -> None:
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     base = os.path.abspath(args.workdir) if args.workdir else tempfile.mkdtemp(prefix="bench-capfilt-")
-    sets = IN_PROCESS + ([] if args.full else SMALL)
+    sets = IN_PROCESS + ([] if args.full else SMALL) + args.sets
     t0, results = time.time(), {}
     try:
         print(f"machine: {machine()}")
         print(f"config {CONFIG.relative_to(REPO)}{' (--full)' if args.full else ' (small: ' + ' '.join(SMALL) + ')'}"
+              f"{' ' + ' '.join(args.sets) if args.sets else ''}"
               f"; worlds {worlds}; final-encoder seeds {seeds}; run roots under {base}", flush=True)
         for world in worlds:
             print(f"\nworld {world}:", flush=True)
