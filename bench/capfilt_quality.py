@@ -3,8 +3,9 @@ AUROC estimate against its true AUROC, and a final encoder trained on the CapFil
 web captions only, at equal steps, on the synthetic web's two worlds, checked against the ground truth.
 
     python bench/capfilt_quality.py                # shapes world, a small web, 2 seeds (~12 min on 2 idle cores)
+    python bench/capfilt_quality.py --worlds objects shapes --seeds 3   # BENCHMARKS.md's table: the small web on
+                                                   # both worlds (30 min on 2 cores at load average ~20)
     python bench/capfilt_quality.py --full         # both worlds, configs/capfilt_bootstrap.yaml's web, 3 seeds
-    python bench/capfilt_quality.py --worlds objects --seeds 3
 
 Runs the stages of configs/capfilt_bootstrap.yaml through `run_pipeline`, one fresh run root per world: download
 the pool and the high-quality set, train the captioner (tiny CoCa) and the separate filter (tiny CLIP, 10% held
@@ -18,7 +19,9 @@ synthetic caption is right when it names the image's colour and shape and no oth
 Caption noise = the share of (image, caption) training pairs whose caption is wrong: before, every decodable pool
 image with its web caption; after, every kept caption of every kept image. The filter's true AUROC ranks all its
 judged captions (web and synthetic) against that truth; its estimate is the train_filter stage's, from held-out
-pairs against shuffled captions, with no labels. Last lines:
+pairs against shuffled captions, with no labels. Also printed: how often a synthetic caption names the right colour
+and the right shape (against chance: a captioner that has not learnt shapes writes fluent captions with a random
+shape), and the noise and images kept had the cut been stricter (P(match) >= 0.7, 0.9, 0.95). Last lines:
 RESULT capfilt_caption_noise_after=<mean over worlds> target<=0.15
 RESULT capfilt_auroc_estimate_error=<largest |estimate - true|> target<=0.1
 RESULT capfilt_top1_gain=<mean points over worlds and seeds> target>=3
@@ -98,12 +101,32 @@ def judged(root: str, world_name: str):
     rows = []
     for r in caps.itertuples():
         t = truth.loc[r.uid]
-        rows.append((r.uid, "web", r.caption, r.web_score, verdict.get((r.uid, "web", r.caption), False),
-                     t["noise"] in CLEAN))
-        for text, score in zip(r.synthetic_captions, r.synthetic_scores, strict=True):
-            rows.append((r.uid, "synthetic", text, score, verdict.get((r.uid, "synthetic", text), False),
-                         names_truth(text, t["colour"], t["shape"], world)))
-    return pd.DataFrame(rows, columns=["uid", "source", "text", "score", "kept", "right"])
+        rows.append((r.uid, "web", r.caption, r.web_score, r.web_probability,
+                     verdict.get((r.uid, "web", r.caption), False), t["noise"] in CLEAN, None, None))
+        for text, score, p in zip(r.synthetic_captions, r.synthetic_scores, r.synthetic_probabilities, strict=True):
+            rows.append((r.uid, "synthetic", text, score, p, verdict.get((r.uid, "synthetic", text), False),
+                         names_truth(text, t["colour"], t["shape"], world), *names_each(text, t, world)))
+    return pd.DataFrame(rows, columns=["uid", "source", "text", "score", "probability", "kept", "right",
+                                       "colour_right", "shape_right"])
+
+
+def names_each(caption: str, truth, world) -> tuple[bool | None, bool | None]:
+    """Whether a synthetic caption names the image's colour (alone), and its shape (alone); None for junk images."""
+    if truth["colour"] is None or truth["shape"] is None:
+        return None, None
+    words = caption.lower().replace(",", " ").replace(".", " ").split()
+    return ([c for c in world.colours if c in words] == [truth["colour"]],
+            [s for s in world.shapes if s in words] == [truth["shape"]])
+
+
+def threshold_sweep(df, levels=(0.5, 0.7, 0.9, 0.95)) -> list[tuple[float, float, int]]:
+    """(P(match) threshold, caption noise of the captions at or above it, images keeping one) per level: what a
+    stricter capfilt cut would have kept, from the same judged captions."""
+    out = []
+    for level in levels:
+        kept = df[df["probability"] >= level]
+        out.append((level, 1 - kept["right"].mean() if len(kept) else float("nan"), kept["uid"].nunique()))
+    return out
 
 
 def quality(root: str, world: str) -> dict:
@@ -111,6 +134,7 @@ def quality(root: str, world: str) -> dict:
     import json
 
     from filtering.holdout import auroc
+    from pipeline.synthetic.worlds import get_world
 
     df = judged(root, world)
     web, syn, kept = df[df["source"] == "web"], df[df["source"] == "synthetic"], df[df["kept"]]
@@ -125,7 +149,10 @@ def quality(root: str, world: str) -> dict:
         "noise_after_by_source": {s: 1 - kept[kept["source"] == s]["right"].mean() for s in ("web", "synthetic")},
         "true_auroc": auroc(df["score"], df["right"]), "true_auroc_web": auroc(web["score"], web["right"]),
         "estimated_auroc": check["estimated_auroc"], "estimate_step": check["step"],
-        "examples": examples(df),
+        "examples": examples(df), "sweep": threshold_sweep(df),
+        "colour_right": syn["colour_right"].dropna().astype(bool).mean(),
+        "shape_right": syn["shape_right"].dropna().astype(bool).mean(),
+        "chance": {"colour": 1 / len(get_world(world).colours), "shape": 1 / len(get_world(world).shapes)},
     }
 
 
@@ -171,6 +198,8 @@ def report(world: str, r: dict) -> list[str]:
              f"| decodable pool images | {r['images']} |",
              f"| caption noise before (web captions) | {r['noise_before']:.1%} |",
              f"| synthetic captions right before filtering | {r['synthetic_right']:.1%} |",
+             f"|   naming the right colour / the right shape (chance) | {r['colour_right']:.1%} "
+             f"({r['chance']['colour']:.1%}) / {r['shape_right']:.1%} ({r['chance']['shape']:.1%}) |",
              f"| caption noise after CapFilt (kept captions) | **{r['noise_after']:.1%}** |",
              f"|   of kept web captions / of kept synthetic | {r['noise_after_by_source']['web']:.1%} / "
              f"{r['noise_after_by_source']['synthetic']:.1%} |",
@@ -183,7 +212,9 @@ def report(world: str, r: dict) -> list[str]:
              f"| zero-shot top-1 CapFilt, per seed | {', '.join(f'{v:.1f}' for v in r['top1']['capfilt'])} |",
              f"| zero-shot top-1 web only, per seed | {', '.join(f'{v:.1f}' for v in r['top1']['web'])} |",
              f"| CapFilt | {spread(r['top1']['capfilt'])} |", f"| web only | {spread(r['top1']['web'])} |",
-             f"| **gain (points)** | **{spread(r['gains'])}** |", "", "examples:", *r["examples"]]
+             f"| **gain (points)** | **{spread(r['gains'])}** |", "",
+             "a stricter cut on the same judged captions (P(match) >= level): " + "; ".join(
+                 f"{lv}: noise {n:.1%}, {k} images" for lv, n, k in r["sweep"]), "", "examples:", *r["examples"]]
     return lines
 
 
@@ -193,6 +224,9 @@ def main() -> None:
     ap.add_argument("--worlds", nargs="+", choices=["shapes", "objects"], help="default: shapes (--full: both)")
     ap.add_argument("--seeds", type=int, default=None, help="final-encoder seeds per arm (default 2, --full 3)")
     ap.add_argument("--workdir", default=None, help="folder for the run roots (kept; default: a temp dir, removed)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of configs/capfilt_bootstrap.yaml (repeatable), e.g. "
+                         "caption.decoding.strategy=greedy or train_captioner.steps=600")
     args = ap.parse_args()
     worlds = args.worlds or (["shapes", "objects"] if args.full else ["shapes"])
     seeds = list(range(args.seeds or (3 if args.full else 2)))
@@ -200,11 +234,12 @@ def main() -> None:
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     base = os.path.abspath(args.workdir) if args.workdir else tempfile.mkdtemp(prefix="bench-capfilt-")
-    sets = IN_PROCESS + ([] if args.full else SMALL)
+    sets = IN_PROCESS + ([] if args.full else SMALL) + args.sets
     t0, results = time.time(), {}
     try:
         print(f"machine: {machine()}")
         print(f"config {CONFIG.relative_to(REPO)}{' (--full)' if args.full else ' (small: ' + ' '.join(SMALL) + ')'}"
+              f"{' ' + ' '.join(args.sets) if args.sets else ''}"
               f"; worlds {worlds}; final-encoder seeds {seeds}; run roots under {base}", flush=True)
         for world in worlds:
             print(f"\nworld {world}:", flush=True)

@@ -2,6 +2,7 @@
 the raw pool, at equal steps, checked against each web's ground truth.
 
     python bench/curation_quality.py            # configs/dfn_bootstrap.yaml as shipped, both worlds, 1 seed each
+    python bench/curation_quality.py --seeds 2  # BENCHMARKS.md's table (29 min on 2 cores at load average ~20)
     python bench/curation_quality.py --full     # both worlds, 3 seeds each
     python bench/curation_quality.py --worlds objects --seeds 2 --set train.model.name=tiny-clip-rn   # any override
 
