@@ -85,7 +85,10 @@ def plot_curves(csv_path: str, png_path: str) -> None:
 
     rows = read_csv(csv_path)
     keys = [k for k in (rows[0] if rows else {}) if k not in ("step", "time")]
-    keys = [k for k in keys if any(r.get(k) not in (None, "") for r in rows)]
+    counts = {k: sum(r.get(k) not in (None, "") for r in rows) for k in keys}
+    # a metric logged once (a final evaluation) is a number for the summary, not a curve; plot it only when nothing
+    # else has two points
+    keys = [k for k in keys if counts[k] > 1] or [k for k in keys if counts[k]]
     if not keys:
         return
     cols = min(3, len(keys))
