@@ -22,10 +22,19 @@ RAY = str(Path(sys.executable).parent / "ray")
 NODE_IP = "127.0.0.2"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and not handed out before in this process: the OS may give a just-released port again, and
+    two of one cluster's ports the same makes `ray start` fail."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _node_ports() -> list[str]:
