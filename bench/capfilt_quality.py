@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -41,7 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import machine, result_line  # noqa: E402
+from bench.common import end_embedded_run, machine, result_line  # noqa: E402
 from bench.curation_quality import output_to, spread  # noqa: E402
 
 CONFIG = REPO / "configs" / "capfilt_bootstrap.yaml"
@@ -253,12 +252,7 @@ def main() -> None:
         print(result_line("capfilt_auroc_estimate_error", error, "<=", 0.1))
         print(result_line("capfilt_top1_gain", gain, ">=", 3))
     finally:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()  # the embedded Ray the stages started in this process, nothing else
-        if not args.workdir:
-            shutil.rmtree(base, ignore_errors=True)
+        end_embedded_run(base, keep=bool(args.workdir))
 
 
 if __name__ == "__main__":

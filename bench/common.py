@@ -44,3 +44,16 @@ def timed(into: dict, key: str):
 
 def result_line(metric: str, value: float, op: str, target: float) -> str:
     return f"RESULT {metric}={value:.3f} target{op}{target}"
+
+
+def end_embedded_run(base, keep: bool) -> None:
+    """After a bench that ran stages in this process: shut down the embedded Ray they started (nothing else) and
+    remove the run root unless the user asked to keep it (`--workdir`)."""
+    import shutil
+
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    if not keep:
+        shutil.rmtree(base, ignore_errors=True)

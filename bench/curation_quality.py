@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import glob
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import machine, result_line  # noqa: E402
+from bench.common import end_embedded_run, machine, result_line  # noqa: E402
 
 CONFIG = REPO / "configs" / "dfn_bootstrap.yaml"
 WORLDS = ("shapes", "objects")
@@ -272,12 +271,7 @@ def main() -> None:
         print(result_line("curation_gain_min_over_worlds", min(mean_sd(r.gains)[0] for r in results), ">=",
                           GAIN_TARGET))
     finally:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()  # the embedded Ray the stages started in this process, nothing else
-        if not args.workdir:
-            shutil.rmtree(base, ignore_errors=True)
+        end_embedded_run(base, keep=bool(args.workdir))
 
 
 if __name__ == "__main__":
