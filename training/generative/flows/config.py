@@ -52,14 +52,12 @@ class FlowOptionsConfig(StrictModel):
     grid: int = Field(8, ge=1, description="the exported sample grid is grid x grid images")
 
 
-class FlowTaskConfig(StrictModel):
-    """Maximum likelihood on uniformly dequantised 8-bit pixels; evaluation in bits/dim on held-out images."""
+class FlowTaskConfig(FlowOptionsConfig):
+    """Maximum likelihood on uniformly dequantised 8-bit pixels; evaluation in bits/dim on held-out images. The
+    flow's own settings (preprocess, logit_alpha, init_samples, temperature, grid) are the stage's `flow:` section."""
 
     model: FlowModelConfig = FlowModelConfig()
     resolution: int = Field(16, ge=2, description="images are resized to resolution x resolution")
-    preprocess: Literal["signed_unit", "logit"] = Field(
-        "signed_unit", description="dequantised pixels -> model input; its log-det is counted in bits/dim")
-    logit_alpha: float = Field(0.05, gt=0, lt=0.5, description="logit preprocessing: squeeze into [a, 1 - a]")
     batch_size: int = Field(64, ge=1, description="samples per worker per micro-batch")
     loader_workers: int = Field(1, ge=0)
     shuffle_buffer: int = Field(512, ge=0)
@@ -67,13 +65,10 @@ class FlowTaskConfig(StrictModel):
     ema_halflife_samples: float | None = Field(None, gt=0, description="instead of ema_decay: EDM's half-life in "
                                                                        "samples (the stage's `ema:` section)")
     ema_rampup: float | None = Field(0.1, gt=0, description="with ema_halflife_samples: half-life <= rampup x seen")
-    init_samples: int = Field(256, ge=2, description="images that initialise Glow's actnorm (once, before DDP)")
     eval_samples: int = Field(512, ge=1, description="held-out images scored in bits/dim")
     eval_batch_size: int = Field(128, ge=1)
     eval_seed: int = Field(0, description="seed of the held-out dequantisation noise")
     eval_every: int = Field(0, ge=0, description="evaluate every N steps (0 = at the end only)")
-    temperature: float = Field(0.7, gt=0, description="sampling temperature of the exported grid")
-    grid: int = Field(8, ge=1, description="the exported sample grid is grid x grid images")
 
     @model_validator(mode="after")
     def _resolution_fits_the_levels(self) -> FlowTaskConfig:

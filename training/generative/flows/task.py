@@ -158,9 +158,8 @@ def flow_task_config(cfg) -> FlowTaskConfig:
     sections (data, ema, eval.likelihood, sample.grid_every) and the stage's `flow:` section."""
     f, d, lk = cfg.flow, cfg.data, cfg.eval.likelihood
     return FlowTaskConfig(
-        model=cfg.model, resolution=d.resolution, preprocess=f.preprocess, logit_alpha=f.logit_alpha,
+        **f.model_dump(), model=cfg.model, resolution=d.resolution,
         batch_size=d.batch_size, loader_workers=d.loader_workers, shuffle_buffer=d.shuffle_buffer,
         ema_decay=None, ema_halflife_samples=cfg.ema.halflife_samples, ema_rampup=cfg.ema.rampup,
-        init_samples=f.init_samples, eval_samples=max(1, lk.samples),
-        eval_batch_size=lk.batch_size, eval_seed=lk.seed, eval_every=cfg.sample.grid_every,
-        temperature=f.temperature, grid=f.grid)
+        eval_samples=max(1, lk.samples), eval_batch_size=lk.batch_size, eval_seed=lk.seed,
+        eval_every=cfg.sample.grid_every)
