@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field, field_validator
 
 from pipeline.core.config import ConfigError, StrictModel
@@ -14,6 +16,9 @@ class StageConfig(StrictModel):
     kind: str | None = Field(None, description="stage kind; defaults to the stage's key in `stages:`")
     input: str | None = Field(None, description="input dataset name under the run root")
     output: str | None = Field(None, description="output dataset name under the run root")
+    # A stage that adds a folder beside its input's shards (caption's captions/) writes into its input: that one
+    # dataset is its output and the only one it locks.
+    WRITES_INTO_INPUT: ClassVar[bool] = False
 
     @field_validator("input", "output")
     @classmethod
@@ -23,12 +28,16 @@ class StageConfig(StrictModel):
     def output_dataset(self, stage: str) -> str:
         """The dataset (or model directory) this stage writes under the run root: `output`, else the stage's name.
         Other stages, `winnow eval`, `winnow status` and the report ask this instead of re-deriving it."""
+        if self.WRITES_INTO_INPUT and self.input is not None:
+            return self.input
         return self.output or stage
 
     def check_datasets(self, stage: str, source: str = "config") -> tuple[str, ...]:
         """The datasets this stage touches (input first, if any), after checking them: names are single folders
         under the run root, and a stage never writes over its own input (reshard `{input: pool, output: pool}`
         would otherwise clear the pool's markers before reading it). ConfigError naming the key, before any work."""
+        if self.WRITES_INTO_INPUT and self.input is not None:
+            return (self.input,)
         output = self.output_dataset(stage)
         try:
             check_dataset_name(output)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -41,6 +41,7 @@ FOLDER = "captions"
 
 
 class CaptionConfig(StageConfig, ActorPoolConfig):
+    WRITES_INTO_INPUT: ClassVar[bool] = True  # captions/ beside the input's shards, as score writes signals/
     captioner: CaptionerSpec | None = Field(None, description="the captioning model and its weights")
     captioner_from: str | None = Field(None, description="a train-clip stage of this pipeline that trains a CoCa: "
                                                          "its final model.pt captions, instead of captioner")
@@ -66,13 +67,6 @@ class CaptionConfig(StageConfig, ActorPoolConfig):
             raise ValueError("caption writes captions/ into its input dataset (as score writes signals/); drop "
                              "`output`")
         return self
-
-    def output_dataset(self, stage: str) -> str:
-        return self.input
-
-    def check_datasets(self, stage: str, source: str = "config") -> tuple[str, ...]:
-        # It adds captions/ beside the input's shards, as score adds signals/: one dataset, locked while it runs.
-        return (self.input,)
 
 
 CONFIG = CaptionConfig
