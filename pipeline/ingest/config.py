@@ -4,13 +4,24 @@ parquet / arrow files with image bytes (a Hugging Face `datasets` export). One m
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from pipeline.core.config import StrictModel
 
-Patterns = str | list[str]
+
+def _absolute(value: str | list[str] | None):  # noqa: ANN202 - what it was given
+    """Local paths resolved against the directory winnow was started in, as the run root is: Ray workers read
+    them from their own working directories."""
+    if isinstance(value, list):
+        return [_absolute(v) for v in value]
+    return value if value is None or "://" in value or os.path.isabs(value) else os.path.abspath(value)
+
+
+Patterns = Annotated[str | list[str], AfterValidator(_absolute)]
+Location = Annotated[str, AfterValidator(_absolute)]
 
 
 class WebdatasetSource(StrictModel):
@@ -38,8 +49,8 @@ class FolderSource(TableColumns):
     Written as winnow shards: there is no tar to read in place."""
 
     kind: Literal["folder"]
-    path: str = Field(description="the image folder, local or any fsspec URL")
-    captions: str | None = Field(
+    path: Location = Field(description="the image folder, local or any fsspec URL")
+    captions: Location | None = Field(
         None, description="a captions table mapping file names to captions: CSV, JSONL (one row per caption, or a "
                           "list per row) or a COCO captions JSON (`images` + `annotations`); default: a `.txt` beside "
                           "each image (one caption per line)")

@@ -36,11 +36,17 @@ def beside(url: str) -> str:
     return (url[:-4] if url.endswith(".tar") else url) + ".parquet"
 
 
-def plan(src: WebdatasetSource, where: str) -> list[SourceShard]:
-    """One source shard per tar, in the order the pattern names them (sorted within a glob)."""
+def source_urls(src: WebdatasetSource, where: str) -> list[str]:
+    """The tars the source names, in order; ConfigError naming the key when it names none."""
     urls = expand_urls(src.shards)
     if not urls:
         raise ConfigError(f"{where}.shards: no file matches {src.shards!r}")
+    return urls
+
+
+def plan(src: WebdatasetSource, where: str) -> list[SourceShard]:
+    """One source shard per tar, in the order the pattern names them (sorted within a glob)."""
+    urls = source_urls(src, where)
     sides = [beside(u) for u in urls] if src.parquet else []
     found = stamps(urls + sides)
     out = []

@@ -78,7 +78,13 @@ def plan(ctx: StageContext, cfg: IngestConfig) -> tuple[list, dict]:
 
 
 def preflight(ctx: StageContext, cfg: IngestConfig) -> None:
-    plan(ctx, cfg)  # a pattern naming nothing or a missing column fails before any stage runs
+    """A pattern naming nothing or a missing column fails before any stage runs (tars are only listed here)."""
+    if cfg.source.kind == "webdataset":
+        from pipeline.ingest.webdataset import source_urls
+
+        source_urls(cfg.source, f"{ctx.config_path or 'config'}: stages.{ctx.stage}.source")
+        return
+    plan(ctx, cfg)
 
 
 def run(ctx: StageContext, cfg: IngestConfig) -> dict[str, Any]:

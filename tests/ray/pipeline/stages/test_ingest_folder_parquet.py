@@ -41,9 +41,12 @@ def ingested(ray_local, tmp_path_factory):
     os.symlink(tmp / "coco" / "train" / "000000000000.jpg", tmp / "coco" / "train" / "000000000010.jpg")
     rows = [{"image": sample(400 + i).image, "caption": caption(400 + i), "name": f"{i}.jpg", "label": i % 3}
             for i in range(9)]
-    rows[2]["caption"] = [caption(402), caption(402, 1)]  # a list of candidates
-    rows[6]["image"] = None  # no image bytes
-    write_image_parquet(tmp / "hf" / "train-00000-of-00001.parquet", rows)
+    rows[4]["image"] = None  # no image bytes
+    for r in rows[5:]:  # the second file's captions are lists of candidates
+        r["caption"] = [r["caption"]]
+    rows[6]["caption"].append(caption(406, 1))
+    write_image_parquet(tmp / "hf" / "train-00000-of-00002.parquet", rows[:5])
+    write_image_parquet(tmp / "hf" / "train-00001-of-00002.parquet", rows[5:])
     folder = {"kind": "folder", "path": str(tmp / "coco" / "train"), "captions": str(coco)}
     stages = {"ingest_coco": {"kind": "ingest", "output": "coco", "source": folder},
               "ingest_hf": {"kind": "ingest", "output": "hf", "samples_per_shard": 5,
@@ -85,9 +88,10 @@ def test_a_parquet_export_is_written_as_shards_by_row_ranges(ingested):
     assert ing["reasons"] == {"missing_image": 1} and ing["uid_rules"] == {"image_sha256": 8, "shard_key": 1}
     ds = Dataset(cfg.root, "hf")
     meta = [sample_meta(f) for url in ds.shard_files() for _, f in read_samples(url)]
-    assert [m["source_row"] for m in meta] == list(range(9)) and [m["label"] for m in meta] == [i % 3 for i in
-                                                                                             range(9)]
-    assert meta[2]["captions"] == rows[2]["caption"]
+    assert [(m["source_file"][6:11], m["source_row"]) for m in meta] == \
+        [("00000", i) for i in range(5)] + [("00001", i) for i in range(4)]
+    assert [m["label"] for m in meta] == [i % 3 for i in range(9)]
+    assert meta[6]["captions"] == rows[6]["caption"] and meta[5]["caption"] == rows[5]["caption"][0]
 
 
 @pytest.mark.parametrize("name, bad", [("coco", 3), ("hf", 1)])

@@ -234,3 +234,5 @@ def test_an_s3_source_read_in_place_under_an_s3_root(source, in_place, s3_bucket
         with sel_fs.open(sel, "rb") as f:
             kept[name] = {r["uid"] for r in pq.read_table(f).to_pylist() if r["kept"]}
     assert kept["s3"] == kept["local"] and len(kept["s3"]) == 2 * PER_SHARD - 4
+    run_pipeline(cfg, "reshard")  # byte ranges of the in-place tars, read from the bucket
+    assert {key for url in Dataset(root, "curated").shard_files() for key, _ in read_samples(url)} == kept["s3"]
