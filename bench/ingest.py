@@ -49,10 +49,15 @@ def photo_jpeg(i: int, side: int) -> bytes:
 
 
 def make_pool(folder: Path, shards: int, per_shard: int, side: int) -> list[str]:
+    """The DataComp-style source (reused from an earlier run with the same sizes, in a kept `--workdir`)."""
     from ingest_testdata import write_datacomp_shards
 
     from pipeline.core.ids import uid_of
 
+    stamp = folder / "made.json"
+    if stamp.exists() and json.loads(stamp.read_text()) == [shards, per_shard, side]:
+        return [str(folder / f"{s:08d}.tar") for s in range(shards)]
+    shutil.rmtree(folder, ignore_errors=True)
     parts = []
     for s in range(shards):
         part = []
@@ -61,7 +66,9 @@ def make_pool(folder: Path, shards: int, per_shard: int, side: int) -> list[str]
             part.append({"image": photo_jpeg(s * per_shard + i, side), "caption": f"a photo of item {i} in set {s}",
                          "url": url, "uid": uid_of(url)})
         parts.append(part)
-    return [str(p) for p in write_datacomp_shards(folder, parts)]
+    tars = [str(p) for p in write_datacomp_shards(folder, parts)]
+    stamp.write_text(json.dumps([shards, per_shard, side]))
+    return tars
 
 
 def read_loop(urls: list[str]) -> int:
@@ -70,7 +77,7 @@ def read_loop(urls: list[str]) -> int:
     from PIL import Image
 
     n = 0
-    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+    for sample in wds.WebDataset(urls, shardshuffle=False):
         image = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
         caption = sample["txt"].decode("utf-8")
         meta = json.loads(sample["json"])
@@ -102,13 +109,15 @@ def main() -> None:
                                                                                   "1")):
         os.environ.setdefault(var, value)
     os.environ.pop("RAY_ADDRESS", None)
+    # Ray's workers import winnow from this checkout (as the driver does), whatever the venv has installed
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     print(f"machine: {machine()}; load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-ingest-"))
     shutil.rmtree(work / "run", ignore_errors=True)
     t0 = time.perf_counter()
     urls = make_pool(work / "pool", shards, per_shard, args.side)
     n = shards * per_shard
-    src_bytes = folder_bytes(work / "pool")
+    src_bytes = sum(Path(u).stat().st_size + Path(u[:-4] + ".parquet").stat().st_size for u in urls)
     print(f"source: {shards} shards x {per_shard} samples, {args.side} px, {src_bytes / 1e6:.1f} MB "
           f"(made in {time.perf_counter() - t0:.1f}s)")
     for url in urls:  # warm: both sides read files from the page cache

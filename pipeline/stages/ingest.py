@@ -101,6 +101,7 @@ def run(ctx: StageContext, cfg: IngestConfig) -> dict[str, Any]:
                if s in stamps and mark.get("settings") == settings and mark.get("stamp") != stamps[s]]
     for shard in changed:
         log.warning("%s: source shard %s changed since it was ingested; ingesting it again", ctx.stage, shard)
+    drop_gone_shards(ctx, ds, set(stamps))
     cluster = ctx.init_ray()
     work = IngestShard(ctx.root, ctx.output, cfg.source, cfg.copies, cfg.max_image_pixels, settings,
                        key_digits=max(4, len(str(cfg.samples_per_shard - 1))))
@@ -113,6 +114,20 @@ def run(ctx: StageContext, cfg: IngestConfig) -> dict[str, Any]:
                   "cluster": cluster, **found})
     extra = finish(ctx, ds, [u.shard for u in units], changed, work.mode)
     return {"dataset": ds.url, **summary.as_dict(), **extra}
+
+
+def drop_gone_shards(ctx: StageContext, ds, planned: set[str]) -> None:  # noqa: ANN001
+    """Shards of an earlier ingest that the source no longer names leave the dataset (marker first, then files):
+    the dataset holds what the source holds."""
+    from pipeline.core.layout import fs_and_path
+
+    for shard in sorted(set(ds.done_shards()) - planned):
+        log.warning("%s: the source no longer has shard %s; removing it from %s", ctx.stage, shard, ds.url)
+        ds.remove_marker(shard)
+        for ext in ("parquet", "tar"):
+            fs, path = fs_and_path(ds.shard_file(shard, ext))
+            if fs.exists(path):
+                fs.rm(path)
 
 
 def finish(ctx: StageContext, ds, shards: list[str], changed: list[str], mode: str) -> dict:  # noqa: ANN001

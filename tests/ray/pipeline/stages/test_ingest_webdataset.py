@@ -186,7 +186,7 @@ def test_the_pool_runs_through_score_filter_reshard_and_train_and_a_subset_repro
     assert "could not be built" not in html
 
 
-def test_a_changed_source_stops_its_readers_and_is_ingested_again(source, tmp_path, ray_local):
+def test_a_changed_source_stops_its_readers_and_is_ingested_again_and_a_gone_one_leaves(source, tmp_path, ray_local):
     folder, shards = source
     src = tmp_path / "pool"
     shutil.copytree(folder, src)
@@ -206,6 +206,12 @@ def test_a_changed_source_stops_its_readers_and_is_ingested_again(source, tmp_pa
     assert res["changed_sources_reingested"] == ["00001"] and res["shards"]["skipped_already_done"] == 1
     assert res["samples"] == 2 * PER_SHARD - 1
     assert input_shards(ctx, train_on_pool) == [str(src / "00000000.tar"), str(src / "00000001.tar")]
+    # a shard the source no longer has leaves the dataset
+    (src / "00000001.tar").unlink()
+    res = run_pipeline(cfg, "ingest")["ingest"]
+    pool = Dataset(cfg.root, "pool")
+    assert res["samples"] == PER_SHARD and list(pool.done_shards()) == ["00000"]
+    assert not Path(pool.shard_file("00001", "parquet")).exists()
 
 
 def test_an_s3_source_read_in_place_under_an_s3_root(source, in_place, s3_bucket, tmp_path):
