@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from pipeline.core.ids import uid_of
+from pipeline.core.ids import sample_uid as uid_rule
 from pipeline.core.images import open_rgb
 from pipeline.core.sample import image_member, primary_caption, sample_meta
 
@@ -46,10 +46,8 @@ def held_out(uid: str, fraction: float, seed: int) -> bool:
 
 
 def sample_uid(files: dict, key: str | None = None) -> str:
-    """A raw sample's uid: its JSON's uid, else the hash of its URL, else of its key (the signals' rule)."""
-    meta = sample_meta(files)
-    url = meta.get("url")
-    return str(meta.get("uid") or uid_of(url if isinstance(url, str) and url else str(key or files.get("__key__"))))
+    """A raw sample's uid by the signals' rule (`pipeline.core.ids.sample_uid`: JSON uid, URL hash, image hash)."""
+    return uid_rule(sample_meta(files), image_member(files)[1], str(key or files.get("__key__")))[0]
 
 
 @dataclass(frozen=True)

@@ -61,9 +61,12 @@ class Recipe:
                     f"{hint}; computed signals: {', '.join(sorted(signals))}")
 
 
-def known_ops_text() -> str:
-    return (f"known ops: {', '.join(NAMED_OPS)}; numeric signals as `<signal>: {{min|max|top_fraction}}`: "
-            f"{', '.join(NUMERIC_SIGNALS)}")
+def known_ops_text(named: dict | None = None) -> str:
+    """The ops a recipe may name, each once: the named ops, then the numeric signals no named op replaces."""
+    named = NAMED_OPS if named is None else named
+    signals = [s for s in NUMERIC_SIGNALS if s not in named]
+    return (f"known ops: {', '.join(named)}; numeric signals as `<signal>: {{min|max|top_fraction}}`: "
+            f"{', '.join(signals)}")
 
 
 def _scalar(name: str, value, where: str):
@@ -96,7 +99,8 @@ def parse_op(item, source: str, index: int) -> Op:
         raise RecipeError(f"{where}: expected a mapping of parameters ({', '.join(model.model_fields)}), "
                           f"got {params!r}")
     try:
-        parsed = model.model_validate(params)
+        # an op naming a file (uids) finds it beside the recipe too
+        parsed = model.model_validate(params, context={"recipe_dir": Path(source).parent})
     except ValidationError as err:
         msg = format_validation_error(f"{source}: ops[{index}]", err, prefix=(name,))
         if any(e["type"] == "extra_forbidden" for e in err.errors()):

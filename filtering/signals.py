@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from filtering.images import phash_hex, sha256_hex
 from filtering.text import caption_signals
-from pipeline.core.ids import uid_of
+from pipeline.core.ids import sample_uid
 from pipeline.core.images import DEFAULT_MAX_PIXELS, decode_image
 from pipeline.core.sample import image_member, primary_caption, sample_meta
 
@@ -56,9 +56,9 @@ def sample_row(key: str, files: dict[str, bytes], shard: str, max_pixels: int = 
     meta = sample_meta(files)
     caption = primary_caption(files, meta) or ""
     url = meta.get("url")
-    # The download stage writes the uid; without it, the URL's hash is the same uid by construction.
-    uid = str(meta.get("uid") or (uid_of(url) if url else uid_of(f"{shard}/{key}")))
     image_ext, data = image_member(files)
+    # The download and ingest stages chose the uid by the same rule: JSON uid, URL hash, image hash.
+    uid, _ = sample_uid(meta, data, f"{shard}/{key}")
     info, img = decode_image(data, max_pixels)
     pixels = None
     if img is not None and preprocess is not None:

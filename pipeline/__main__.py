@@ -6,6 +6,7 @@
     winnow synth configs/demo.yaml                    # only make the synthetic web
     winnow eval configs/demo.yaml --stage train       # zero-shot + retrieval of a trained encoder
     winnow report configs/demo.yaml
+    winnow export-subset configs/demo.yaml --stage filter --out subset.npy   # kept uids, DataComp's format
     winnow submit --address http://HEAD:8265 configs/demo.yaml --follow
     winnow jobs --address http://HEAD:8265 ; winnow stop --address http://HEAD:8265 JOB_ID
 """
@@ -46,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(sub.add_parser("synth", help="make the synthetic web without running the pipeline"), stage=False)
     _config_args(sub.add_parser("eval", help="zero-shot and retrieval evaluation of a trained encoder"))
     _config_args(sub.add_parser("report", help="rebuild the HTML report"), stage=False)
+    p = sub.add_parser("export-subset", help="a filter stage's kept uids as a DataComp subset file (.npy, u8,u8)")
+    _config_args(p, stage=False)
+    p.add_argument("--stage", required=True, help="the filter stage whose selection to export")
+    p.add_argument("--out", required=True, help="the .npy file to write (any fsspec path)")
     p = sub.add_parser("submit", help="submit the run to a Ray cluster as a job")
     p.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HEAD:8265")
     p.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
@@ -121,6 +126,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from pipeline.report import build_report
 
         print(build_report(_load(args)))
+        return 0
+    if args.command == "export-subset":
+        from pipeline.cli.export_subset import export_subset
+
+        export_subset(_load(args), args.stage, args.out, config_path=args.config)
         return 0
     from pipeline.cli import jobs
 

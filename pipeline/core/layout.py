@@ -91,6 +91,27 @@ def file_record(fs: fsspec.AbstractFileSystem, path: str) -> dict:
     return {"size": int(fs.size(path)), "sha256": sha256_file(fs, path)}
 
 
+def file_stamp(info: dict) -> dict:
+    """What says a file changed, from fsspec's `info()`: its size, modification time and etag (whichever the
+    store reports: `mtime` locally, `LastModified` / `ETag` on S3, `updated` / `md5Hash` on GCS)."""
+    stamp: dict[str, Any] = {"size": int(info.get("size") or 0)}
+    for out, keys in (("mtime", ("mtime", "LastModified", "updated", "last_modified")),
+                      ("etag", ("ETag", "etag", "md5Hash", "generation"))):
+        value = next((info[k] for k in keys if info.get(k) is not None), None)
+        if value is not None:
+            stamp[out] = str(value)
+    return stamp
+
+
+def source_record(url: str, sha256: str | None = None) -> dict:
+    """The marker entry of a file read in place (a source tar an ingest did not copy): its URL, its stamp (size,
+    mtime, etag) and, when the reader computed it on the way, its sha256. `Dataset.shard_source` answers with the
+    URL; `verify_shard` compares the stamp, without reading the file again."""
+    fs, path = fs_and_path(url)
+    stamp = file_stamp(fs.info(path))
+    return {"url": url, "size": stamp["size"], "stamp": stamp, "sha256": sha256}
+
+
 def fsync_file(path: str) -> None:
     """Flush a local file's data to disk: a done marker written next must not outlive the data it vouches for."""
     fd = os.open(path, os.O_RDONLY)
@@ -141,6 +162,19 @@ def read_json(url: str) -> Any:
         return json.load(f)
 
 
+def source_problems(want: dict) -> list[str]:
+    """Problems with a file read in place against its recorded stamp (empty = unchanged since it was ingested)."""
+    url = want["url"]
+    fs, path = fs_and_path(url)
+    try:
+        now = file_stamp(fs.info(path))
+    except FileNotFoundError:
+        return [f"{url}: source missing"]
+    was = want.get("stamp") or {"size": want.get("size")}
+    changed = [f"{k} {was.get(k)} -> {now.get(k)}" for k in ("size", "mtime", "etag") if was.get(k) != now.get(k)]
+    return [f"{url}: source changed since it was ingested ({', '.join(changed)})"] if changed else []
+
+
 class Dataset:
     """A dataset directory under the run root, e.g. `runs/demo/pool`."""
 
@@ -166,14 +200,28 @@ class Dataset:
     def exists(self) -> bool:
         return self.fs.exists(self.path)
 
+    def shard_source(self, shard: str, ext: str = "tar", record: dict | None = None, folder: str = "shards") -> str:
+        """Where a complete shard's file is read: the source it was ingested from in place (the marker's entry has a
+        `url`), else its place in this dataset. `record` is the shard's marker when the caller has it."""
+        if record is None:
+            record = self.done_shards(folder, only=shard).get(shard, {})
+        entry = (record.get("files") or {}).get(f"{folder}/{shard}.{ext}") or {}
+        return entry.get("url") or self.shard_file(shard, ext, folder)
+
     # --- done markers ------------------------------------------------------------------------------------------
-    def done_shards(self, folder: str = "shards") -> dict[str, dict]:
-        """Markers of complete shards: shard name -> the marker's JSON (counts, checksums)."""
+    def done_shards(self, folder: str = "shards", only: str | None = None) -> dict[str, dict]:
+        """Markers of complete shards: shard name -> the marker's JSON (counts, checksums); `only`: that one."""
         fs, path = fs_and_path(self.sub(folder, "_done"))
-        if not fs.exists(path):
+        if only is not None:
+            paths = [f"{path.rstrip('/')}/{only}"]
+            if not fs.exists(paths[0]):
+                return {}
+        elif not fs.exists(path):
             return {}
+        else:
+            paths = sorted(fs.ls(path, detail=False))
         out = {}
-        for p in sorted(fs.ls(path, detail=False)):
+        for p in paths:
             name = posixpath.basename(p.rstrip("/"))
             if ".tmp-" in name:
                 continue
@@ -196,6 +244,9 @@ class Dataset:
         """Problems with a done shard's files against the checksums in its marker (empty = intact)."""
         problems = []
         for rel, want in record.get("files", {}).items():
+            if want.get("url"):
+                problems += source_problems(want)
+                continue
             fs, path = fs_and_path(self.sub(rel))
             if not fs.exists(path):
                 problems.append(f"{rel}: missing")
@@ -221,7 +272,7 @@ class Dataset:
             fix = (f"run stage {writer!r} again (`winnow run CONFIG --stage {writer}`): it finds the damage and "
                    "rebuilds only these shards" if writer else "rerun the stage that wrote them")
             raise DamagedShards(f"{len(damaged)} shard(s) of {self.url} changed on disk since they were written "
-                                f"(checksum mismatch):\n{lines}\nTo repair: {fix}.")
+                                f"or ingested (checksum or stamp mismatch):\n{lines}\nTo repair: {fix}.")
         return {s: done[s] for s in wanted}
 
     def writer_of(self, folder: str = "shards") -> str | None:
@@ -233,8 +284,9 @@ class Dataset:
         return None
 
     def shard_files(self, folder: str = "shards", ext: str = "tar") -> list[str]:
-        """Complete shards' files of one extension, in shard order (incomplete shards are not listed)."""
-        return [self.shard_file(s, ext, folder) for s in sorted(self.done_shards(folder))]
+        """Complete shards' files of one extension, in shard order, where they are read (see `shard_source`;
+        incomplete shards are not listed)."""
+        return [self.shard_source(s, ext, rec, folder) for s, rec in sorted(self.done_shards(folder).items())]
 
     # --- manifest ----------------------------------------------------------------------------------------------
     @property

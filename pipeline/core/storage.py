@@ -159,3 +159,21 @@ def warn_local_root_on_cluster(root: str, cluster: dict) -> None:
             "there, so shards written on one node are missing on the others. Use storage every node sees for "
             "`root` (s3://bucket/prefix, gs://bucket/prefix, or a shared mount such as NFS).",
             root, cluster.get("nodes", 0))
+
+
+def expand_urls(patterns: str | list[str]) -> list[str]:
+    """The files that brace patterns and globs name (`pool/{00000..01287}.tar`, `s3://b/pool/*.tar`): each pattern
+    brace-expanded, each part globbed where it has wildcards, else kept when the file exists; in the order given,
+    sorted within a glob, each file once. URLs keep their scheme."""
+    import braceexpand
+
+    out: dict[str, None] = {}
+    for pattern in [patterns] if isinstance(patterns, str) else patterns:
+        for part in braceexpand.braceexpand(pattern):
+            fs, path = fs_and_path(part)
+            scheme = part.split("://", 1)[0] + "://" if "://" in part and not is_local(part) else ""
+            if any(c in path for c in "*?["):
+                out.update(dict.fromkeys(scheme + p for p in sorted(fs.glob(path)) if not fs.isdir(p)))
+            elif fs.exists(path):
+                out[part] = None
+    return list(out)

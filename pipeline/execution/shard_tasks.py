@@ -165,16 +165,18 @@ def run_shards(
     quiet: bool = False,
     deadline_s: float | None = None,
     env: dict[str, str] | None = None,
+    current: Callable[[str, dict], bool] | None = None,
 ) -> StageSummary:
     """Run `work` over `jobs` on Ray, skipping complete shards; write the manifest section; return the summary.
 
     `extra_reasons` are samples the stage dropped before any shard work (see `StageRecord.finish`). A shard task
-    still running `deadline_s` after submission is cancelled and retried; `env` is its worker's environment.
+    still running `deadline_s` after submission is cancelled and retried; `env` is its worker's environment. A done
+    shard whose marker `current(shard, marker)` rejects (made from another source or settings) is redone.
     Raises StageIncomplete (after writing the manifest) when shards still fail after `retries` retries.
     """
     record = StageRecord(stage, dataset, [j.shard for j in jobs], folder=folder, unit=progress_unit, quiet=quiet,
                          max_retries=retries)
-    todo = set(record.pending(verify=verify_done))
+    todo = set(record.pending(current, verify=verify_done))
     tasks = BoundedTasks(partial(_run_and_mark, work), num_cpus=num_cpus, max_in_flight=max_in_flight,
                          retries=retries, label=f"{stage} shard", deadline_s=deadline_s, env=env)
     with record.progress():

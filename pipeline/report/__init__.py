@@ -19,7 +19,7 @@ import logging
 import time
 
 from pipeline.core.layout import atomic_write
-from pipeline.report import capfilt, curation, encoders, generation, overview
+from pipeline.report import capfilt, curation, encoders, generation, ingest, overview
 from pipeline.report.data import ReportData
 from pipeline.report.html import esc, page
 
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 SECTIONS = [
     ("run", "Run", overview.overview),
     ("download", "Download", curation.download),
+    ("ingest", "Ingested data", ingest.section),
     ("score", "Signals and scores", curation.score),
     ("recipes", None, curation.recipes),  # one section per recipe
     ("reshard", "Training shards", curation.reshard),
@@ -39,9 +40,10 @@ SECTIONS = [
 
 
 def report_dataset(cfg) -> str | None:
-    """The dataset a run's report is about: the scored pool, else the filtered one, else the downloaded one."""
+    """The dataset a run's report is about: the scored pool, else the filtered one, else the downloaded or ingested
+    one."""
     stages = list(getattr(cfg, "stages", {}).values())
-    for kind, attr in (("score", "input"), ("filter", "input"), ("download", "output")):
+    for kind, attr in (("score", "input"), ("filter", "input"), ("download", "output"), ("ingest", "output")):
         for st in stages:
             if st.kind == kind and getattr(st, attr, None):
                 return getattr(st, attr)

@@ -87,7 +87,7 @@ class Thumbnails:
     def _make(self, shard: str, key: str) -> str | None:
         from pipeline.core.shards import index_samples, read_ranges
 
-        url = self.ds.shard_file(shard, "tar")
+        url = self.ds.shard_source(shard, "tar")
         try:
             if shard not in self.index:
                 self.index[shard] = index_samples(url)

@@ -16,6 +16,7 @@ from types import ModuleType
 
 STAGE_KINDS: dict[str, str] = {
     "download": "pipeline.stages.download",
+    "ingest": "pipeline.stages.ingest",
     "score": "pipeline.stages.score",
     "filter": "pipeline.stages.filter",
     "reshard": "pipeline.stages.reshard",

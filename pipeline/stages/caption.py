@@ -322,7 +322,7 @@ def run(ctx: StageContext, cfg: CaptionConfig) -> dict[str, Any]:
                           actors=resources["actors"], num_cpus=resources["actor_cpus"],
                           num_gpus=resources["actor_gpus"], batch_size=cfg.batch_size)
         row_bytes = 4096 + int(np.prod(cap_pre["size"])) * 6
-        run_actor_pool(record, [{"shard": s, "url": ds.shard_file(s, "tar")} for s in todo],
+        run_actor_pool(record, [{"shard": s, "url": ds.shard_source(s, "tar", inputs[s])} for s in todo],
                        lambda s, cols, info: write_caption_shard(ds, s, cols, info, ident), read, model,
                        block_bytes=max(1 << 20, cfg.chunk_rows * row_bytes), retries=cfg.retries)
     summary = record.finish({

@@ -47,6 +47,11 @@ class FilterConfig(StageConfig):
         load_recipe(value)  # unknown ops and bad parameters are config errors, before any stage runs
         return value
 
+    @property
+    def recipe_name(self) -> str:
+        """The selection's name, `selection/<recipe_name>.parquet`: the recipe file's stem."""
+        return Path(self.recipe).stem
+
     @model_validator(mode="after")
     def _input(self) -> FilterConfig:
         if not self.input:

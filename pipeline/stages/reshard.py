@@ -109,8 +109,10 @@ def plan_hash(plan: list[list[tuple]], captions: dict[str, list[dict]] | None = 
     return h.hexdigest()[:16]
 
 
-def index_sources(ds: Dataset, plan: list[list[tuple]], num_cpus: float, max_in_flight: int, retries: int) -> dict:
-    """(source shard, key) -> {ext: MemberRange}, from the source tars' headers, one Ray task per source shard."""
+def index_sources(tars: dict[str, str], plan: list[list[tuple]], num_cpus: float, max_in_flight: int,
+                  retries: int) -> dict:
+    """(source shard, key) -> {ext: MemberRange}, from the source tars' headers (`tars`: shard -> where its tar is
+    read), one Ray task per source shard."""
     from pipeline.core import shards
     from pipeline.execution.shard_tasks import map_bounded
 
@@ -118,13 +120,13 @@ def index_sources(ds: Dataset, plan: list[list[tuple]], num_cpus: float, max_in_
     for part in plan:
         for _, shard, key in part:
             wanted[shard].add(key)
-    found = map_bounded(shards.index_samples, {s: (ds.shard_file(s, "tar"), wanted[s]) for s in sorted(wanted)},
+    found = map_bounded(shards.index_samples, {s: (tars[s], wanted[s]) for s in sorted(wanted)},
                         num_cpus=num_cpus, max_in_flight=max_in_flight, retries=retries, label="reshard index")
     index: dict[tuple[str, str], dict] = {}
     for shard, members in sorted(found.items()):
         missing = wanted[shard] - set(members)
         if missing:
-            raise RuntimeError(f"reshard: {len(missing)} selected samples are not in {ds.shard_file(shard, 'tar')} "
+            raise RuntimeError(f"reshard: {len(missing)} selected samples are not in {tars[shard]} "
                                f"(e.g. {sorted(missing)[:3]}); the shard changed since it was filtered")
         index.update({(shard, k): v for k, v in members.items()})
     return index
@@ -144,7 +146,7 @@ def write_shard(job: ShardJob, root: str, output: str, source: str, plan_id: str
             by_source[shard].append((i, ext, rng))
     files: list[dict[str, bytes]] = [{} for _ in job.payload]
     for shard, wanted in by_source.items():
-        for (i, ext, _), data in zip(wanted, read_ranges(src.shard_file(shard, "tar"), [w[2] for w in wanted]),
+        for (i, ext, _), data in zip(wanted, read_ranges(src.shard_source(shard, "tar"), [w[2] for w in wanted]),
                                      strict=True):
             files[i][ext] = data
     samples, rows = [], []
@@ -218,7 +220,9 @@ def run(ctx: StageContext, cfg: ReshardConfig) -> dict[str, Any]:
     src = ctx.dataset(cfg.input)
     out = ctx.dataset(ctx.output)
     kept, captions = read_kept(src, cfg.recipe_name)
-    src.intact_shards(sorted({shard for _, shard, _ in kept}))  # damaged sources are reported, not half-copied
+    # damaged sources are reported, not half-copied; an ingested-in-place shard's tar is where it was ingested from
+    intact = src.intact_shards(sorted({shard for _, shard, _ in kept}))
+    tars = {s: src.shard_source(s, "tar", rec) for s, rec in intact.items()}
     if not kept:
         raise RuntimeError(f"reshard: recipe {cfg.recipe_name!r} kept no samples of {src.url}; nothing to write")
     plan = plan_shards(kept, cfg.samples_per_shard, cfg.seed)
@@ -227,7 +231,7 @@ def run(ctx: StageContext, cfg: ReshardConfig) -> dict[str, Any]:
     names = [f"{i:05d}" for i in range(len(plan))]
     todo = set(pending_shards(out, names, stage=ctx.stage))  # a damaged shard loses its marker: redone below
     ctx.init_ray()
-    index = index_sources(src, [p for n, p in zip(names, plan, strict=True) if n in todo], cfg.num_cpus,
+    index = index_sources(tars, [p for n, p in zip(names, plan, strict=True) if n in todo], cfg.num_cpus,
                           cfg.max_in_flight, cfg.retries)
     jobs = [ShardJob(name, [(u, s, k, index.get((s, k), {}), (captions or {}).get(u)) for u, s, k in part]
                      if name in todo else None) for name, part in zip(names, plan, strict=True)]

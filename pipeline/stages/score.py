@@ -183,7 +183,7 @@ def run(ctx: StageContext, cfg: ScoreConfig) -> dict[str, Any]:
     if todo:
         resources = plan_resources(cfg, ctx.init_ray(), cfg.model is not None, ctx.stage)
         read, model, block_bytes = pipeline_steps(cfg, resources, preprocess_cfg)
-        run_actor_pool(record, [{"shard": s, "url": ds.shard_file(s, "tar")} for s in todo],
+        run_actor_pool(record, [{"shard": s, "url": ds.shard_source(s, "tar", inputs[s])} for s in todo],
                        lambda s, cols, info: write_scored_shard(ds, s, cols, info, cfg, _input_sha(inputs[s], s)),
                        read, model, block_bytes=block_bytes, retries=cfg.retries)
     summary = record.finish({

@@ -50,7 +50,8 @@ def input_shards(ctx: StageContext, cfg: TrainClipConfig) -> list[str]:
     if not cfg.input:
         raise ConfigError(f"stages.{ctx.stage}: set `input` (a dataset name) or `data.input_shards` (a pattern)")
     ds = ctx.dataset(cfg.input)
-    shards = [ds.shard_file(s, "tar") for s in ds.intact_shards()]  # damaged shards are reported before training
+    # damaged shards (or changed sources of an ingest in place) are reported before training
+    shards = [ds.shard_source(s, "tar", rec) for s, rec in ds.intact_shards().items()]
     if not shards:
         raise ConfigError(f"stages.{ctx.stage}.input: dataset {cfg.input!r} has no complete shards "
                           f"(no shard matches {ds.sub('shards', '*.tar')!r} with a _done marker)")

@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[3]
 LAYERS = [
     ["pipeline.core"],  # the base layer: nothing else of pipeline
     ["pipeline.runtime", "pipeline.synthetic", "pipeline.fetch", "pipeline.execution"],
+    ["pipeline.ingest"],  # the ingest stage's source readers: shard jobs of the execution layer
     ["pipeline.stages", "pipeline.pipeline_config"],  # validating a pipeline config asks each stage kind's config
     ["pipeline.report"],
     ["pipeline.cli"],
@@ -59,7 +60,7 @@ def test_pipeline_root_holds_only_the_entry_points_and_packages() -> None:
     root = {p.stem for p in (REPO / "pipeline").glob("*.py")}
     packages = {p.name for p in (REPO / "pipeline").iterdir() if (p / "__init__.py").exists()}
     assert root == ROOT_MODULES
-    assert packages == {"core", "execution", "stages", "report", "synthetic", "cli", "fetch"}
+    assert packages == {"core", "execution", "stages", "report", "synthetic", "cli", "fetch", "ingest"}
     assert {unit(m) for m in modules("pipeline")} - {"pipeline"} == set(RANK)
 
 
