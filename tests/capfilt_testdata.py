@@ -1,7 +1,7 @@
 """Test data for the CapFilt and filter-check tests: a small synthetic web written straight to shards (no server,
 no download), its ground truth, and the truth's verdict on a caption.
 
-`web_shards` builds the web on disk (`pipeline.synthetic.build_web`, no URL faults) and writes its pool and
+`web_shards` builds the web on disk (`pipeline.synthetic.web.build_web`, no URL faults) and writes its pool and
 high-quality URLs as winnow datasets `pool` and `hq` (tar + done marker, like the download stage: `<key>.jpg`,
 `<key>.txt`, `<key>.json` with uid and url), so a test gets the synthetic web's images, captions and noise with
 `truth.parquet` beside them in a second instead of a download stage's run.

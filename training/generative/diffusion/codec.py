@@ -34,14 +34,16 @@ def square_crop(image: Image.Image, size: int) -> Image.Image:
 
 
 class PixelTransform:
-    """PIL image -> (3, S, S) in [-1, 1]: short side to S (bicubic), centre crop (a class: loaders pickle it)."""
+    """PIL image -> (3, S, S): short side to S (bicubic), centre crop; floats in [-1, 1] (the denoisers' view), or
+    with `uint8` the 8-bit values themselves (the flows' and the likelihoods': dequantised in one place). A class:
+    loaders pickle it."""
 
-    def __init__(self, size: int):
-        self.size = size
+    def __init__(self, size: int, uint8: bool = False):
+        self.size, self.uint8 = size, uint8
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = square_crop(image, self.size)
-        return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)  # (3, S, S)
+        pixels = torch.from_numpy(np.array(square_crop(image, self.size), dtype=np.uint8)).permute(2, 0, 1)
+        return pixels.contiguous() if self.uint8 else pixels.float() / 127.5 - 1  # (3, S, S)
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
