@@ -25,7 +25,6 @@ in the model by ~1e-7; a draw lands that close to a boundary between tokens abou
 
 from __future__ import annotations
 
-import logging
 from typing import Literal
 
 import numpy as np
@@ -181,7 +180,7 @@ def load_coca(spec: CaptionerSpec, device: str):
     import open_clip
 
     from filtering.dfn import load_state_dict_safely
-    from pipeline.core.model_configs import register_model_configs
+    from pipeline.core.model_configs import random_init_expected, register_model_configs
 
     where = _config_source(spec)
     register_model_configs(spec.config_file)
@@ -189,11 +188,8 @@ def load_coca(spec: CaptionerSpec, device: str):
         model = open_clip.create_model(spec.name, pretrained=spec.weights, precision=spec.precision, device=device,
                                        weights_only=True)
         return model.eval(), open_clip.get_tokenizer(spec.name)
-    logging.disable(logging.WARNING)  # open_clip warns "initialized randomly": the weights load just below
-    try:
+    with random_init_expected():  # the weights load just below
         model = open_clip.create_model(spec.name, pretrained=None, precision=spec.precision, device="cpu")
-    finally:
-        logging.disable(logging.NOTSET)
     try:
         state = load_state_dict_safely(spec.weights)
     except pickle.UnpicklingError as err:

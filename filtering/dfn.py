@@ -14,7 +14,6 @@ that did not decode get a NaN score and a zero embedding.
 
 from __future__ import annotations
 
-import logging
 from typing import Literal
 
 import numpy as np
@@ -22,7 +21,7 @@ from pydantic import Field
 
 from filtering.preprocess import normalize_batch, resolve_preprocess
 from pipeline.core.config import StrictModel
-from pipeline.core.model_configs import register_model_configs
+from pipeline.core.model_configs import random_init_expected, register_model_configs
 
 
 class ModelSpec(StrictModel):
@@ -82,11 +81,8 @@ def load_model(spec: ModelSpec, device: str = "cpu"):
 
     register_model_configs(spec.config_file)
     if _is_file(spec.pretrained):
-        logging.disable(logging.WARNING)  # open_clip warns "initialized randomly": the weights load just below
-        try:
+        with random_init_expected():  # the weights load just below
             model = open_clip.create_model(spec.name, pretrained=None, precision=spec.precision, device="cpu")
-        finally:
-            logging.disable(logging.NOTSET)
         state = load_state_dict_safely(spec.pretrained)
         if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
             state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)

@@ -42,13 +42,14 @@ def load_encoder(ref: EncoderRef, device: torch.device | str = "cpu", user: str 
     names both configs: the encoder's (`ref.source`, its model name) and the one using it (`user`)."""
     import open_clip
 
-    from pipeline.core.model_configs import register_model_configs
+    from pipeline.core.model_configs import random_init_expected, register_model_configs
     from training.engine.checkpoint import CheckpointError, load_weights
 
     register_model_configs()
     if open_clip.get_model_config(ref.name) is None:
         raise ConfigError(f"{user}: encoder {ref.describe()}: no open_clip model config named {ref.name!r}")
-    clip, _, preprocess = open_clip.create_model_and_transforms(ref.name, device="cpu")
+    with random_init_expected():  # the weights load just below
+        clip, _, preprocess = open_clip.create_model_and_transforms(ref.name, device="cpu")
     try:
         clip.load_state_dict(load_weights(ref.weights), strict=True)
     except (RuntimeError, CheckpointError, FileNotFoundError) as err:
