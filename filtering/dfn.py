@@ -27,7 +27,8 @@ from pipeline.core.model_configs import random_init_expected, register_model_con
 class ModelSpec(StrictModel):
     """Which open_clip model scores, and with which weights."""
 
-    name: str = Field(..., description="open_clip model name, 'hf-hub:org/repo' or 'local-dir:/path'")
+    name: str = Field(..., description="open_clip model name, 'hf-hub:org/repo' or 'local-dir:/path' (a folder "
+                                       "holding open_clip_config.json and its weights, as open_clip writes them)")
     pretrained: str | None = Field(
         None, description="a tag (e.g. 'openai'), or a checkpoint file: .safetensors, or a torch file that loads "
                           "with weights_only=True (winnow's trainer checkpoints); None = random init")
@@ -36,6 +37,13 @@ class ModelSpec(StrictModel):
 
     def preprocess_cfg(self) -> dict:
         return resolve_preprocess(self.name, self.pretrained, self.config_file)
+
+    def check(self, slot: str = "model") -> None:
+        """A `local-dir:` name that is not an open_clip folder with weights, or a folder given as `pretrained`, is an
+        error naming `slot` (the config key) and what the folder holds (`pipeline.core.model_files`)."""
+        from pipeline.core.model_files import check_open_clip_source
+
+        check_open_clip_source(self.name, self.pretrained, slot, "pretrained")
 
 
 def _is_file(pretrained: str | None) -> bool:
@@ -80,6 +88,7 @@ def load_model(spec: ModelSpec, device: str = "cpu"):
     import open_clip
 
     register_model_configs(spec.config_file)
+    spec.check()
     if _is_file(spec.pretrained):
         with random_init_expected():  # the weights load just below
             model = open_clip.create_model(spec.name, pretrained=None, precision=spec.precision, device="cpu")

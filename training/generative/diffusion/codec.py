@@ -20,8 +20,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.core.config import ConfigError
-
 
 def square_crop(image: Image.Image, size: int) -> Image.Image:
     """Short side to `size` (bicubic), centre crop: every generator's (and its evaluation's) view of an image."""
@@ -53,12 +51,12 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 
 
 def read_vae_config(path: str, user: str) -> dict:
-    """The autoencoder folder's config.json, or a ConfigError naming `user` (the config key that points there)."""
-    found = os.path.join(path, "config.json")
-    if not os.path.isfile(found):
-        raise ConfigError(f"{user}: no diffusers AutoencoderKL at {path!r} (expected a local folder with "
-                          "config.json and its weights, e.g. from AutoencoderKL.save_pretrained)")
-    with open(found) as f:
+    """The autoencoder folder's config.json, or a ConfigError naming `user` (the config key that points there) and
+    what the folder holds instead (`pipeline.core.model_files`)."""
+    from pipeline.core.model_files import expect_folder
+
+    expect_folder(path, "autoencoder_kl", user)
+    with open(os.path.join(path, "config.json")) as f:
         return json.load(f)
 
 
