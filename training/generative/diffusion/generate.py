@@ -74,7 +74,7 @@ class OdeDensity:
         self.sigma_max = cfg.sigma_max or gen.denoiser.family.sigma_max
         self.method = cfg.describe().replace("the family max", f"{self.sigma_max:g}")
 
-    def __call__(self, x: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, captions: list[str], index: torch.Tensor | None = None) -> torch.Tensor:
         from training.generative.likelihood import OdeLikelihood
 
         gen = self.gen
@@ -85,7 +85,7 @@ class OdeDensity:
         try:
             ode = OdeLikelihood(lambda z, s: gen.denoiser(z, s, cond), self.sigma_max, gen.diffusion.sigma_data,
                                 self.cfg)
-            return ode(x)
+            return ode(x, index)
         finally:
             gen.net.train(was_training)
 

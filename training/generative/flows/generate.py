@@ -42,8 +42,9 @@ class FlowGenerator:
             self.net.train(was_training)
         return self.preprocess.to_pixels(x.float().cpu()).float() / 127.5 - 1
 
-    def __call__(self, x: torch.Tensor, captions: list[str]) -> torch.Tensor:
-        """log p(x | caption) (B,) in the flow's input space (preprocessing counted by the caller)."""
+    def __call__(self, x: torch.Tensor, captions: list[str], index: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(x | caption) (B,) in the flow's input space (preprocessing counted by the caller; exact, so the
+        samples' `index` plays no part)."""
         return self.net(x, self.ids(captions))
 
 
