@@ -66,6 +66,10 @@ def test_a_train_clip_output_and_a_judge_path_instead_of_stages(demo_models, pho
     bare = caption("--checkpoint", str(root / "train_captioner" / "model.pt"), str(photos / "img0.jpg"),
                    "--num-captions", "1", out=tmp_path / "b.jsonl")
     assert "scores" not in bare[0] and bare[0]["captions"] == rows[0]["captions"]  # no judge: captions alone
+    staged = caption(demo_models["config"], "--stage", "train_captioner", str(photos / "img0.jpg"), "--judge",
+                     "train_filter", "--num-captions", "1", out=tmp_path / "s.jsonl")  # the same models, by stage
+    assert staged[0]["captions"] == rows[0]["captions"]
+    assert staged[0]["probabilities"] == pytest.approx(rows[0]["probabilities"], abs=1e-6)
 
 
 def test_a_hugging_face_blip_folder_captions_and_its_itm_judges(tmp_path, photos):
