@@ -6,8 +6,9 @@
 
 Writes `<prompt>_seed<k>.png` per image (the prompt made a file name), `grid.png` (a row per prompt, a column per
 seed) and `samples.json` (the settings, every file with its prompt and seed). Image k of a prompt uses seed
-`--seed + k`, and every image's noise comes from its own seed, so a prompt and a seed give the same PNG whatever
-else is sampled with it, in any batch.
+`--seed + k`, and every random number of an image comes from its own seed, so a prompt and a seed give the same
+image whatever else is sampled with it, in any batch (the same PNG bytes on CPU; a GPU's batched kernels may round
+differently at another batch size).
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ import numpy as np
 from pipeline.core.config import ConfigError
 from pipeline.core.layout import join, read_json
 from pipeline.core.model_files import KINDS, LOCAL_DIR, expect_folder, folder_kind
+from pipeline.core.storage import exists
 from pipeline.stages.context import StageContext
 
 
@@ -118,6 +119,9 @@ def generator_from(source: Source, *, encoder: str | None = None, sampler: dict 
         recorded = read_json(join(source.checkpoint, DESCRIPTION))["encoder"]
         ref = _encoder_ref(encoder, recorded) if encoder else \
             EncoderRef(name=recorded["name"], weights=recorded.get("weights"), source=recorded.get("source", ""))
+        if not encoder and not exists(ref.files):
+            raise ConfigError(f"--checkpoint {source.checkpoint}: it was conditioned on {ref.describe()}, which is "
+                              "not there now: give that encoder's weights (or open_clip folder) with --encoder PATH")
         gen = load_generator(source.checkpoint, ref, device, "--checkpoint")
         base = gen.sampler
     else:

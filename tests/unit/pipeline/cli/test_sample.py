@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,7 @@ def test_an_image_is_the_same_whatever_else_is_in_its_batch(demo_models, tmp_pat
     assert png(tmp_path / "crowd", "a-red-circle", 2) != png(tmp_path / "crowd", "a-red-circle", 1)  # seeds matter
 
 
-def test_a_checkpoint_path_samples_what_the_stage_samples(demo_models, tmp_path):
+def test_a_checkpoint_path_samples_what_the_stage_samples(demo_models, tmp_path, capsys):
     args = ["--prompt", "a red circle", "--n", "2", "--sampler", "euler", "--steps", "3"]
     by_stage = sample(demo_models, tmp_path / "stage", *args)
     by_path = sample(demo_models, tmp_path / "path", *args, stage=False)
@@ -69,6 +70,19 @@ def test_a_checkpoint_path_samples_what_the_stage_samples(demo_models, tmp_path)
     assert by_path["sampler"]["guidance"] == by_stage["sampler"]["guidance"] == 2.0  # recorded in generator.json
     for s in (0, 1):
         assert png(tmp_path / "path", "a-red-circle", s) == png(tmp_path / "stage", "a-red-circle", s)
+
+    # a generator copied elsewhere, its conditioning encoder not where generator.json says: --encoder names it
+    moved = tmp_path / "moved"
+    shutil.copytree(demo_models["root"] / "generator", moved, ignore=shutil.ignore_patterns("checkpoints"))
+    info = json.loads((moved / "generator.json").read_text())
+    info["encoder"]["weights"] = str(tmp_path / "gone" / "model.pt")
+    (moved / "generator.json").write_text(json.dumps(info))
+    argv = ["sample", "--checkpoint", str(moved), *args, "--out", str(tmp_path / "m")]
+    assert main(argv) == 2
+    assert re.search(r"which is not there now: give that encoder's weights .* with --encoder", capsys.readouterr().err)
+    encoder = str(demo_models["root"] / "train_filter" / "model.pt")
+    assert main([*argv, "--encoder", encoder]) == 0
+    assert png(tmp_path / "m", "a-red-circle", 0) == png(tmp_path / "stage", "a-red-circle", 0)
 
 
 def test_bad_sample_arguments_are_one_clear_error(demo_models, tmp_path, capsys):
