@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -83,16 +82,14 @@ def make_inputs(work: Path, n: int) -> None:
     from safetensors.torch import save_file
 
     from filtering.preprocess import DEFAULT_PREPROCESS, normalize_batch
+    from pipeline.core.model_configs import random_init_expected
 
     cfg = work / f"{BENCH_MODEL}.json"
     cfg.write_text(json.dumps(BENCH_CONFIG))
     open_clip.add_model_config(cfg)
     torch.manual_seed(0)
-    logging.disable(logging.WARNING)  # "initialized randomly": random weights are the point here
-    try:
+    with random_init_expected():  # random weights are the point here
         model = open_clip.create_model(BENCH_MODEL)
-    finally:
-        logging.disable(logging.NOTSET)
     dec = model.text_decoder  # open_clip 3.3 leaves it as torch.empty on random init
     torch.nn.init.normal_(dec.text_projection, std=dec.width ** -0.5)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(work / "weights.safetensors"))

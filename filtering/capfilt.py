@@ -18,9 +18,7 @@ runs in a unit test as is and under Ray Data as an actor.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -50,17 +48,44 @@ class CaptionFilterSpec(StrictModel):
 
     backend: Literal["clip", "blip"] = Field("clip", description="clip: an open_clip model's cosine (CLIP, SigLIP, "
                                                                  "CoCa); blip: BLIP's image-text matching head")
-    name: str | None = Field(None, description="clip: open_clip model config name")
-    weights: str = Field(..., description="clip: a checkpoint file or open_clip pretrained tag of `name`; blip: a "
-                                          "local BlipForImageTextRetrieval folder (save_pretrained)")
+    name: str | None = Field(None, description="clip: open_clip model config name, or local-dir:/path (an open_clip "
+                                               "folder: open_clip_config.json and its weights)")
+    weights: str | None = Field(None, description="clip: a checkpoint file or open_clip pretrained tag of `name` "
+                                                  "(none for a local-dir: name); blip: a local "
+                                                  "BlipForImageTextRetrieval folder (save_pretrained)")
     config_file: str | None = Field(None, description="clip: open_clip model config JSON (file or folder)")
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
 
     @model_validator(mode="after")
     def _name_for_clip(self):
+        from pipeline.core.model_files import local_dir
+
         if self.backend == "clip" and not self.name:
             raise ValueError("the clip backend needs `name`, the open_clip model config of the weights")
+        if self.weights is None and (self.backend == "blip" or local_dir(self.name) is None):
+            raise ValueError("give `weights`: " + ("a local BlipForImageTextRetrieval folder" if self.backend == "blip"
+                                                   else "a checkpoint file or pretrained tag of `name` (or name an "
+                                                        "open_clip folder as `name: local-dir:/path`)"))
         return self
+
+    @property
+    def files(self) -> str:
+        """What holds the parameters: the weights file, folder or tag, or the local-dir folder."""
+        from pipeline.core.model_files import local_dir
+
+        return self.weights or local_dir(self.name)
+
+    def check(self, slot: str = "caption_filter") -> None:
+        """A folder of the wrong kind (a BLIP folder that is not an ITM model, a local-dir: that is not an open_clip
+        folder, a folder given as a weights file) is an error naming `slot`."""
+        if self.backend == "blip":
+            from filtering.captioner_blip import check_blip
+
+            check_blip(self.weights, "blip_itm", f"{slot}.weights")
+            return
+        from pipeline.core.model_files import check_open_clip_source
+
+        check_open_clip_source(self.name, self.weights, slot)
 
     def model_spec(self):
         from filtering.dfn import ModelSpec
@@ -80,16 +105,10 @@ def weights_id(weights: str, name: str | None = None) -> str:
     """What identifies a model's parameters: `sha256:<hex>` of a checkpoint file (or of a folder's files, in name
     order), else `tag:<name>/<tag>` for a pretrained tag."""
     from pipeline.core import storage
-    from pipeline.core.layout import fs_and_path, sha256_file
+    from pipeline.core.model_files import weights_digest
 
-    if "://" not in weights and Path(weights).is_dir():
-        h = hashlib.sha256()
-        for p in sorted(q for q in Path(weights).rglob("*") if q.is_file()):
-            h.update(p.relative_to(weights).as_posix().encode())
-            h.update(sha256_file(*fs_and_path(str(p))).encode())
-        return f"sha256:{h.hexdigest()}"
     if storage.exists(weights):
-        return f"sha256:{sha256_file(*fs_and_path(weights))}"
+        return f"sha256:{weights_digest(weights)}"
     return f"tag:{name}/{weights}"
 
 
@@ -100,31 +119,30 @@ def check_distinct(captioner_id: str, judge_id: str, captioner: str, judge: str)
                            f"weights ({captioner_id[:23]}...): train or name a separate filter")
 
 
-def check_loads(captioner, judge: CaptionFilterSpec | None = None) -> None:
+def check_loads(captioner, judge: CaptionFilterSpec | None = None, judge_slot: str = "caption_filter") -> None:
     """Build the captioner (a CoCa) and the judge (a clip model) from their weights on the CPU, so that missing or
     incompatible weights fail before any work, naming the weights and the model config. BLIP folders are only
-    checked for presence (`check_blip`): loading them is the actors' job."""
+    checked for their kind (`check_blip`): loading them is the actors' job."""
     from filtering.captioner import load_coca
 
     if captioner is not None and captioner.backend == "coca":
         load_coca(captioner, "cpu")
     if judge is None:
         return
+    judge.check(judge_slot)
     if judge.backend == "blip":
-        from filtering.captioner_blip import check_blip
-
-        check_blip(judge.weights, "BLIP ITM")
         return
     from filtering.dfn import load_model
     from pipeline.core import storage
 
     where = f"model config {judge.name!r}" + (f" ({judge.config_file})" if judge.config_file else "")
-    if ("/" in judge.weights or "." in judge.weights) and not storage.exists(judge.weights):
-        raise CapFiltError(f"caption filter weights {judge.weights}: no such file, for {where}")
+    w = judge.weights
+    if w and ("/" in w or "." in w) and not storage.exists(w):
+        raise CapFiltError(f"caption filter weights {w}: no such file, for {where}")
     try:
         load_model(judge.model_spec(), "cpu")
     except Exception as err:  # noqa: BLE001  (strict loading raises RuntimeError; a foreign file, others)
-        raise CapFiltError(f"caption filter weights {judge.weights} do not load as {where}: "
+        raise CapFiltError(f"caption filter weights {judge.files} do not load as {where}: "
                            f"{type(err).__name__}: {str(err)[:300]}") from None
 
 

@@ -25,7 +25,6 @@ in the model by ~1e-7; a draw lands that close to a boundary between tokens abou
 
 from __future__ import annotations
 
-import logging
 from typing import Literal
 
 import numpy as np
@@ -129,20 +128,30 @@ def caption_length_cap(model_cfg: dict) -> int:
     return ctx - 2
 
 
-def check_captioner(spec: dict | CaptionerSpec, cfg: dict | CaptionerConfig | None = None) -> dict:
-    """Cheap checks a stage runs before any work (no model is built): the weights exist, the config is a CoCa this
-    captioner decodes, `cfg`'s lengths fit it. Returns {"backend", "max_length"}; raises CaptionerError."""
+def check_captioner(spec: dict | CaptionerSpec, cfg: dict | CaptionerConfig | None = None,
+                    slot: str | None = None) -> dict:
+    """Cheap checks a stage runs before any work (no model is built): the weights exist (a BLIP folder is one), the
+    config is a CoCa this captioner decodes, `cfg`'s lengths fit it. Returns {"backend", "max_length"}; raises
+    CaptionerError, naming `slot` (the config key of the captioner) where a folder is of the wrong kind."""
     spec = spec if isinstance(spec, CaptionerSpec) else CaptionerSpec(**spec)
     cfg = cfg if cfg is None or isinstance(cfg, CaptionerConfig) else CaptionerConfig(**cfg)
     if spec.backend == "blip":
         from filtering.captioner_blip import check_blip
 
-        check_blip(spec.weights)
+        check_blip(spec.weights, "blip_caption", f"{slot}.weights" if slot else None)
         return {"backend": "blip", "max_length": cfg.max_length if cfg and cfg.max_length else None}
+    from pathlib import Path
+
     from pipeline.core import storage
     from pipeline.core.model_configs import find_model_config
+    from pipeline.core.model_files import folder_kind
 
     where = _config_source(spec)
+    if "://" not in spec.weights and Path(spec.weights).is_dir():
+        kind, found = folder_kind(spec.weights)
+        hint = " (set backend: blip)" if kind == "blip_caption" else ""
+        raise CaptionerError(f"{slot or 'captioner'}.weights: {spec.weights} is {found}, not a CoCa checkpoint file "
+                             f"for {where}{hint}")
     if spec.config_file and not storage.exists(spec.config_file):
         raise CaptionerError(f"captioner {where}: {spec.config_file} does not exist")
     model_cfg = find_model_config(spec.name, spec.config_file)
@@ -181,7 +190,7 @@ def load_coca(spec: CaptionerSpec, device: str):
     import open_clip
 
     from filtering.dfn import load_state_dict_safely
-    from pipeline.core.model_configs import register_model_configs
+    from pipeline.core.model_configs import random_init_expected, register_model_configs
 
     where = _config_source(spec)
     register_model_configs(spec.config_file)
@@ -189,11 +198,8 @@ def load_coca(spec: CaptionerSpec, device: str):
         model = open_clip.create_model(spec.name, pretrained=spec.weights, precision=spec.precision, device=device,
                                        weights_only=True)
         return model.eval(), open_clip.get_tokenizer(spec.name)
-    logging.disable(logging.WARNING)  # open_clip warns "initialized randomly": the weights load just below
-    try:
+    with random_init_expected():  # the weights load just below
         model = open_clip.create_model(spec.name, pretrained=None, precision=spec.precision, device="cpu")
-    finally:
-        logging.disable(logging.NOTSET)
     try:
         state = load_state_dict_safely(spec.weights)
     except pickle.UnpicklingError as err:

@@ -27,18 +27,24 @@ BLIP_PROMPT = "a picture of "  # BLIP's captioning prompt (models/blip.py)
 BLIP_DEFAULT_MAX_TOKENS = 16  # BLIP's max_length=20 less [DEC] and the prompt's three words
 
 
-def check_blip(path: str, what: str = "BLIP captioning") -> None:
-    """The folder exists, holds a Hugging Face config, and transformers is installed; raises CaptionerError."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise CaptionerError(f"{what} weights {path}: no such folder. The blip backend loads a local copy of a "
-                             "Hugging Face BLIP model (save_pretrained of e.g. Salesforce/blip-image-captioning-"
-                             "base); winnow downloads nothing")
-    if not (folder / "config.json").is_file():
-        raise CaptionerError(f"{what} weights {path}: the folder has no config.json (not a save_pretrained folder)")
+WHAT = {"blip_caption": ("BLIP captioning", "BlipForConditionalGeneration", "Salesforce/blip-image-captioning-base"),
+        "blip_itm": ("BLIP ITM", "BlipForImageTextRetrieval", "Salesforce/blip-itm-base-coco")}
+
+
+def check_blip(path: str, kind: str = "blip_caption", slot: str | None = None) -> None:
+    """The folder is a BLIP folder of `kind` (`pipeline.core.model_files`: blip_caption or blip_itm) and transformers
+    is installed; raises CaptionerError naming `slot` (the config key) and what the folder holds instead."""
+    from pipeline.core.model_files import KINDS, folder_kind
+
+    what, _, example = WHAT[kind]
+    slot = slot or f"{what} weights"
+    found_kind, found = folder_kind(path)
+    if found_kind != kind:
+        raise CaptionerError(f"{slot}: {path} is {found}, not {KINDS[kind]}. The blip backend loads a local copy "
+                             f"of a Hugging Face BLIP model (save_pretrained of e.g. {example}); winnow downloads "
+                             "nothing")
     if importlib.util.find_spec("transformers") is None:
-        raise CaptionerError(f"{what} weights {path}: the blip backend needs transformers: pip install "
-                             "'winnow[blip]'")
+        raise CaptionerError(f"{slot}: {path}: the blip backend needs transformers: pip install 'winnow[blip]'")
 
 
 def blip_preprocess_cfg(path: str) -> dict:
@@ -57,11 +63,12 @@ def blip_preprocess_cfg(path: str) -> dict:
 
 
 class _BlipModel:
-    def __init__(self, path: str, model_class: str, device: str, what: str):
-        check_blip(path, what)  # before importing transformers: a missing folder is the likelier problem
+    def __init__(self, path: str, kind: str, device: str):
+        check_blip(path, kind)  # before importing transformers: a missing folder is the likelier problem
         import torch
         import transformers
 
+        what, model_class, _ = WHAT[kind]
         try:
             self.processor = transformers.BlipProcessor.from_pretrained(path, local_files_only=True)
             self.model = getattr(transformers, model_class).from_pretrained(path, local_files_only=True)
@@ -90,7 +97,7 @@ class BlipBackend(_BlipModel):
     """Captions from BlipForConditionalGeneration."""
 
     def __init__(self, path: str, cfg: CaptionerConfig, device: str):
-        super().__init__(path, "BlipForConditionalGeneration", device, "BLIP captioning")
+        super().__init__(path, "blip_caption", device)
         self.cfg = cfg
 
     def _generate_kwargs(self) -> dict:
@@ -136,7 +143,7 @@ class BlipITM:
     def __init__(self, path: str, device: str = "auto", max_text_tokens: int = 35):
         from filtering.dfn import pick_device
 
-        self.blip = _BlipModel(path, "BlipForImageTextRetrieval", pick_device(device), "BLIP ITM")
+        self.blip = _BlipModel(path, "blip_itm", pick_device(device))
         self.max_text_tokens = max_text_tokens  # BLIP's text encoder was trained on 35 tokens
 
     def scores(self, images, captions: list[str]) -> np.ndarray:

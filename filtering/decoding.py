@@ -14,10 +14,11 @@ for nucleus sampling then temperature, then the top-p filter; beam search applie
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
+
+from pipeline.core.ids import derived_seed
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,7 @@ class Sequence:
 
 def row_generators(seed: int, keys: list[str]) -> list[torch.Generator]:
     """One CPU generator per row, seeded from (seed, key): a row's draws do not depend on its batch-mates."""
-    out = []
-    for key in keys:
-        digest = hashlib.blake2b(f"{seed}/{key}".encode(), digest_size=8).digest()
-        out.append(torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1)))
-    return out
+    return [torch.Generator().manual_seed(derived_seed(seed, key)) for key in keys]
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -14,7 +14,6 @@ that did not decode get a NaN score and a zero embedding.
 
 from __future__ import annotations
 
-import logging
 from typing import Literal
 
 import numpy as np
@@ -22,13 +21,14 @@ from pydantic import Field
 
 from filtering.preprocess import normalize_batch, resolve_preprocess
 from pipeline.core.config import StrictModel
-from pipeline.core.model_configs import register_model_configs
+from pipeline.core.model_configs import random_init_expected, register_model_configs
 
 
 class ModelSpec(StrictModel):
     """Which open_clip model scores, and with which weights."""
 
-    name: str = Field(..., description="open_clip model name, 'hf-hub:org/repo' or 'local-dir:/path'")
+    name: str = Field(..., description="open_clip model name, 'hf-hub:org/repo' or 'local-dir:/path' (a folder "
+                                       "holding open_clip_config.json and its weights, as open_clip writes them)")
     pretrained: str | None = Field(
         None, description="a tag (e.g. 'openai'), or a checkpoint file: .safetensors, or a torch file that loads "
                           "with weights_only=True (winnow's trainer checkpoints); None = random init")
@@ -37,6 +37,13 @@ class ModelSpec(StrictModel):
 
     def preprocess_cfg(self) -> dict:
         return resolve_preprocess(self.name, self.pretrained, self.config_file)
+
+    def check(self, slot: str = "model") -> None:
+        """A `local-dir:` name that is not an open_clip folder with weights, or a folder given as `pretrained`, is an
+        error naming `slot` (the config key) and what the folder holds (`pipeline.core.model_files`)."""
+        from pipeline.core.model_files import check_open_clip_source
+
+        check_open_clip_source(self.name, self.pretrained, slot, "pretrained")
 
 
 def _is_file(pretrained: str | None) -> bool:
@@ -81,12 +88,10 @@ def load_model(spec: ModelSpec, device: str = "cpu"):
     import open_clip
 
     register_model_configs(spec.config_file)
+    spec.check()
     if _is_file(spec.pretrained):
-        logging.disable(logging.WARNING)  # open_clip warns "initialized randomly": the weights load just below
-        try:
+        with random_init_expected():  # the weights load just below
             model = open_clip.create_model(spec.name, pretrained=None, precision=spec.precision, device="cpu")
-        finally:
-            logging.disable(logging.NOTSET)
         state = load_state_dict_safely(spec.pretrained)
         if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
             state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)

@@ -20,6 +20,7 @@ from pydantic import Field
 
 from pipeline.core.config import StrictModel
 from pipeline.core.errors import WinnowError
+from pipeline.core.logs import RAY_NOISE_LINE
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,7 @@ RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "ray.uti
 # Ray's internal actors and tasks: what they print is Ray's business (a log line), not the user's.
 RAY_INTERNAL = re.compile(r"^(TrainController|PlacementGroupCleaner|_StatsActor|AutoscalingRequester|"
                           r"SplitCoordinator|_TrainSession|StateActor|SynchronizationActor)")
-# Lines Ray's libraries print in any worker (abseil's mutex tracing from gRPC): log-only too.
-RAY_NOISE_LINE = re.compile(r"^\[mutex\.cc : \d+\] RAW: ")
-_run_log: dict = {"path": None, "handler": None}
+_run_log: dict = {"path": None, "handler": None, "relay": None}
 
 
 def cluster_address(cfg: RayConfig) -> str | None:
@@ -86,6 +85,7 @@ def init_ray(cfg: RayConfig | None = None, runtime_env: dict | None = None) -> d
     if _run_log["path"]:
         quiet_ray_loggers()
         _route_worker_output()
+        _relay_native_stderr()
     return info
 
 
@@ -149,12 +149,60 @@ def _route_worker_output() -> None:
                                               for line in data.get("lines", [])))
                     file.flush()
             if not RAY_INTERNAL.match(who):
-                lines = [line for line in data.get("lines", []) if not RAY_NOISE_LINE.match(line)]
+                lines = [line for line in data.get("lines", []) if not RAY_NOISE_LINE.search(line)]
                 if lines:
                     show({**data, "lines": lines})
 
         route.winnow_routed = True
         dispatcher.handlers = [(n, route if n == "ray_print_logs" else h) for n, h in dispatcher.handlers]
+
+
+def _relay_native_stderr() -> None:
+    """Ray's C++ core writes to the driver's stderr itself (fd 2, below Python's logging), and prints some notices as
+    errors (`RAY_NOISE_LINE`). From here on fd 2 feeds a relay process (`pipeline.core.logs`) that appends those to
+    the run log and passes every other line to the terminal; Python's own stderr (winnow's messages, progress bars,
+    tracebacks) writes to the terminal directly. A separate process, so a native crash's last lines still arrive."""
+    if _run_log["relay"] is not None:
+        return
+    import atexit
+    import faulthandler
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    try:
+        sys.stderr.flush()
+        terminal = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable stderr (e.g. a test capturing it): nothing to relay
+        return
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
+    relay = subprocess.Popen([sys.executable, "-m", "pipeline.core.logs", _run_log["path"]], stdin=subprocess.PIPE,
+                             stdout=terminal, stderr=terminal, env=env)
+    old = sys.stderr
+    sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding=getattr(old, "encoding", None) or "utf-8",
+                           errors="backslashreplace")
+    for handler in logging.getLogger().handlers:  # the terminal handler keeps writing to the terminal
+        if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) is old:
+            handler.setStream(sys.stderr)
+    os.dup2(relay.stdin.fileno(), 2)
+    if faulthandler.is_enabled():
+        faulthandler.enable(file=sys.stderr)  # a crash's Python traceback: straight to the terminal
+    _run_log["relay"] = relay
+
+    def close() -> None:  # at exit, after Ray's own shutdown lines: end the relay's input, let it write what it holds
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        os.dup2(sys.stderr.fileno(), 2)
+        relay.stdin.close()
+        try:
+            relay.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            relay.kill()
+
+    atexit.register(close)
 
 
 TOKEN_HINT = ("set RAY_AUTH_TOKEN to the cluster's token (or RAY_AUTH_TOKEN_PATH to a file holding it); on the head, "

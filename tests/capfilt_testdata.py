@@ -1,7 +1,7 @@
 """Test data for the CapFilt and filter-check tests: a small synthetic web written straight to shards (no server,
 no download), its ground truth, and the truth's verdict on a caption.
 
-`web_shards` builds the web on disk (`pipeline.synthetic.build_web`, no URL faults) and writes its pool and
+`web_shards` builds the web on disk (`pipeline.synthetic.web.build_web`, no URL faults) and writes its pool and
 high-quality URLs as winnow datasets `pool` and `hq` (tar + done marker, like the download stage: `<key>.jpg`,
 `<key>.txt`, `<key>.json` with uid and url), so a test gets the synthetic web's images, captions and noise with
 `truth.parquet` beside them in a second instead of a download stage's run.
@@ -102,6 +102,35 @@ def capfilt_models(tmp_path_factory):
     calibration.write_text(json.dumps({"estimated_auroc": 0.9, "platt": {"a": 40.0, "b": 0.0}}))
     return {"coca": tiny_coca(d / "coca.safetensors"), "clip": clip, "clip_config": cfg,
             "other_clip": tiny_model_files(d, seed=1)[1], "calibration": str(calibration)}
+
+
+BLIP_WORDS = ["a", "picture", "of", "dog", "cat", "red", "blue", "on", "the", "grass", "table", "small", "big"]
+
+
+def tiny_blip(d: Path) -> dict[str, str]:
+    """Folders holding a tiny random BlipForConditionalGeneration ("caption") and BlipForImageTextRetrieval ("itm"),
+    each with its processor, as Hugging Face's `save_pretrained` writes them (the tokenizer built from a local
+    vocabulary: nothing is downloaded). Needs transformers."""
+    import transformers
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", *BLIP_WORDS]
+    (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = transformers.BertTokenizer(str(d / "vocab.txt"), bos_token="[DEC]")
+    proc = transformers.BlipProcessor(transformers.BlipImageProcessor(size={"height": 32, "width": 32}), tok)
+    text = dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=64, encoder_hidden_size=32, max_position_embeddings=64,
+                bos_token_id=vocab.index("[DEC]"), sep_token_id=vocab.index("[SEP]"), pad_token_id=0)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    cfg = transformers.BlipConfig(text_config=text, vision_config=vision, projection_dim=16)
+    out = {}
+    for name, cls in (("caption", transformers.BlipForConditionalGeneration),
+                      ("itm", transformers.BlipForImageTextRetrieval)):
+        torch.manual_seed(0)
+        cls(cfg).save_pretrained(d / name)
+        proc.save_pretrained(d / name)
+        out[name] = str(d / name)
+    return out
 
 
 def stage_cfg(models: dict, **extra) -> dict:

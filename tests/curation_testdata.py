@@ -142,3 +142,25 @@ def tiny_model_files(directory: str | Path, seed: int = 0) -> tuple[str, str]:
         model = open_clip.create_model(TINY_MODEL, pretrained=None)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
     return str(cfg_path), str(ckpt)
+
+
+def open_clip_folder(directory: str | Path, name: str = "tiny-clip-rn", seed: int = 0) -> str:
+    """A tiny randomly initialised open_clip model saved as open_clip writes a model for the hub
+    (`open_clip.push_to_hf_hub.save_config_for_hf`: open_clip_config.json; the weights as
+    open_clip_pytorch_model.bin), the folder a `local-dir:` name loads."""
+    import open_clip
+    import torch
+    from open_clip.constants import HF_WEIGHTS_NAME
+    from open_clip.push_to_hf_hub import save_config_for_hf
+
+    from pipeline.core.model_configs import random_init_expected, register_model_configs
+
+    register_model_configs()
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    with random_init_expected():
+        model = open_clip.create_model(name)
+    save_config_for_hf(model, folder / "open_clip_config.json", model_config=open_clip.get_model_config(name))
+    torch.save(model.state_dict(), folder / HF_WEIGHTS_NAME)  # what save_for_hf writes without safetensors
+    return str(folder)

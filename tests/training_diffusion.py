@@ -55,6 +55,18 @@ def encoders(shapes, tmp_path_factory) -> dict[str, EncoderRef]:
                                 source="the judge CLIP")}
 
 
+def tiny_vae(folder: str) -> str:
+    """A tiny random diffusers AutoencoderKL (4 latent channels, downsampling 2x) saved with `save_pretrained`."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4,
+                  norm_num_groups=4, sample_size=16, scaling_factor=0.7, shift_factor=0.1).save_pretrained(folder)
+    return folder
+
+
 def tiny_config(encoder: EncoderRef, steps: int = 20, **over):
     """A one-layer MMDiT at 16 px (patch 2: 64 image tokens), batch 16, in-process on one thread; no held-out bits/dim
     unless `eval={"likelihood": {...}}` asks."""

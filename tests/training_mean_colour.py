@@ -1,37 +1,41 @@
 """A task the engine has never seen, in this one file: regress an image's mean colour (R, G, B in [0, 1]) with a
 tiny conv net, on the shapes shards (`training_shapes`).
 
-Like the coming diffusion tasks it keeps an exponential moving average of its weights: updated after every
+Like the diffusion task it keeps an exponential moving average of its weights: updated after every
 optimizer step, saved in each step checkpoint (`extra_state`), restored on resume, and the weights that evaluation
 and the exported file use. Nothing in `training/` knows this task exists.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 
 import numpy as np
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 from torch.func import functional_call
 
+from pipeline.core.images import UndecodableImage, open_rgb
 from pipeline.core.layout import join
 from pipeline.core.sample import image_member
-from pipeline.core.shards import read_samples
+from training.data import ErrorCounter, tar_samples
 from training.engine.run_dir import RunDir
 from training.engine.task import Task
 
 
 def load_images(urls: list[str]) -> torch.Tensor:
-    """Every image of the shards as one float tensor (N, 3, H, W) in [0, 1]."""
+    """Every decodable image of the shards, in file order, as one float tensor (N, 3, H, W) in [0, 1]. Read as every
+    task reads: the one capped tar reader (`training.data.tar_samples`, refused members and damaged shards counted)
+    and the one image decoder (`open_rgb`: accepted formats, pixel cap); an image that does not decode is passed
+    over."""
     images = []
-    for url in urls:
-        for _, files in read_samples(url):
-            rgb = Image.open(io.BytesIO(image_member(files)[1])).convert("RGB")
-            images.append(torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255).permute(2, 0, 1))
+    for sample in tar_samples(urls, ErrorCounter()):
+        try:
+            rgb = open_rgb(image_member(sample)[1])
+        except UndecodableImage:
+            continue
+        images.append(torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255).permute(2, 0, 1))
     return torch.stack(images)
 
 

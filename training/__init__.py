@@ -4,7 +4,9 @@
                   evaluation; a backend layer runs it in-process or on Ray Train workers (`training.engine.fit`)
     contrastive/  CLIP / SigLIP / CoCa / CatLIP encoders: one task (`ContrastiveTask`), its models, objectives,
                   shard loader, evaluation and CatLIP's vocabulary
-    generative/   image generators (diffusion, flows): tasks to come, on the same engine
+    generative/   text-to-image generators: the MMDiT denoiser (rectified flow, EDM, VP, VE) and normalizing flows
+    tasks/        any other task (neither contrastive nor generative): one module each
+    data.py       the shard loader every task reads through
 
-A new objective or generator is a `training.engine.task.Task` subclass beside these; the engine does not change.
+A new objective or generator is a `training.engine.task.Task` subclass in one of these; the engine does not change.
 """

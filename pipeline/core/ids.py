@@ -107,3 +107,10 @@ def in_subset(pairs: np.ndarray, subset: np.ndarray) -> np.ndarray:
         return np.zeros(len(pairs), bool)
     i = np.minimum(np.searchsorted(subset, pairs), len(subset) - 1)
     return subset[i] == pairs
+
+
+def derived_seed(seed: int, key: str | int) -> int:
+    """A 63-bit seed for one item (a caption row, a held-out sample) from a run's `seed` and the item's key: stable
+    across processes and Python versions, and independent of which batch the item is in."""
+    digest = hashlib.blake2b(f"{seed}/{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)

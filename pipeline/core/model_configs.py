@@ -4,6 +4,8 @@ builds winnow's tiny models by name. open_clip is imported only when a config is
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.core.paths import MODEL_CONFIGS_DIR
@@ -48,3 +50,23 @@ def find_model_config(name: str, extra: str | Path | None = None) -> dict | None
         if (d / f"{name}.json").is_file():
             return json.loads((d / f"{name}.json").read_text())
     return None
+
+
+class _RandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded for model")
+
+
+@contextmanager
+def random_init_expected():
+    """While building an open_clip model that winnow initialises randomly on purpose (one trained from scratch, or
+    one whose weights are loaded just after), drop open_clip's root-logger warning "No pretrained weights loaded for
+    model ... Model initialized randomly": it would reach the terminal from every training worker and the driver.
+    Only that record is dropped, only on this process's root logger, and only inside the block."""
+    notice = _RandomInitNotice()
+    root = logging.getLogger()
+    root.addFilter(notice)
+    try:
+        yield
+    finally:
+        root.removeFilter(notice)

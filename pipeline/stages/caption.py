@@ -112,10 +112,13 @@ def preflight(ctx: StageContext, cfg: CaptionConfig) -> None:
             weights = _model_config_file(stage.model.name) or weights
         check_captioner(CaptionerSpec(name=stage.model.name, weights=weights), cfg.decoding)
     else:
-        check_captioner(cfg.captioner, cfg.decoding)
+        check_captioner(cfg.captioner, cfg.decoding, f"stages.{ctx.stage}.captioner")
+    if cfg.caption_filter:
+        cfg.caption_filter.check(f"stages.{ctx.stage}.caption_filter")  # a folder of the wrong kind, before hashing
     if cfg.captioner and cfg.caption_filter:
         _distinct(cfg.captioner, cfg.caption_filter)
-    check_loads(cfg.captioner, cfg.caption_filter)  # weights given as paths: built once now, not hours in
+    # weights given as paths: built once now, not hours in
+    check_loads(cfg.captioner, cfg.caption_filter, f"stages.{ctx.stage}.caption_filter")
 
 
 def _model_config_file(name: str) -> str | None:
@@ -157,14 +160,15 @@ def _distinct(captioner: CaptionerSpec, judge: CaptionFilterSpec) -> tuple[str, 
     """(captioner id, judge id): checkpoint hashes; raises when they are the same weights."""
     from filtering.capfilt import check_distinct, weights_id
 
-    ids = weights_id(captioner.weights, captioner.name), weights_id(judge.weights, judge.name)
-    check_distinct(*ids, captioner.weights, judge.weights)
+    ids = weights_id(captioner.weights, captioner.name), weights_id(judge.files, judge.name)
+    check_distinct(*ids, captioner.weights, judge.files)
     return ids
 
 
-def resolve(ctx: StageContext, cfg: CaptionConfig) -> dict:
+def resolve(ctx: StageContext, cfg: CaptionConfig, build: bool = True) -> dict:
     """The models as they are now on disk: captioner and judge specs and ids, the calibration, and the held-out
-    splits of the stages that trained them on this input (those samples are evaluation pairs)."""
+    splits of the stages that trained them on this input (those samples are evaluation pairs). `build` loads the
+    trained models once on the CPU, so that incompatible weights fail before any work is planned."""
     from filtering.capfilt import check_loads, read_calibration
     from filtering.captioner import check_captioner
     from filtering.holdout import HoldoutSplit
@@ -184,7 +188,8 @@ def resolve(ctx: StageContext, cfg: CaptionConfig) -> dict:
             splits.append(HoldoutSplit(stage.holdout.fraction, stage.holdout.seed))
     check_captioner(captioner, cfg.decoding)  # missing or incompatible weights fail here, before any work
     ids = _distinct(captioner, judge)
-    check_loads(captioner if cfg.captioner_from else None, judge if cfg.caption_filter_from else None)
+    if build:
+        check_loads(captioner if cfg.captioner_from else None, judge if cfg.caption_filter_from else None)
     calibration = cfg.calibration
     if calibration is None and cfg.caption_filter_from:
         found = join(ctx.path(ctx.pipeline.output_of(cfg.caption_filter_from)), "holdout.json")

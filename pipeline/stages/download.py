@@ -47,6 +47,7 @@ from pipeline.stages.context import StageContext
 log = logging.getLogger(__name__)
 
 OOM_SHARD_COUNT = 5  # shard names are 5 digits, as in img2dataset's default
+URL_DEADLINE_TIMEOUTS = 6  # a URL's default wall-clock budget, in socket timeouts (`timeout`)
 
 
 class DownloadConfig(StageConfig):
@@ -70,8 +71,10 @@ class DownloadConfig(StageConfig):
     number_sample_per_shard: int = Field(10000, ge=1)
     thread_count: int = Field(64, ge=1)
     timeout: float = Field(10, gt=0, description="seconds per socket operation (connect, one read)")
-    url_deadline: float = Field(60, gt=0, description="wall-clock seconds per URL: connect, redirects, headers and "
-                                                      "body (a server sending a byte a second is cut here)")
+    url_deadline: float | None = Field(
+        None, gt=0, description="wall-clock seconds per URL: connect, redirects, headers and body (a server sending a "
+                                f"byte a second is cut here); default: {URL_DEADLINE_TIMEOUTS} x timeout (60 s at "
+                                "the default timeout of 10 s)")
     retries: int = Field(0, ge=0, description="retries per URL")
     max_url_chars: int = Field(4096, ge=16, description="longer URLs are dropped before download (url_too_long)")
     max_caption_chars: int = Field(4096, ge=1, description="rows with longer captions are dropped before download "
@@ -91,11 +94,16 @@ class DownloadConfig(StageConfig):
                                 "retried (default: what a shard takes if every URL runs to its deadline, plus 10 "
                                 "minutes)")
 
+    def url_deadline_s(self) -> float:
+        """`url_deadline`, else a few socket timeouts: a user who sets `timeout: 5` expects a URL given up within
+        tens of seconds, not a minute."""
+        return self.url_deadline if self.url_deadline is not None else URL_DEADLINE_TIMEOUTS * self.timeout
+
     def shard_deadline_s(self) -> float:
         if self.shard_deadline is not None:
             return self.shard_deadline
         rounds = math.ceil(self.number_sample_per_shard / self.thread_count) * (self.retries + 1)
-        return rounds * self.url_deadline + 600.0
+        return rounds * self.url_deadline_s() + 600.0
     guard: GuardConfig = GuardConfig()
 
 
@@ -354,7 +362,7 @@ def run(ctx: StageContext, cfg: DownloadConfig) -> dict[str, Any]:
             "downscale_interpolation", "encode_format", "encode_quality", "skip_reencode", "min_image_size",
             "max_aspect_ratio", "number_sample_per_shard", "thread_count", "timeout", "retries", "extract_exif",
             "compute_hash", "user_agent_token", "disallowed_header_directives"})
-        policy = GuardPolicy.from_config(cfg.guard, host_map, allow, url_deadline=cfg.url_deadline)
+        policy = GuardPolicy.from_config(cfg.guard, host_map, allow, url_deadline=cfg.url_deadline_s())
         work = DownloadShard(ctx.root, output, settings, plan["columns"], policy, cfg.guard.max_pixels)
         processes = cfg.processes or max(1, int(cluster["cpus"] // cfg.task_cpus))
         jobs = [ShardJob(f"{i:05d}") for i in range(plan["shards"])]

@@ -65,6 +65,8 @@ def _source_stage(ctx: StageContext, cfg: ScoreConfig):
 def preflight(ctx: StageContext, cfg: ScoreConfig) -> None:
     if cfg.model_from:
         _source_stage(ctx, cfg)
+    if cfg.model is not None:  # a user's own weights: a file, a tag, or a local-dir: folder of the right kind
+        cfg.model.check(f"stages.{ctx.stage}.model")
 
 
 def resolve_model(ctx: StageContext, cfg: ScoreConfig) -> ScoreConfig:

@@ -89,10 +89,14 @@ def _judge_name(ctx: StageContext, cfg: TrainDiffusionConfig) -> str | None:
 
 def preflight(ctx: StageContext, cfg: TrainDiffusionConfig) -> None:
     """Before any stage runs: the encoder stages exist and differ; the autoencoder folder fits the latent config."""
+    from pipeline.core.model_files import check_open_clip_source
     from training.generative.diffusion.task import check_latent
 
     if cfg.encoder_from:
         _encoder_stage(ctx, cfg.encoder_from, "encoder_from")
+    for key, ref in (("encoder", cfg.encoder), ("eval.judge", cfg.eval.judge), ("eval.features", cfg.eval.features)):
+        if ref is not None:  # a user's own open_clip weights: a file, or a local-dir: folder of the right kind
+            check_open_clip_source(ref.name, ref.weights, f"stages.{ctx.stage}.{key}")
     judge = _judge_name(ctx, cfg)
     if judge is not None:
         _encoder_stage(ctx, judge, "eval.judge_from")
@@ -132,6 +136,29 @@ def default_eval(ctx: StageContext, cfg: TrainDiffusionConfig) -> GenerativeEval
     return ev.model_copy(update=update)
 
 
+def conditioning_encoder(ctx: StageContext, cfg: TrainDiffusionConfig) -> EncoderRef:
+    """The frozen text tower that conditions the stage's generator: `encoder`, or the `encoder_from` stage's."""
+    return cfg.encoder or _ref(ctx, cfg.encoder_from, "encoder_from")
+
+
+def load_trained(ctx: StageContext, cfg: TrainDiffusionConfig, device: str, encoder: EncoderRef | None = None,
+                 temperature: float | None = None):
+    """The stage's exported generator, as `winnow eval` and `winnow sample` use it: the denoiser's EMA weights
+    conditioned on the encoder it was trained with (`diffusion.generate.Generator`), or the flow
+    (`flows.generate.FlowGenerator`, sampled at `temperature`, default the stage's `flow.temperature`)."""
+    model_dir = ctx.path(ctx.output)
+    weights = join(model_dir, FLOW_WEIGHTS if cfg.is_flow else WEIGHTS)
+    if not exists(weights):
+        raise ConfigError(f"stages.{ctx.stage}: no trained generator at {weights}; run the stage first")
+    if cfg.is_flow:
+        from training.generative.flows.generate import load_flow_generator
+
+        return load_flow_generator(model_dir, cfg.flow.temperature if temperature is None else temperature, device)
+    from training.generative.diffusion.generate import load_generator
+
+    return load_generator(model_dir, encoder or conditioning_encoder(ctx, cfg), device, f"stages.{ctx.stage}")
+
+
 def resolve(ctx: StageContext, cfg: TrainDiffusionConfig) -> DiffusionTrainConfig:
     """The task's config: the stage keys dropped, the encoders resolved to weights files."""
     train_cfg = DiffusionTrainConfig.model_validate(
@@ -139,9 +166,9 @@ def resolve(ctx: StageContext, cfg: TrainDiffusionConfig) -> DiffusionTrainConfi
     ev = default_eval(ctx, cfg)
     if cfg.is_flow:
         return train_cfg.model_copy(update={"eval": ev})
-    encoder = cfg.encoder or _ref(ctx, cfg.encoder_from, "encoder_from")
-    if ev.judge is not None and ev.judge.weights == encoder.weights:
-        raise ConfigError(f"stages.{ctx.stage}.eval.judge: {ev.judge.weights} is the conditioning encoder's "
+    encoder = conditioning_encoder(ctx, cfg)
+    if ev.judge is not None and ev.judge.files == encoder.files:
+        raise ConfigError(f"stages.{ctx.stage}.eval.judge: {ev.judge.files} is the conditioning encoder's "
                           "checkpoint; judge samples with an encoder that did not condition them")
     return train_cfg.model_copy(update={"encoder": encoder, "eval": ev})
 
@@ -249,25 +276,17 @@ def evaluate(ctx: StageContext, cfg: TrainDiffusionConfig, out: str | None = Non
     from training.generative.evaluation import evaluate_generator
 
     model_dir = ctx.path(ctx.output)
-    weights = join(model_dir, FLOW_WEIGHTS if cfg.is_flow else WEIGHTS)
-    if not exists(weights):
-        raise ConfigError(f"stages.{ctx.stage}: no trained generator at {weights}; run the stage first")
     train_cfg = train_cfg or resolve(ctx, cfg)
     ev = train_cfg.eval
     if not ev.anything:
         raise ConfigError(f"stages.{ctx.stage}.eval: nothing to evaluate against (set eval.heldout and eval.judge_from"
                           ", or run with a synthetic web)")
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    gen = load_trained(ctx, cfg, device, train_cfg.encoder)
     if cfg.is_flow:
-        from training.generative.flows.generate import load_flow_generator
-
-        gen = load_flow_generator(model_dir, train_cfg.flow.temperature, device)
         result = evaluate_generator(gen.images, ev, train_cfg.data.resolution, device, density=gen)
         result = {"generator": model_dir, "temperature": train_cfg.flow.temperature, **result}
     else:
-        from training.generative.diffusion.generate import load_generator
-
-        gen = load_generator(model_dir, train_cfg.encoder, device, f"stages.{ctx.stage}")
         sampler = ev.sampler or train_cfg.sample.sampler
         result = evaluate_generator(lambda p, s: gen.images(p, s, sampler), ev, train_cfg.data.resolution, device,
                                     density=gen.density(ev.likelihood))

@@ -15,7 +15,7 @@ import open_clip
 import torch
 from torch import nn
 
-from pipeline.core.model_configs import register_model_configs
+from pipeline.core.model_configs import random_init_expected, register_model_configs
 from pipeline.core.paths import MODEL_CONFIGS_DIR
 from pipeline.core.storage import local_if_url
 from training.contrastive.config import ModelConfig
@@ -86,7 +86,8 @@ def build_model(cfg: ModelConfig, objective: str, vocab_size: int = 0) -> BuiltM
     if objective == "siglip" and model_cfg.get("init_logit_bias") is None:
         kwargs.update(SIGLIP_INIT)  # a softmax-CLIP architecture trained with the sigmoid loss
     try:
-        with local_if_url(pretrained) as weights:  # e.g. another stage's model.pt on s3://: open_clip reads files
+        # e.g. another stage's model.pt on s3://: open_clip reads files; without weights, a model trained from scratch
+        with local_if_url(pretrained) as weights, random_init_expected():
             clip, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
                 name, pretrained=weights, force_patch_dropout=cfg.patch_dropout or None, **kwargs)
     except pickle.UnpicklingError as err:  # open_clip loads with weights_only=True: say why it refused

@@ -21,7 +21,8 @@ A task's life, in the order the engine calls it:
     each checkpoint:   extra_state() -> tensors         rank 0, saved next to the weights
     rank 0, at the end: export(run, evaluation) -> dict  final files; the dict joins `fit`'s result
 
-A minimal task is `setup`, `batches` and `loss`; `tests/training_mean_colour.py` is one in a single file.
+A minimal task is `setup`, `batches` and `loss`; `tests/training_mean_colour.py` is one in a single file. A task
+lives with its kind: `training/contrastive/`, `training/generative/`, or `training/tasks/` for any other.
 """
 
 from __future__ import annotations

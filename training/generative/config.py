@@ -14,17 +14,34 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pipeline.core.config import StrictModel
+from pipeline.core.model_files import LOCAL_DIR, local_dir
 
 
 class EncoderRef(StrictModel):
-    """An open_clip model and its weights file; `source` says which config produced it (for error messages)."""
+    """An open_clip model and its weights file, or an open_clip folder (`local-dir:/path`, its weights inside);
+    `source` says which config produced it (for error messages)."""
 
-    name: str = Field(description="open_clip model name or a configs/models/*.json stem")
-    weights: str = Field(description="a model.pt written by a train-clip stage (any fsspec path)")
+    name: str = Field(description="open_clip model name or a configs/models/*.json stem; or local-dir:/path, a folder "
+                                  "holding open_clip_config.json and its weights (as open_clip writes them)")
+    weights: str | None = Field(None, description="a model.pt written by a train-clip stage (any fsspec path); none "
+                                                  "for a local-dir: name")
     source: str = Field("", description="where this encoder comes from, e.g. 'stages.train (train-clip)'")
 
+    @model_validator(mode="after")
+    def _weights(self) -> EncoderRef:
+        if self.weights is None and local_dir(self.name) is None:
+            raise ValueError(f"encoder {self.name!r}: give `weights` (e.g. a train-clip stage's model.pt), or name an "
+                             f"open_clip folder as `name: {LOCAL_DIR}/path`")
+        return self
+
+    @property
+    def files(self) -> str:
+        """What holds the weights: the weights file, or the local-dir folder."""
+        return self.weights or local_dir(self.name)
+
     def describe(self) -> str:
-        return f"{self.source + ': ' if self.source else ''}open_clip {self.name!r} with {self.weights}"
+        return f"{self.source + ': ' if self.source else ''}open_clip {self.name!r}" + \
+            (f" with {self.weights}" if self.weights else "")
 
 
 class SamplerConfig(StrictModel):

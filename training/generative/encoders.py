@@ -21,12 +21,14 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.core.config import ConfigError
-from pipeline.core.layout import fs_and_path, sha256_file
 from training.generative.config import EncoderRef
 
 
 def weights_sha256(path: str) -> str:
-    return sha256_file(*fs_and_path(path))
+    """A weights file's sha256, or a folder's (an open_clip `local-dir:` folder: its files in name order)."""
+    from pipeline.core.model_files import weights_digest
+
+    return weights_digest(path)
 
 
 @dataclass
@@ -42,21 +44,26 @@ def load_encoder(ref: EncoderRef, device: torch.device | str = "cpu", user: str 
     names both configs: the encoder's (`ref.source`, its model name) and the one using it (`user`)."""
     import open_clip
 
-    from pipeline.core.model_configs import register_model_configs
+    from pipeline.core.model_configs import random_init_expected, register_model_configs
+    from pipeline.core.model_files import check_open_clip_source, local_dir
     from training.engine.checkpoint import CheckpointError, load_weights
 
     register_model_configs()
-    if open_clip.get_model_config(ref.name) is None:
+    check_open_clip_source(ref.name, ref.weights, user or "encoder")
+    if local_dir(ref.name) is None and open_clip.get_model_config(ref.name) is None:
         raise ConfigError(f"{user}: encoder {ref.describe()}: no open_clip model config named {ref.name!r}")
-    clip, _, preprocess = open_clip.create_model_and_transforms(ref.name, device="cpu")
-    try:
-        clip.load_state_dict(load_weights(ref.weights), strict=True)
-    except (RuntimeError, CheckpointError, FileNotFoundError) as err:
-        first = " ".join(str(err).split())[:400]  # "Error(s) in loading state_dict ...: Missing key(s) ..."
-        raise ConfigError(f"{user}: the encoder checkpoint {ref.weights} does not fit {ref.describe()} "
-                          f"(the model that checkpoint was trained as must be the one named): {first}") from None
+    with random_init_expected():  # the weights load just below (a local-dir: folder's, by open_clip itself)
+        clip, _, preprocess = open_clip.create_model_and_transforms(ref.name, device="cpu",
+                                                                    require_pretrained=ref.weights is None)
+    if ref.weights is not None:
+        try:
+            clip.load_state_dict(load_weights(ref.weights), strict=True)
+        except (RuntimeError, CheckpointError, FileNotFoundError) as err:
+            first = " ".join(str(err).split())[:400]  # "Error(s) in loading state_dict ...: Missing key(s) ..."
+            raise ConfigError(f"{user}: the encoder checkpoint {ref.weights} does not fit {ref.describe()} "
+                              f"(the model that checkpoint was trained as must be the one named): {first}") from None
     clip.eval().requires_grad_(False)
-    return LoadedEncoder(clip.to(device), preprocess, open_clip.get_tokenizer(ref.name), weights_sha256(ref.weights))
+    return LoadedEncoder(clip.to(device), preprocess, open_clip.get_tokenizer(ref.name), weights_sha256(ref.files))
 
 
 @torch.no_grad()

@@ -41,13 +41,14 @@ class Real:
 
 
 class ModelDensity(Protocol):
-    """A generator's log-density of its own input space: `density(x, captions) -> log p (B,)`, its `preprocess`
+    """A generator's log-density of its own input space: `density(x, captions, index) -> log p (B,)` (`index`: each
+    row's place in the held-out set, for estimators that draw per sample), its `preprocess`
     (8-bit data -> that space, with the log-det) and `method` (how the number is computed, for the record)."""
 
     preprocess: object
     method: str
 
-    def __call__(self, x: torch.Tensor, captions: list[str]) -> torch.Tensor: ...
+    def __call__(self, x: torch.Tensor, captions: list[str], index: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 @dataclass
@@ -246,9 +247,12 @@ def likelihood(ctx: EvalInputs) -> dict | None:
     pixels, captions, names = first_samples(expand_shards(ctx.cfg.heldout), lk.samples, ctx.resolution)
     t0 = time.perf_counter()
     # the conditioning handed through is each image's index: the density looks its captions up
-    result = heldout_bits_per_dim(lambda x, idx: ctx.density(x, [captions[i] for i in idx.tolist()]), pixels, names,
-                                  torch.arange(len(pixels)), preprocess=ctx.density.preprocess, seed=lk.seed,
-                                  batch_size=lk.batch_size, device=ctx.device)
+    def density(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return ctx.density(x, [captions[i] for i in idx.tolist()], idx)
+
+    result = heldout_bits_per_dim(density, pixels, names, torch.arange(len(pixels)),
+                                  preprocess=ctx.density.preprocess, seed=lk.seed, batch_size=lk.batch_size,
+                                  device=ctx.device)
     return {**result.as_dict(), "method": ctx.density.method, "seconds": round(time.perf_counter() - t0, 2)}
 
 

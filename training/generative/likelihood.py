@@ -6,9 +6,10 @@ Diffusion and flow-matching models: the probability-flow ODE in sigma space, dx/
 
     log p_min(x) = log N(x(sigma_max); 0, (sigma_max^2 + sigma_data^2) I) + int_{sigma_min}^{sigma_max} div f dsigma
 
-The divergence is exact (one backward pass per dimension: small inputs) or Hutchinson's estimate
-E_v[v^T (df/dx) v] with Rademacher probes drawn from a fixed seed, averaged over `probes`. The ODE is solved by
-torchdiffeq's adaptive Dormand-Prince (dopri5) at the stated rtol / atol.
+The divergence is exact (one backward pass per dimension: small inputs) or Hutchinson's estimate E_v[v^T (df/dx) v]
+with Rademacher probes, averaged over `probes`; each held-out sample's probes are drawn from (seed, its index in the
+set), so no two samples share them and the standard error counts independent draws. The ODE is solved by torchdiffeq's
+adaptive Dormand-Prince (dopri5) at the stated rtol / atol.
 
 Every preprocessing step's log-determinant is counted, so all families report bits/dim of the same 8-bit data:
 pixels k in {0..255} are dequantised to k + u, u ~ U(0, 1) (a density on [0, 256)^D whose likelihood lower-bounds
@@ -29,6 +30,7 @@ from typing import Literal
 
 import torch
 
+from pipeline.core.ids import derived_seed
 from training.generative.config import LikelihoodConfig  # noqa: F401  (its config, importable here)
 
 
@@ -80,13 +82,15 @@ class OdeLikelihood:
     sigma_data: float = 0.5
     cfg: LikelihoodConfig = field(default_factory=LikelihoodConfig)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(x) per sample (B,); `index` (B,) says which sample of the whole set each row is (its Hutchinson
+        probes come from (seed, index), so no two samples of the set share them); default 0..B-1."""
         from torchdiffeq import odeint
 
-        gen = torch.Generator().manual_seed(self.cfg.seed)
         probes = None
         if self.cfg.trace == "hutchinson":  # fixed for the whole solve, as the estimator requires
-            probes = (torch.randint(0, 2, (self.cfg.probes, *x.shape), generator=gen) * 2 - 1).to(x)
+            rows = range(x.shape[0]) if index is None else index.tolist()
+            probes = hutchinson_probes(self.cfg.seed, rows, self.cfg.probes, x.shape[1:]).to(x)  # (P, B, ...)
 
         def field(sigma: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
             y = state[0]
@@ -94,12 +98,21 @@ class OdeLikelihood:
             dy, div = divergence(lambda z: (z - self.denoise(z, s)) / s.view(-1, *[1] * (z.ndim - 1)), y, probes)
             return dy, -div  # d(log p)/dsigma = -div f; integrating -div keeps the bookkeeping in one place
 
-        grid = torch.tensor([self.cfg.sigma_min, self.sigma_max], dtype=x.dtype)
-        ys, neg_int = odeint(field, (x, torch.zeros(x.shape[0], dtype=x.dtype)), grid, rtol=self.cfg.rtol,
-                             atol=self.cfg.atol, method="dopri5")
+        # the time grid and the running log-density live on x's device: torchdiffeq joins them with x
+        grid = torch.tensor([self.cfg.sigma_min, self.sigma_max], dtype=x.dtype, device=x.device)
+        start = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        ys, neg_int = odeint(field, (x, start), grid, rtol=self.cfg.rtol, atol=self.cfg.atol, method="dopri5")
         prior = gaussian_log_prob(ys[-1], math.sqrt(self.sigma_max**2 + self.sigma_data**2))
         # log p_min(x) = log p_max(x(sigma_max)) + int div f dsigma = prior - neg_int
         return prior - neg_int[-1]
+
+
+def hutchinson_probes(seed: int, rows, probes: int, shape) -> torch.Tensor:
+    """Rademacher probes (P, B, *shape) on the CPU: row b's from a generator seeded by (seed, rows[b]), so a
+    sample's probes depend on which sample it is, never on its batch or its place in one."""
+    draws = [torch.randint(0, 2, (probes, *shape), generator=torch.Generator().manual_seed(derived_seed(seed, r)))
+             for r in rows]
+    return (torch.stack(draws, 1) * 2 - 1).float()
 
 
 def dequantize(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -374,9 +374,9 @@ def test_blip_backend_without_weights_says_so(tmp_path):
     folder = str(tmp_path / "blip-base")
     for call in (lambda: check_captioner({"backend": "blip", "weights": folder}),
                  lambda: Captioner({"backend": "blip", "weights": folder})):
-        with pytest.raises(CaptionerError, match=rf"BLIP captioning weights {folder}: no such folder.*downloads "
-                                                 "nothing"):
+        with pytest.raises(CaptionerError, match=rf"BLIP captioning weights: {folder} is missing \(no such folder\), "
+                                                 r"not a Hugging Face BLIP captioning folder .*downloads nothing"):
             call()
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CaptionerError, match="has no config.json"):
+    with pytest.raises(CaptionerError, match=r"empty is no known model files \(empty\), not a Hugging Face BLIP"):
         check_captioner({"backend": "blip", "weights": str(tmp_path / "empty")})

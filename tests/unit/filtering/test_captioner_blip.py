@@ -9,34 +9,16 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from capfilt_testdata import BLIP_WORDS, tiny_blip  # noqa: E402
+
 from filtering.captioner import Captioner, CaptionerSpec, check_captioner  # noqa: E402
 from filtering.captioner_blip import BLIP_PROMPT, BlipITM  # noqa: E402
-
-WORDS = ["a", "picture", "of", "dog", "cat", "red", "blue", "on", "the", "grass", "table", "small", "big"]
 
 
 @pytest.fixture(scope="module")
 def blip(tmp_path_factory):
     """Folders holding a tiny random BlipForConditionalGeneration and BlipForImageTextRetrieval with a processor."""
-    d = tmp_path_factory.mktemp("blip")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", *WORDS]
-    (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = transformers.BertTokenizer(str(d / "vocab.txt"), bos_token="[DEC]")
-    proc = transformers.BlipProcessor(transformers.BlipImageProcessor(size={"height": 32, "width": 32}), tok)
-    text = dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                intermediate_size=64, encoder_hidden_size=32, max_position_embeddings=64,
-                bos_token_id=vocab.index("[DEC]"), sep_token_id=vocab.index("[SEP]"), pad_token_id=0)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
-                  patch_size=8)
-    cfg = transformers.BlipConfig(text_config=text, vision_config=vision, projection_dim=16)
-    out = {}
-    for name, cls in (("caption", transformers.BlipForConditionalGeneration),
-                      ("itm", transformers.BlipForImageTextRetrieval)):
-        torch.manual_seed(0)
-        cls(cfg).save_pretrained(d / name)
-        proc.save_pretrained(d / name)
-        out[name] = str(d / name)
-    return out
+    return tiny_blip(tmp_path_factory.mktemp("blip"))
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +43,7 @@ def test_blip_captions_equal_hugging_face_generate(blip, pixels):
         out = model.generate(**inputs, max_new_tokens=6, min_new_tokens=2, num_beams=1, do_sample=False)
     want = [t[len(BLIP_PROMPT.strip()):].strip() for t in proc.batch_decode(out, skip_special_tokens=True)]
     assert [c[0] for c in got] == want and all(len(w.split()) >= 2 for w in want)
-    assert all(w in WORDS for c in got for w in c[0].split())
+    assert all(w in BLIP_WORDS for c in got for w in c[0].split())
 
 
 def test_blip_sampling_is_seeded_and_beams_return_num_captions(blip, pixels):

@@ -20,8 +20,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.core.config import ConfigError
-
 
 def square_crop(image: Image.Image, size: int) -> Image.Image:
     """Short side to `size` (bicubic), centre crop: every generator's (and its evaluation's) view of an image."""
@@ -34,14 +32,16 @@ def square_crop(image: Image.Image, size: int) -> Image.Image:
 
 
 class PixelTransform:
-    """PIL image -> (3, S, S) in [-1, 1]: short side to S (bicubic), centre crop (a class: loaders pickle it)."""
+    """PIL image -> (3, S, S): short side to S (bicubic), centre crop; floats in [-1, 1] (the denoisers' view), or
+    with `uint8` the 8-bit values themselves (the flows' and the likelihoods': dequantised in one place). A class:
+    loaders pickle it."""
 
-    def __init__(self, size: int):
-        self.size = size
+    def __init__(self, size: int, uint8: bool = False):
+        self.size, self.uint8 = size, uint8
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = square_crop(image, self.size)
-        return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)  # (3, S, S)
+        pixels = torch.from_numpy(np.array(square_crop(image, self.size), dtype=np.uint8)).permute(2, 0, 1)
+        return pixels.contiguous() if self.uint8 else pixels.float() / 127.5 - 1  # (3, S, S)
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -51,12 +51,12 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 
 
 def read_vae_config(path: str, user: str) -> dict:
-    """The autoencoder folder's config.json, or a ConfigError naming `user` (the config key that points there)."""
-    found = os.path.join(path, "config.json")
-    if not os.path.isfile(found):
-        raise ConfigError(f"{user}: no diffusers AutoencoderKL at {path!r} (expected a local folder with "
-                          "config.json and its weights, e.g. from AutoencoderKL.save_pretrained)")
-    with open(found) as f:
+    """The autoencoder folder's config.json, or a ConfigError naming `user` (the config key that points there) and
+    what the folder holds instead (`pipeline.core.model_files`)."""
+    from pipeline.core.model_files import expect_folder
+
+    expect_folder(path, "autoencoder_kl", user)
+    with open(os.path.join(path, "config.json")) as f:
         return json.load(f)
 
 

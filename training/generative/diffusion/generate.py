@@ -3,10 +3,11 @@
     gen = load_generator("runs/demo/generator", EncoderRef(name="tiny-clip-rn", weights="runs/demo/train/model.pt"))
     images, nfe = gen(["a red circle", "a blue star"], seeds=[0, 1])     # (2, 3, 32, 32) in [-1, 1]
 
-Each image's starting noise comes from its own seed, so a prompt with a seed is the same picture whatever else is in
-the batch. A trained generator is `generator.safetensors` (its EMA weights) and `generator.json` (the network, the
-image space, the objective as trained: family, prediction, time sampler, shift; and the sha256 of the text encoder
-it was conditioned on: another encoder is refused).
+Each image's random numbers (its starting noise, and the noise a stochastic sampler adds) come from its own seed, on
+the CPU, so a prompt with a seed is the same picture whatever else is in the batch, whatever the batch size and device
+RNG (`Generator.__call__`). A trained generator is `generator.safetensors` (its EMA weights) and `generator.json` (the
+network, the image space, the objective as trained: family, prediction, time sampler, shift; and the sha256 of the text
+encoder it was conditioned on: another encoder is refused).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from training.generative.diffusion.loss import DiffusionConfig
 from training.generative.diffusion.precond import Denoiser
 from training.generative.diffusion.samplers import SamplerConfig, guided, sample
 from training.generative.encoders import EncoderRef, TextConditioner
+from training.generative.seeds import image_generators, randn_rows
 
 WEIGHTS, DESCRIPTION = "generator.safetensors", "generator.json"
 
@@ -37,19 +39,26 @@ class Generator:
     @torch.no_grad()
     def __call__(self, prompts: list[str], seeds: list[int],
                  sampler: SamplerConfig | None = None) -> tuple[torch.Tensor, int]:
-        """(images (B, 3, H, W) in [-1, 1], network evaluations per image)."""
+        """(images (B, 3, H, W) in [-1, 1] on the generator's device, network evaluations per image) for B prompts
+        and one integer seed per prompt. Image i's random numbers (its starting noise, then any churn or
+        Euler-Maruyama noise) come from `torch.Generator().manual_seed(seeds[i])` on the CPU, moved to the device:
+        a (prompt, seed) pair gives the same image whatever else is in the batch and whatever the batch size, with
+        every sampler (see the tests for how exactly), and on any device's RNG. `sampler` overrides the generator's
+        own sampler settings (method, steps, guidance, ...)."""
+        if len(seeds) != len(prompts):
+            raise ValueError(f"one seed per prompt: {len(prompts)} prompts, {len(seeds)} seeds")
         cfg = sampler or self.sampler
         tokens, pooled = (t.to(self.device) for t in self.conditioner(prompts))
         n = len(prompts)
         cond = (tokens, pooled, torch.zeros(n, device=self.device))
         uncond = (tokens, pooled, torch.ones(n, device=self.device))  # the learned null caption
-        shape = (self.codec.channels, self.codec.size, self.codec.size)
-        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        gens = image_generators(seeds)
+        noise = randn_rows((self.codec.channels, self.codec.size, self.codec.size), gens, device=self.device)
         was_training = self.net.training
         self.net.eval()
         try:
-            x, nfe = sample(guided(self.denoiser, cond, uncond, cfg.guidance), noise.to(self.device), cfg,
-                            self.denoiser.family, torch.Generator().manual_seed(seeds[0]), self.trained_shift)
+            x, nfe = sample(guided(self.denoiser, cond, uncond, cfg.guidance), noise, cfg, self.denoiser.family,
+                            gens, self.trained_shift)
         finally:
             self.net.train(was_training)
         return self.codec.decode(x), nfe
@@ -74,7 +83,7 @@ class OdeDensity:
         self.sigma_max = cfg.sigma_max or gen.denoiser.family.sigma_max
         self.method = cfg.describe().replace("the family max", f"{self.sigma_max:g}")
 
-    def __call__(self, x: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, captions: list[str], index: torch.Tensor | None = None) -> torch.Tensor:
         from training.generative.likelihood import OdeLikelihood
 
         gen = self.gen
@@ -85,7 +94,7 @@ class OdeDensity:
         try:
             ode = OdeLikelihood(lambda z, s: gen.denoiser(z, s, cond), self.sigma_max, gen.diffusion.sigma_data,
                                 self.cfg)
-            return ode(x)
+            return ode(x, index)
         finally:
             gen.net.train(was_training)
 

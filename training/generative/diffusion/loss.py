@@ -3,10 +3,11 @@ a training loop never asks which family, prediction or density it trains.
 
     loss = w(sigma) ||F(c_in x_hat; sigma) - F_target||^2,   sigma ~ the time sampler,  x_hat = x0 + sigma eps
 
-w is 1 ("natural": each prediction's own weight, see `precond`), or Min-SNR-gamma (Hang et al. 2023) expressed
-on the network output, or a density (`logit_normal`, diffusers' `weighting_scheme`) that reweights uniformly drawn
-flow times. A density weight and a non-uniform time sampler express the same preference twice (diffusers shipped
-weighting schemes that had no effect until it was fixed): that combination is refused.
+w is 1 ("natural": each prediction's own weight, see `precond`), or Min-SNR-gamma (Hang et al. 2023) expressed on the
+network output, or a density (`logit_normal`, diffusers' `weighting_scheme`) that reweights uniformly drawn flow times,
+evaluated at the time drawn before the resolution shift (so uniform + weight + shift k is SD3's logit-normal-then-
+shift, and the weight's mean is 1). A density weight and a non-uniform time sampler express the same preference twice
+(diffusers shipped weighting schemes that had no effect until it was fixed): that combination is refused.
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ class DiffusionLoss:
         if self.cfg.loss_weight == "min_snr":  # min(SNR, gamma) on ||D - x0||^2, SNR = 1 / sigma^2
             natural = denoiser.loss_weight_on_denoiser(sigma)
             return torch.clamp(1 / sigma**2, max=self.cfg.min_snr_gamma) / natural
+        # the density of the time drawn before the shift (sigma -> k sigma): uniform t weighted by it, then shifted,
+        # is SD3's logit-normal-then-shift, and the weight's mean stays 1 whatever k
         ts = self.cfg.sampler_config()
-        return logit_normal_density(flow_time(sigma.double()).clamp(1e-6, 1 - 1e-6), ts.mean, ts.std).float()
+        t = flow_time(sigma.double() / ts.shift).clamp(1e-6, 1 - 1e-6)
+        return logit_normal_density(t, ts.mean, ts.std).float()
 
     def __call__(self, net, x0: torch.Tensor, cond=None, generator: torch.Generator | None = None,
                  sigma: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

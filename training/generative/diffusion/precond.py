@@ -14,9 +14,10 @@ L_simple; edm: EDM's lambda = (sigma^2 + sd^2) / (sigma sd)^2; velocity: rectifi
     edm       F ~ (x0 - c_skip x_hat) / c_out   c_skip sd^2 / (sigma^2 + sd^2)   c_out sigma sd / sqrt(sigma^2 + sd^2)
                                                 c_in 1 / sqrt(sigma^2 + sd^2)   (sd = sigma_data)
 
-For eps and x0 the network sees x_t = a(sigma) x_hat, as DDPM's and rectified flow's networks do; a VE process has
-a = 1, whose x_hat reaches sigma_max = 100, so its networks see x_hat / sqrt(1 + sigma^2) instead (EDM's VE keeps
-c_in = 1 for a U-Net that copes; a small network does not).
+For eps and x0 the network sees x_t = a(sigma) x_hat, as DDPM's and rectified flow's networks do. VE and EDM have
+a = 1, whose x_hat reaches sigma_max = 100 (80), so their networks both see VP's x_t = x_hat / sqrt(1 + sigma^2)
+instead: one input scale for the two a = 1 families (EDM's VEPrecond keeps c_in = 1 for a U-Net that copes; a small
+network does not; its EDMPrecond's 1 / sqrt(sigma^2 + sigma_data^2) is the `edm` prediction's own).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def coefficients(prediction: str, family: Family, sigma: torch.Tensor,
                  sigma_data: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(c_skip, c_out, c_in) at noise levels sigma."""
     one = torch.ones_like(sigma)
-    c_in = torch.rsqrt(1 + sigma**2) if family.name == "ve" else family.scale(sigma)
+    # a = 1 families (ve, edm) get VP's a(sigma): a network's input stays O(1) at every noise level
+    c_in = family.scale(sigma) if family.name in ("flow", "vp") else torch.rsqrt(1 + sigma**2)
     if prediction == "eps":
         return one, -sigma, c_in
     if prediction == "x0":

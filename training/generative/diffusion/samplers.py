@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
 from training.generative.config import SamplerConfig  # noqa: F401  (its config, importable here)
 from training.generative.diffusion.noise import Family
+from training.generative.seeds import randn_rows
 
 SAMPLERS = ("euler", "heun", "ddim", "euler_maruyama")
 
@@ -74,8 +75,12 @@ def _churn(cfg: SamplerConfig, sigma: float, steps: int) -> float:
 
 @torch.no_grad()
 def sample(denoise: Callable, noise: torch.Tensor, cfg: SamplerConfig, family: Family,
-           generator: torch.Generator | None = None, trained_shift: float = 1.0) -> tuple[torch.Tensor, int]:
-    """Draw x0 from unit `noise` (B, ...) with denoiser `denoise(x_hat, sigma (B,))`; return (x0, evaluations)."""
+           generator: torch.Generator | Sequence[torch.Generator] | None = None,
+           trained_shift: float = 1.0) -> tuple[torch.Tensor, int]:
+    """Draw x0 from unit `noise` (B, ...) with denoiser `denoise(x_hat, sigma (B,))`; return (x0, evaluations).
+    Churn and Euler-Maruyama noise come from `generator`: one CPU generator per row (row i's from generator[i]
+    only, so a row's sample does not depend on its batch-mates: what `generate.Generator` passes), or one for the
+    whole batch (a batch of thousands drawn at once, in tests)."""
     shift = cfg.shift if cfg.shift is not None else trained_shift
     if not math.isclose(shift, trained_shift):
         warnings.warn(f"sampling with shift {shift:g}, but the model was trained with shift {trained_shift:g}: the "
@@ -85,8 +90,10 @@ def sample(denoise: Callable, noise: torch.Tensor, cfg: SamplerConfig, family: F
     D = Counted(denoise)
     x = noise * sigmas[0]
 
-    def randn_like(t: torch.Tensor) -> torch.Tensor:
-        return torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device)
+    def randn_like(t: torch.Tensor) -> torch.Tensor:  # drawn on the CPU, moved: the device's RNG plays no part
+        if generator is None or isinstance(generator, torch.Generator):
+            return torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device)
+        return randn_rows(t.shape[1:], generator, t.dtype, t.device)
 
     def level(s: float) -> torch.Tensor:
         return torch.tensor(s, dtype=x.dtype, device=x.device)

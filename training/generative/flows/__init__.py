@@ -10,7 +10,8 @@
     task.py          FlowTask: maximum likelihood in bits/dim on the training engine
 
 Every layer: `forward(x, c) -> (y, log|det| (B,))`, `inverse(y, c) -> x`. A `FlowModel` is one bijection from the
-model's input space to a standard normal; `model(x, ids)` is log p(x), `model.sample(n, ids, temperature)` inverts.
+model's input space to a standard normal; `model(x, ids)` is log p(x), `model.sample(seeds, ids, temperature)` inverts
+(one seed per image).
 Bits/dim of 8-bit data (dequantisation and preprocessing counted) come from `training.generative.likelihood`, the
 same bookkeeping the diffusion families' probability-flow ODE uses.
 

@@ -37,11 +37,11 @@ def load_flow(folder: str, device: torch.device | str = "cpu") -> tuple[FlowMode
 
 
 @torch.no_grad()
-def sample_pixels(net: FlowModel, preprocess: Preprocess, n: int, ids: torch.Tensor | None = None,
-                  temperature: float = 1.0, seed: int = 0) -> torch.Tensor:
-    """n uint8 images (n, C, H, W): standard normal draws times `temperature`, through the exact inverse."""
-    x = net.sample(n, ids, temperature, torch.Generator().manual_seed(seed))
-    return preprocess.to_pixels(x.cpu())
+def sample_pixels(net: FlowModel, preprocess: Preprocess, seeds: list[int], ids: torch.Tensor | None = None,
+                  temperature: float = 1.0) -> torch.Tensor:
+    """One uint8 image (B, C, H, W) per seed: its standard normal draw times `temperature`, through the exact
+    inverse, then the bin each value falls in (on the CPU)."""
+    return preprocess.to_pixels(net.sample(seeds, ids, temperature).float().cpu())
 
 
 def image_grid(pixels: torch.Tensor, columns: int, scale: int = 1) -> Image.Image:

@@ -8,11 +8,9 @@ given their captions (the caption -> class or hashed words the flow was trained 
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from training.generative.flows.artifacts import load_flow
+from training.generative.flows.artifacts import load_flow, sample_pixels
 from training.generative.flows.conditioning import caption_encoder
 from training.generative.flows.multiscale import FlowModel
 from training.generative.likelihood import Preprocess
@@ -31,19 +29,22 @@ class FlowGenerator:
 
     @torch.no_grad()
     def images(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
-        """(B, 3, S, S) in [-1, 1]: 8-bit images (the bins the inverse lands in), so they are what the flow models."""
-        dims = math.prod(self.net.shape)
-        eps = torch.stack([torch.randn(dims, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        """(B, 3, S, S) in [-1, 1] on the CPU, one integer seed per prompt: 8-bit images (the bins the inverse lands
+        in), so they are what the flow models. Image i's draw comes from `torch.Generator().manual_seed(seeds[i])`
+        on the CPU: the same (prompt, seed) is the same image in any batch, of any size, on any device."""
+        if len(seeds) != len(prompts):
+            raise ValueError(f"one seed per prompt: {len(prompts)} prompts, {len(seeds)} seeds")
         was_training = self.net.training
         self.net.eval()
         try:
-            x = self.net.decode(eps.to(self.device) * self.temperature, self.ids(prompts))
+            pixels = sample_pixels(self.net, self.preprocess, seeds, self.ids(prompts), self.temperature)
         finally:
             self.net.train(was_training)
-        return self.preprocess.to_pixels(x.float().cpu()).float() / 127.5 - 1
+        return pixels.float() / 127.5 - 1
 
-    def __call__(self, x: torch.Tensor, captions: list[str]) -> torch.Tensor:
-        """log p(x | caption) (B,) in the flow's input space (preprocessing counted by the caller)."""
+    def __call__(self, x: torch.Tensor, captions: list[str], index: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(x | caption) (B,) in the flow's input space (preprocessing counted by the caller; exact, so the
+        samples' `index` plays no part)."""
         return self.net(x, self.ids(captions))
 
 

@@ -28,6 +28,7 @@ from training.generative.flows.conditioning import Conditioner
 from training.generative.flows.config import FlowModelConfig
 from training.generative.flows.coupling import AdditiveCoupling, AffineCoupling
 from training.generative.flows.layers import ActNorm, InvConv1x1, Reverse, Squeeze
+from training.generative.seeds import image_generators, randn_rows
 
 
 def standard_normal_log_prob(eps: torch.Tensor) -> torch.Tensor:
@@ -170,11 +171,12 @@ class FlowModel(nn.Module):
         return standard_normal_log_prob(eps) + log_det
 
     @torch.no_grad()
-    def sample(self, n: int, ids: torch.Tensor | None = None, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        dims = math.prod(self.shape)
-        eps = torch.randn(n, dims, generator=generator).to(next(self.parameters()).device) * temperature
-        return self.decode(eps, ids)
+    def sample(self, seeds: list[int], ids: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
+        """One image per seed: image i's standard normal draw from its own CPU generator (`seeds[i]`), times
+        `temperature`, through the exact inverse; the same seed is the same image in any batch."""
+        device = next(self.parameters()).device
+        eps = randn_rows((math.prod(self.shape),), image_generators(seeds), device=device)  # (B, D)
+        return self.decode(eps.to(next(self.parameters()).dtype) * temperature, ids)
 
     # --- Glow's data-dependent actnorm initialisation ---------------------------------------------------------------
     def actnorms(self) -> list[ActNorm]:

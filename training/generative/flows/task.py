@@ -147,7 +147,7 @@ class FlowTask(Task):
         net = self.eval_net()
         weights = save_flow(run.local, net, self.preprocess, self.classnames)
         n = self.cfg.grid**2
-        pixels = sample_pixels(net, self.preprocess, n, self.grid_ids(n), self.cfg.temperature)
+        pixels = sample_pixels(net, self.preprocess, list(range(n)), self.grid_ids(n), self.cfg.temperature)
         image_grid(pixels, self.cfg.grid, scale=max(1, math.ceil(64 / self.cfg.resolution))).save(
             run.path("samples.png"))
         return {"weights": join(run.url, os.path.basename(weights)), "samples": join(run.url, "samples.png")}

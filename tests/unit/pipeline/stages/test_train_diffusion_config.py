@@ -54,7 +54,8 @@ def test_the_judge_is_the_first_other_encoder_unless_named(tmp_path):
     ({"encoder_from": "a", "eval": {"judge_from": "a"}}, {"a": {}},
      r"stages\.gen\.eval\.judge_from: 'a' is the conditioning encoder"),
     ({"encoder_from": "a", "latent": {"vae": "/nonexistent/vae"}}, {"a": {}},
-     r"stages\.gen\.latent\.vae: no diffusers AutoencoderKL at '/nonexistent/vae'"),
+     r"stages\.gen\.latent\.vae: /nonexistent/vae is missing \(no such folder\), not a diffusers "
+     r"AutoencoderKL"),
 ])
 def test_bad_references_fail_in_preflight_naming_both_configs(tmp_path, generator, encoders, message):
     ctx, cfg = pipeline(tmp_path, generator, **encoders)

@@ -11,7 +11,7 @@ from gaussian_oracle import Gaussian, OracleNet
 
 from training.generative.diffusion.loss import DiffusionConfig, DiffusionLoss
 from training.generative.diffusion.noise import FAMILIES, flow_time, make_family
-from training.generative.diffusion.precond import PREDICTIONS, Denoiser
+from training.generative.diffusion.precond import PREDICTIONS, Denoiser, coefficients
 from training.generative.diffusion.samplers import SamplerConfig, evaluations, guided, sample
 from training.generative.diffusion.time_samplers import TimeSampler, TimeSamplerConfig, logit_normal_density
 
@@ -100,6 +100,39 @@ def test_a_density_and_a_loss_weight_expressing_it_are_not_both_applied():
     t_ln = flow_time(TimeSampler(TimeSamplerConfig(kind="logit_normal"), fam)(400_000, g).double())
     assert float(weighted) == pytest.approx(float(f(t_ln).mean()), abs=0.01)
     assert cfg.loss_weight == "logit_normal"
+
+
+def test_the_logit_normal_weight_with_a_shift_is_sd3s_logit_normal_then_shift_with_mean_one():
+    """Uniform times, shift 3, weighted by the logit-normal density of the time drawn before the shift: the weight
+    averages 1 and the weighted times are SD3's logit-normal-then-shift (mean t 0.714). The density taken at the
+    shifted time averaged 0.866, with a mean t of 0.592: neither distribution."""
+    cfg = DiffusionConfig(family="flow", time_sampler={"kind": "uniform", "shift": 3.0}, loss_weight="logit_normal")
+    loss, g = DiffusionLoss(cfg), torch.Generator().manual_seed(12)
+    sigma = loss.time_sampler(400_000, g).double()
+    w, t = loss.weight(sigma, loss.denoiser(None)).double(), flow_time(sigma)
+    assert float(w.mean()) == pytest.approx(1.0, abs=0.01)
+    sd3 = flow_time(TimeSampler(TimeSamplerConfig(kind="logit_normal", shift=3.0), loss.family)(400_000, g).double())
+    assert float((w * t).mean() / w.mean()) == pytest.approx(float(sd3.mean()), abs=0.005)
+    assert float(sd3.mean()) == pytest.approx(0.714, abs=0.005)
+    f = lambda t: torch.sin(3 * t) + t**2  # noqa: E731  (any per-t loss: the whole distribution, not only its mean)
+    assert float((w * f(t)).mean()) == pytest.approx(float(f(sd3).mean()), abs=0.01)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0"])
+def test_ve_and_edm_networks_see_their_inputs_at_one_scale(prediction):
+    """Both a = 1 families feed the network x_hat / sqrt(1 + sigma^2) (VP's x_t) for eps and x0: the input of unit
+    variance data stays O(1) at sigma_max (the EDM family fed x_hat itself: a std of 80)."""
+    sigma = torch.tensor([0.002, 0.5, 10.0, 80.0], dtype=F64)
+    ve, edm, vp = (coefficients(prediction, make_family(f), sigma) for f in ("ve", "edm", "vp"))
+    for a, b in zip(ve, edm, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(edm[2], vp[2])
+    x0 = torch.randn(20_000, 4, generator=torch.Generator().manual_seed(13), dtype=F64)
+    eps = torch.randn(20_000, 4, generator=torch.Generator().manual_seed(14), dtype=F64)
+    den = Denoiser(None, make_family("edm"), prediction)
+    for s in (0.5, 80.0):
+        x_in = den.network_io(x0 + s * eps, torch.full((20_000,), s, dtype=F64))[2]
+        assert float(x_in.std()) == pytest.approx(1.0, abs=0.02)
 
 
 # First-order samplers need hundreds of levels for a 2 % covariance on this Gaussian (Euler at 40 levels is 16 %

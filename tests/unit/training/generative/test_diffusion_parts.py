@@ -174,7 +174,8 @@ def test_a_latent_channel_mismatch_or_a_missing_vae_is_refused_naming_both(untra
                                           r"latent\.vae = .* has latent_channels 4"):
         check_latent(cfg, "stages.gen")
     missing = tiny_config(untrained, latent={"vae": str(tmp_path / "nowhere"), "channels": 4})
-    with pytest.raises(ConfigError, match=r"stages\.gen\.latent\.vae: no diffusers AutoencoderKL at .*nowhere"):
+    with pytest.raises(ConfigError, match=r"stages\.gen\.latent\.vae: .*nowhere is missing \(no such folder\), not "
+                                          r"a diffusers AutoencoderKL"):
         check_latent(missing, "stages.gen")
     check_latent(tiny_config(untrained, latent={"vae": vae_dir, "channels": 4}), "stages.gen")
 

@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 from PIL import Image
-from training_diffusion import tiny_config
+from training_diffusion import tiny_config, tiny_vae
 
 from pipeline.core.config import ConfigError
 from training.engine import fit
@@ -133,13 +133,7 @@ def test_guidance_zero_is_unconditional_sampling_of_the_trained_network(runs, un
 
 
 def test_a_latent_generator_trains_on_the_autoencoders_latents(untrained, shapes, tmp_path):
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    vae = str(tmp_path / "vae")
-    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4,
-                  norm_num_groups=4, sample_size=16, scaling_factor=0.7, shift_factor=0.1).save_pretrained(vae)
+    vae = tiny_vae(str(tmp_path / "vae"))
     cfg = tiny_config(untrained, steps=6, latent={"vae": vae, "channels": 4}, model={"patch_size": 1})
     result = fit(DiffusionTask(cfg, shapes["pool"]), cfg, str(tmp_path / "run"))
     info = json.loads((tmp_path / "run" / "generator.json").read_text())
@@ -152,7 +146,8 @@ def test_a_latent_generator_trains_on_the_autoencoders_latents(untrained, shapes
 
 def test_a_bad_autoencoder_or_encoder_fails_before_any_training(untrained, shapes, tmp_path):
     cfg = tiny_config(untrained, latent={"vae": str(tmp_path / "missing"), "channels": 4})
-    with pytest.raises(ConfigError, match=r"train-diffusion\.latent\.vae: no diffusers AutoencoderKL"):
+    with pytest.raises(ConfigError, match=r"train-diffusion\.latent\.vae: .* is missing \(no such folder\), not a "
+                                          r"diffusers AutoencoderKL"):
         fit(DiffusionTask(cfg, shapes["pool"]), cfg, str(tmp_path / "a"))
     wrong = tiny_config(untrained.model_copy(update={"name": "tiny-sigmoid-vit"}))
     with pytest.raises(ConfigError, match=r"does not fit .*'tiny-sigmoid-vit'"):

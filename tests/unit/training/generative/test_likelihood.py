@@ -18,6 +18,7 @@ from training.generative.likelihood import (
     dequantize,
     gaussian_log_prob,
     heldout_bits_per_dim,
+    hutchinson_probes,
     to_signed_unit,
 )
 
@@ -54,6 +55,22 @@ def test_hutchinsons_estimate_is_unbiased_across_probe_seeds():
     assert (more - exact).abs().mean() < (runs[0] - exact).abs().mean()  # more probes, less error
     again = OdeLikelihood(g.denoise, 80.0, cfg=LikelihoodConfig(seed=0))(x)
     assert torch.equal(again, runs[0])  # fixed seeds: the same number twice
+
+
+def test_every_held_out_sample_gets_its_own_hutchinson_probes_whatever_its_batch():
+    """Probes come from (seed, the sample's index in the set): sample 2 of a set scored two at a time gets its own
+    probe, not sample 0's, so the standard error over the set counts independent draws."""
+    batched = hutchinson_probes(0, [0, 1, 2, 3], 2, (3, 4, 4))  # (P, B, 3, 4, 4)
+    assert batched.shape == (2, 4, 3, 4, 4) and set(batched.unique().tolist()) == {-1.0, 1.0}
+    assert not torch.equal(batched[:, 0], batched[:, 2]) and not torch.equal(batched[0, 0], batched[1, 0])
+    assert torch.equal(hutchinson_probes(0, [2, 3], 2, (3, 4, 4)), batched[:, 2:])  # the batch plays no part
+    g = Gaussian()
+    x = g.sample(1, torch.Generator().manual_seed(1)).expand(2, 2)  # one point twice
+    ode = OdeLikelihood(g.denoise, 80.0, cfg=LikelihoodConfig(seed=0))
+    first, second = ode(x, torch.tensor([0, 1])), ode(x, torch.tensor([2, 3]))
+    assert not torch.allclose(first, second, atol=1e-3)  # another batch of the set, other probes
+    alone = ode(x[:1], torch.tensor([2]))
+    assert torch.allclose(alone, second[:1], atol=1e-4)  # sample 2 alone or batched: its own probe (ODE tolerance)
 
 
 def test_bits_per_dim_counts_the_dequantisation_and_scaling():

@@ -11,10 +11,13 @@ from flow_jacobian import autograd_log_det, jiggle
 
 from training.generative.flows.conditioning import CaptionToClass, CaptionToWords
 from training.generative.flows.config import FlowModelConfig, FlowTaskConfig
+from training.generative.flows.generate import FlowGenerator
 from training.generative.flows.multiscale import FlowModel, standard_normal_log_prob
 from training.generative.flows.task import FlowTask
+from training.generative.likelihood import Preprocess
 
 F64 = torch.float64
+CLASSNAMES = ["red circle", "blue square", "green triangle"]
 VARIANTS = [("nice", "none"), ("realnvp", "text"), ("glow", "class"), ("glow", "none")]
 
 
@@ -55,11 +58,11 @@ def test_a_float32_model_inverts_to_float_tolerance_on_images(kind, conditioning
 
 def test_sampling_is_the_exact_inverse_and_temperature_scales_the_draw():
     net, ids = model("glow", "class", resolution=8)
-    x = net.sample(2, ids, temperature=0.5, generator=torch.Generator().manual_seed(3))
+    x = net.sample([3, 4], ids, temperature=0.5)
     eps, _ = net.encode(x, ids)
-    draw = torch.randn(2, 192, generator=torch.Generator().manual_seed(3)).double() * 0.5
-    assert (eps - draw).abs().max() < 1e-10
-    assert not torch.allclose(net.sample(2, torch.tensor([1, 1]), 0.5, torch.Generator().manual_seed(3)), x)
+    draw = torch.stack([torch.randn(192, generator=torch.Generator().manual_seed(s)) for s in (3, 4)]).double() * 0.5
+    assert (eps - draw).abs().max() < 1e-10  # image i's draw is its own seed's
+    assert not torch.allclose(net.sample([3, 4], torch.tensor([1, 1]), 0.5), x)
 
 
 def test_a_conditional_model_needs_its_ids_and_uses_them():
@@ -95,3 +98,19 @@ def test_configs_refuse_what_cannot_be_built():
     assert FlowModelConfig(kind="realnvp").scale_kind() == "tanh"
     assert FlowModelConfig(kind="glow").scale_kind() == "sigmoid"
     assert math.isclose(FlowTaskConfig().logit_alpha, 0.05)
+
+
+@pytest.mark.parametrize("conditioning", ["class", "text"])
+def test_a_flows_prompt_and_seed_is_the_same_image_alone_or_in_a_batch(conditioning):
+    """Image i's draw is its own seed's; the batched convolutions round alike here, so the 8-bit images match."""
+    torch.manual_seed(0)
+    cfg = FlowModelConfig(kind="glow", levels=2, steps_per_level=2, hidden=16, conditioning=conditioning,
+                          classes=len(CLASSNAMES), cond_dim=4, text_buckets=20, text_words=4)
+    net = FlowModel(cfg, 3, 8)
+    ids = torch.arange(8) % len(CLASSNAMES) if conditioning == "class" else torch.randint(1, 21, (8, 4))
+    net.initialize(torch.randn(8, 3, 8, 8) * 0.5, ids)
+    gen = FlowGenerator(jiggle(net, 0.05), Preprocess(), CLASSNAMES, temperature=0.9)
+    alone = gen.images(["a red circle"], [7])[0]
+    batch = gen.images(["a blue square", "a red circle", "a green triangle"], [1, 7, 2])
+    assert torch.equal(batch[1], alone)  # 8-bit images: equal
+    assert not torch.equal(gen.images(["a red circle"], [8])[0], alone)
