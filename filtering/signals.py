@@ -5,6 +5,13 @@
 
 `signal_rows` turns a shard's samples into column batches (plus the preprocessed crops a model needs); the score
 stage runs it in CPU tasks and the model in actors.
+
+Which resolution each signal is computed from (`SOURCES`; a test checks every entry): the sizes come from the
+image's header, the exact hash and byte count from its bytes, the perceptual hash from the full decode (a reduced
+decode changes 14% of hashes of 512-1024 px renders, by a few bits: not the same signal), and the model's crop from
+the same full decode. With `phash_decode="reduced"` (`REDUCED_SOURCES`) one decode at the model's size
+(`Preprocessor.min_size`) serves both the crop and the phash: less decoding, and a phash that depends on the model's
+input size.
 """
 
 from __future__ import annotations
@@ -41,6 +48,14 @@ BASE_SCHEMA = pa.schema([
     ("phash", pa.string()),
 ])
 MODEL_FIELDS = [pa.field("dfn_score", pa.float32())]
+SOURCES = {  # image signal -> what it is computed from (the other columns come from the caption and metadata)
+    "width": "header", "height": "header", "aspect_ratio": "header",
+    "image_bytes": "bytes", "sha256": "bytes", "image_ext": "member name",
+    "decodable": "decode", "decode_error": "decode",
+    "phash": "full decode",
+    "pixels": "full decode",  # the model's crop: from the phash's decode, resized as open_clip does
+}
+REDUCED_SOURCES = {**SOURCES, "phash": "reduced decode", "pixels": "reduced decode"}  # phash_decode="reduced"
 
 
 def signals_schema(with_model: bool) -> pa.Schema:
@@ -50,27 +65,48 @@ def signals_schema(with_model: bool) -> pa.Schema:
     return schema
 
 
-def sample_row(key: str, files: dict[str, bytes], shard: str, max_pixels: int = DEFAULT_MAX_PIXELS,
-               preprocess=None) -> tuple[dict, np.ndarray | None]:
-    """One sample's signals, and its preprocessed crop when `preprocess` is given and the image decodes."""
+def sample_identity(key: str, files: dict[str, bytes], shard: str) -> tuple[str, str | None, str]:
+    """(uid, url, caption) of a sample. The download stage writes the uid; without it, the URL's hash is the same
+    uid by construction."""
     meta = sample_meta(files)
     caption = primary_caption(files, meta) or ""
     url = meta.get("url")
-    # The download stage writes the uid; without it, the URL's hash is the same uid by construction.
     uid = str(meta.get("uid") or (uid_of(url) if url else uid_of(f"{shard}/{key}")))
+    return uid, url if isinstance(url, str) else None, caption
+
+
+def decode_crops(data: bytes | None, max_pixels: int, preprocessors: list, full: bool = False):
+    """(info, image, crops): one decode serving every preprocessor (at the largest size they ask for; full size when
+    `full` or any of them needs the full image), and each one's crop (None where the image does not decode or the
+    transform rejects it: then `info` says so)."""
+    sizes = [p.min_size for p in preprocessors]
+    min_size = None if full or not sizes or None in sizes else max(sizes)
+    info, img = decode_image(data, max_pixels, min_size)
+    crops = []
+    for pre in preprocessors:
+        crop = None
+        if img is not None and info.decodable:
+            try:
+                crop = pre(img)
+            except Exception as err:  # an image PIL decodes but the transform rejects is a bad row, not a bad shard
+                info.decodable, info.decode_error = False, f"Preprocess: {type(err).__name__}: {err}"[:200]
+        crops.append(crop)
+    return info, img, crops
+
+
+def sample_row(key: str, files: dict[str, bytes], shard: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+               preprocess=None, phash_decode: str = "full") -> tuple[dict, np.ndarray | None]:
+    """One sample's signals, and its preprocessed crop when `preprocess` is given and the image decodes. The phash
+    needs the full decode unless `phash_decode="reduced"` (see the module's docstring)."""
+    uid, url, caption = sample_identity(key, files, shard)
     image_ext, data = image_member(files)
-    info, img = decode_image(data, max_pixels)
-    pixels = None
-    if img is not None and preprocess is not None:
-        try:
-            pixels = preprocess(img)
-        except Exception as err:  # an image PIL decodes but the transform rejects is a bad row, not a bad shard
-            info.decodable, info.decode_error = False, f"Preprocess: {type(err).__name__}: {err}"[:200]
+    info, img, crops = decode_crops(data, max_pixels, [preprocess] if preprocess is not None else [],
+                                    full=phash_decode == "full")
     row = {
         "uid": uid,
         "key": key,
         "shard": shard,
-        "url": url if isinstance(url, str) else None,
+        "url": url,
         "caption": caption,
         "image_ext": image_ext,
         "image_bytes": info.image_bytes,
@@ -83,7 +119,7 @@ def sample_row(key: str, files: dict[str, bytes], shard: str, max_pixels: int = 
         "sha256": sha256_hex(data),
         "phash": phash_hex(img) if info.decodable else None,
     }
-    return row, pixels
+    return row, crops[0] if crops else None
 
 
 _INT_FIELDS = {"image_bytes": np.int64, "width": np.int32, "height": np.int32, "caption_chars": np.int32,
@@ -118,12 +154,13 @@ def rows_to_columns(rows: list[dict], pixels: list | None, crop_shape=None) -> d
 
 
 def signal_batches(samples: Iterable[tuple[str, dict[str, bytes]]], shard: str, chunk_rows: int = 256,
-                   max_pixels: int = DEFAULT_MAX_PIXELS, preprocess=None) -> Iterator[dict[str, np.ndarray]]:
+                   max_pixels: int = DEFAULT_MAX_PIXELS, preprocess=None,
+                   phash_decode: str = "full") -> Iterator[dict[str, np.ndarray]]:
     """Column batches of at most `chunk_rows` samples (bounded memory whatever the shard's size)."""
     rows, pixels = [], []
     shape = preprocess.shape if preprocess is not None else None
     for key, files in samples:
-        row, px = sample_row(key, files, shard, max_pixels, preprocess)
+        row, px = sample_row(key, files, shard, max_pixels, preprocess, phash_decode)
         rows.append(row)
         pixels.append(px)
         if len(rows) >= chunk_rows:
