@@ -31,6 +31,7 @@ class ToPixels:
 
     def __init__(self, resolution: int):
         self.resolution = resolution
+        self.min_size = resolution  # what the loader asks the decoder for
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         img = square_crop(img, self.resolution)
