@@ -26,6 +26,7 @@ from filtering.text import caption_signals
 from pipeline.core.ids import uid_of
 from pipeline.core.images import DEFAULT_MAX_PIXELS, decode_image
 from pipeline.core.sample import image_member, primary_caption, sample_meta
+from pipeline.core.timing import TimeSplit
 
 BASE_SCHEMA = pa.schema([
     ("uid", pa.string()),
@@ -155,12 +156,15 @@ def rows_to_columns(rows: list[dict], pixels: list | None, crop_shape=None) -> d
 
 def signal_batches(samples: Iterable[tuple[str, dict[str, bytes]]], shard: str, chunk_rows: int = 256,
                    max_pixels: int = DEFAULT_MAX_PIXELS, preprocess=None,
-                   phash_decode: str = "full") -> Iterator[dict[str, np.ndarray]]:
-    """Column batches of at most `chunk_rows` samples (bounded memory whatever the shard's size)."""
+                   phash_decode: str = "full", split: TimeSplit | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Column batches of at most `chunk_rows` samples (bounded memory whatever the shard's size). With `split`,
+    the time taken getting samples counts as reading, computing rows and crops as decoding."""
     rows, pixels = [], []
     shape = preprocess.shape if preprocess is not None else None
-    for key, files in samples:
-        row, px = sample_row(key, files, shard, max_pixels, preprocess, phash_decode)
+    split = split or TimeSplit()
+    for key, files in split.timed(samples, "reading"):
+        with split.part("decoding"):
+            row, px = sample_row(key, files, shard, max_pixels, preprocess, phash_decode)
         rows.append(row)
         pixels.append(px)
         if len(rows) >= chunk_rows:

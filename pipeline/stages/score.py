@@ -96,14 +96,15 @@ def read_shard(item: dict, chunk_rows: int, max_pixels: int, preprocess_cfg: dic
     from filtering.preprocess import Preprocessor
     from filtering.signals import BASE_SCHEMA, rows_to_columns, signal_batches
     from pipeline.core.shards import ReadReport, read_samples
+    from pipeline.core.timing import TimeSplit
     from pipeline.execution.actor_pool import ShardEnd
 
     pre = Preprocessor(preprocess_cfg) if preprocess_cfg else None
-    report = ReadReport()
+    report, split = ReadReport(), TimeSplit()
     yield from signal_batches(read_samples(str(item["url"]), report), str(item["shard"]), chunk_rows, max_pixels, pre,
-                              phash_decode)
+                              phash_decode, split)
     blank = rows_to_columns([dict.fromkeys(BASE_SCHEMA.names)], [None] if pre else None, pre.shape if pre else None)
-    yield ShardEnd(report.as_dict(), blank)  # not decodable: the scorer skips it
+    yield ShardEnd({**report.as_dict(), "time_split": split.as_dict()}, blank)  # not decodable: the scorer skips it
 
 
 def write_scored_shard(ds: Dataset, shard: str, cols: dict, info: dict, cfg: ScoreConfig,
