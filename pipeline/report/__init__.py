@@ -19,7 +19,7 @@ import logging
 import time
 
 from pipeline.core.layout import atomic_write
-from pipeline.report import capfilt, curation, encoders, generation, overview
+from pipeline.report import capfilt, curation, encoders, generation, overview, timing
 from pipeline.report.data import ReportData
 from pipeline.report.html import esc, page
 
@@ -35,6 +35,7 @@ SECTIONS = [
     ("encoders", "Encoders: curated vs raw", encoders.section),
     ("generation", "Text-to-image generator", generation.section),
     ("training", "Training and evaluation", overview.training),
+    ("time", "Where the time went", timing.section),
 ]
 
 
