@@ -7,9 +7,11 @@ The same shards (the synthetic web's `shapes` renderer drawn at 256 px, JPEG qua
 same loader (`training.data.ShardStream`: the capped tar reader, a shuffle buffer, open_clip's training transform
 for a 64 px model - RandomResizedCrop(64, scale 0.9-1), to-tensor, normalise - and open_clip's tokenizer), one
 DataLoader worker, batches of 64. "full decode (before)" is the loader as it was: every JPEG decoded whole by PIL
-(`decode_with_pil`, what `open_rgb` did before the fast path). "reduced decode" is the loader as it is: libjpeg-turbo
-decodes each JPEG at the largest 1/2^k scale whose short side still covers the transform's smallest crop at 64 px
-(`needed_size`: 78 px, so 256 px shards decode at 1/2). Rounds are interleaved; the best of each is reported.
+(`decode_with_pil`, what `open_rgb` did before the fast path), then open_clip's transform. "reduced decode" is the
+loader as the contrastive task runs it now: libjpeg-turbo decodes each JPEG at the largest 1/2^k scale whose short
+side still covers the transform's smallest crop at 64 px (`needed_size`: 78 px, so 256 px shards decode at 1/2), and
+open_clip's transform runs as one crop-box resize (`fast_train_transform`, same crop boxes). Rounds are interleaved;
+the best of each is reported, as samples per wall second (1 loader worker) and per CPU second (in-process).
 Last line: RESULT loader_reduced_vs_full_decode=...
 """
 
@@ -64,9 +66,11 @@ def rate(shards: list[str], full_decode: bool, batch: int, batches: int, workers
 
     import training.data as data
     from pipeline.core.images import decode_with_pil
-    from training.contrastive.data import TokenEncoder
+    from training.contrastive.data import TokenEncoder, fast_train_transform
 
     transform = open_clip.image_transform(64, is_train=True)
+    if not full_decode:
+        transform = fast_train_transform(transform)
     stream = data.ShardStream(shards, transform, TokenEncoder(open_clip.get_tokenizer(MODEL)), shuffle_buffer=1000,
                               decode_size=None if full_decode else "auto")
     if full_decode:  # the loader as it was: PIL decodes every image whole (the worker forks with this in place)

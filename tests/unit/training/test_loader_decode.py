@@ -113,3 +113,21 @@ def test_a_task_that_ignores_text_keeps_samples_without_a_caption(tmp_path):
     image_only = first(False)
     assert len(image_only) == 12 and sum(s for _, _, s in image_only) == 0
     assert [t for _, t, _ in image_only] == [f["txt"].decode() if "txt" in f else "" for _, f in samples]
+
+
+def test_the_one_resize_train_transform_is_open_clips_own():
+    from training.contrastive.data import ResizedCropTransform, fast_train_transform
+
+    train = open_clip.image_transform(64, is_train=True)
+    fast = fast_train_transform(train)
+    assert isinstance(fast, ResizedCropTransform) and fast.min_size == 78
+    assert fast_train_transform(open_clip.image_transform(64, is_train=False)) is not None  # eval: kept as it is
+    rng = random.Random(0)
+    for i in range(6):
+        img = draw(i % len(CLASSNAMES), rng, side=int(rng.choice([96, 200, 256])))
+        torch.manual_seed(i)
+        a = train(img)
+        torch.manual_seed(i)
+        b = fast(img)  # the same crop box from the same random numbers; only the box's border pixels may differ
+        assert a.shape == b.shape == (3, 64, 64)
+        assert (a - b).abs().mean() < 0.01, float((a - b).abs().mean())  # normalised units (~1/255 is 0.015)
