@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.core.images import stored_extent
 from pipeline.core.model_configs import find_model_config, register_model_configs
 
 # open_clip's PreprocessCfg() defaults (OpenAI's mean/std), used when no pretrained tag or hub config says otherwise
@@ -82,6 +83,9 @@ class Preprocessor:
         square = self.size[0] == self.size[1]
         self.fast = (cfg["resize_mode"] == "shortest" and square) or cfg["resize_mode"] == "squash"
         self.steps = None if self.fast else self._open_clip_steps(cfg)
+        # the short side to ask the decoder for: the fast modes resize from a reduced JPEG with the full image's
+        # geometry (`stored_extent`); open_clip's own steps get the full decode
+        self.min_size = max(self.size) if self.fast else None
 
     @staticmethod
     def _open_clip_steps(cfg: dict) -> list:
@@ -97,16 +101,17 @@ class Preprocessor:
 
     def _resize_crop(self, img: Image.Image) -> Image.Image:
         h_out, w_out = self.size
-        w, h = img.size
+        w, h, box = stored_extent(img)  # the stored size: the arithmetic is the full image's, whatever was decoded
+        same = img.size == (w, h)
         if self.cfg["resize_mode"] == "squash":
-            return img if (w, h) == (w_out, h_out) else img.resize((w_out, h_out), self.resample)
+            return img if same and (w, h) == (w_out, h_out) else img.resize((w_out, h_out), self.resample, box=box)
         # torchvision Resize(int): the short side becomes `s`, the long side int(s * long / short)
         s = h_out
         short, long = (w, h) if w <= h else (h, w)
         new_short, new_long = s, int(s * long / short)
         new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-        if (new_w, new_h) != (w, h):
-            img = img.resize((new_w, new_h), self.resample)
+        if not same or (new_w, new_h) != (w, h):
+            img = img.resize((new_w, new_h), self.resample, box=box)
         top, left = int(round((new_h - s) / 2.0)), int(round((new_w - s) / 2.0))  # CenterCrop's rounding
         return img.crop((left, top, left + s, top + s))
 

@@ -5,6 +5,13 @@
 
 `signal_rows` turns a shard's samples into column batches (plus the preprocessed crops a model needs); the score
 stage runs it in CPU tasks and the model in actors.
+
+Which resolution each signal is computed from (`SOURCES`; a test checks every entry): the sizes come from the
+image's header, the exact hash and byte count from its bytes, the perceptual hash from the full decode (a reduced
+decode changes 14% of hashes of 512-1024 px renders, by a few bits: not the same signal), and the model's crop from
+the same full decode. With `phash_decode="reduced"` (`REDUCED_SOURCES`) one decode at the model's size
+(`Preprocessor.min_size`) serves both the crop and the phash: less decoding, and a phash that depends on the model's
+input size.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from filtering.text import caption_signals
 from pipeline.core.ids import sample_uid
 from pipeline.core.images import DEFAULT_MAX_PIXELS, decode_image
 from pipeline.core.sample import image_member, primary_caption, sample_meta
+from pipeline.core.timing import TimeSplit
 
 BASE_SCHEMA = pa.schema([
     ("uid", pa.string()),
@@ -41,6 +49,14 @@ BASE_SCHEMA = pa.schema([
     ("phash", pa.string()),
 ])
 MODEL_FIELDS = [pa.field("dfn_score", pa.float32())]
+SOURCES = {  # image signal -> what it is computed from (the other columns come from the caption and metadata)
+    "width": "header", "height": "header", "aspect_ratio": "header",
+    "image_bytes": "bytes", "sha256": "bytes", "image_ext": "member name",
+    "decodable": "decode", "decode_error": "decode",
+    "phash": "full decode",
+    "pixels": "full decode",  # the model's crop: from the phash's decode, resized as open_clip does
+}
+REDUCED_SOURCES = {**SOURCES, "phash": "reduced decode", "pixels": "reduced decode"}  # phash_decode="reduced"
 
 
 def signals_schema(with_model: bool) -> pa.Schema:
@@ -50,27 +66,48 @@ def signals_schema(with_model: bool) -> pa.Schema:
     return schema
 
 
-def sample_row(key: str, files: dict[str, bytes], shard: str, max_pixels: int = DEFAULT_MAX_PIXELS,
-               preprocess=None) -> tuple[dict, np.ndarray | None]:
-    """One sample's signals, and its preprocessed crop when `preprocess` is given and the image decodes."""
+def sample_identity(key: str, files: dict[str, bytes], shard: str) -> tuple[str, str | None, str]:
+    """(uid, url, caption) of a sample, the uid by the one rule (`pipeline.core.ids.sample_uid`)."""
     meta = sample_meta(files)
     caption = primary_caption(files, meta) or ""
     url = meta.get("url")
-    image_ext, data = image_member(files)
     # The download and ingest stages chose the uid by the same rule: JSON uid, URL hash, image hash.
-    uid, _ = sample_uid(meta, data, f"{shard}/{key}")
-    info, img = decode_image(data, max_pixels)
-    pixels = None
-    if img is not None and preprocess is not None:
-        try:
-            pixels = preprocess(img)
-        except Exception as err:  # an image PIL decodes but the transform rejects is a bad row, not a bad shard
-            info.decodable, info.decode_error = False, f"Preprocess: {type(err).__name__}: {err}"[:200]
+    uid, _ = sample_uid(meta, image_member(files)[1], f"{shard}/{key}")
+    return uid, url if isinstance(url, str) else None, caption
+
+
+def decode_crops(data: bytes | None, max_pixels: int, preprocessors: list, full: bool = False):
+    """(info, image, crops): one decode serving every preprocessor (at the largest size they ask for; full size when
+    `full` or any of them needs the full image), and each one's crop (None where the image does not decode or the
+    transform rejects it: then `info` says so)."""
+    sizes = [p.min_size for p in preprocessors]
+    min_size = None if full or not sizes or None in sizes else max(sizes)
+    info, img = decode_image(data, max_pixels, min_size)
+    crops = []
+    for pre in preprocessors:
+        crop = None
+        if img is not None and info.decodable:
+            try:
+                crop = pre(img)
+            except Exception as err:  # an image PIL decodes but the transform rejects is a bad row, not a bad shard
+                info.decodable, info.decode_error = False, f"Preprocess: {type(err).__name__}: {err}"[:200]
+        crops.append(crop)
+    return info, img, crops
+
+
+def sample_row(key: str, files: dict[str, bytes], shard: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+               preprocess=None, phash_decode: str = "full") -> tuple[dict, np.ndarray | None]:
+    """One sample's signals, and its preprocessed crop when `preprocess` is given and the image decodes. The phash
+    needs the full decode unless `phash_decode="reduced"` (see the module's docstring)."""
+    uid, url, caption = sample_identity(key, files, shard)
+    image_ext, data = image_member(files)
+    info, img, crops = decode_crops(data, max_pixels, [preprocess] if preprocess is not None else [],
+                                    full=phash_decode == "full")
     row = {
         "uid": uid,
         "key": key,
         "shard": shard,
-        "url": url if isinstance(url, str) else None,
+        "url": url,
         "caption": caption,
         "image_ext": image_ext,
         "image_bytes": info.image_bytes,
@@ -83,7 +120,7 @@ def sample_row(key: str, files: dict[str, bytes], shard: str, max_pixels: int = 
         "sha256": sha256_hex(data),
         "phash": phash_hex(img) if info.decodable else None,
     }
-    return row, pixels
+    return row, crops[0] if crops else None
 
 
 _INT_FIELDS = {"image_bytes": np.int64, "width": np.int32, "height": np.int32, "caption_chars": np.int32,
@@ -118,12 +155,16 @@ def rows_to_columns(rows: list[dict], pixels: list | None, crop_shape=None) -> d
 
 
 def signal_batches(samples: Iterable[tuple[str, dict[str, bytes]]], shard: str, chunk_rows: int = 256,
-                   max_pixels: int = DEFAULT_MAX_PIXELS, preprocess=None) -> Iterator[dict[str, np.ndarray]]:
-    """Column batches of at most `chunk_rows` samples (bounded memory whatever the shard's size)."""
+                   max_pixels: int = DEFAULT_MAX_PIXELS, preprocess=None,
+                   phash_decode: str = "full", split: TimeSplit | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Column batches of at most `chunk_rows` samples (bounded memory whatever the shard's size). With `split`,
+    the time taken getting samples counts as reading, computing rows and crops as decoding."""
     rows, pixels = [], []
     shape = preprocess.shape if preprocess is not None else None
-    for key, files in samples:
-        row, px = sample_row(key, files, shard, max_pixels, preprocess)
+    split = split or TimeSplit()
+    for key, files in split.timed(samples, "reading"):
+        with split.part("decoding"):
+            row, px = sample_row(key, files, shard, max_pixels, preprocess, phash_decode)
         rows.append(row)
         pixels.append(px)
         if len(rows) >= chunk_rows:

@@ -5,7 +5,13 @@ Each (Ray world rank, DataLoader worker) pair is one reader. Every pass over the
 shard list with the same seed and reader i takes shards i, i + R, i + 2R, ... (R readers); with fewer shards than
 readers each reader instead draws a random shard per pass (webdataset's "resampled" mode). Samples are shuffled
 in a bounded buffer of raw bytes, then decoded and preprocessed inside the DataLoader worker. A sample whose image
-does not decode or that has no caption is skipped and counted; the count rides along with each batch.
+does not decode, or that has no caption when the task reads text, is skipped and counted; the count rides along with
+each batch. A task that ignores text says so (`needs_text=False`): its samples need no caption, and the stream
+yields an empty text for them.
+
+Images are decoded at the size the preprocessing needs (`decode_size`, found from the transform by
+`needed_size`): a JPEG bigger than that is decoded at 1/2, 1/4 or 1/8 scale by libjpeg-turbo, and the transform
+resizes only the rest.
 
 Shards are read by the one capped reader (`pipeline.core.shards`), images decoded by the one decoder
 (`pipeline.core.images`: accepted formats, pixel cap) and captions chosen by the one rule (`pipeline.core.sample`):
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import glob
 import itertools
+import math
 import random
 from collections.abc import Callable, Iterator
 
@@ -77,13 +84,40 @@ def tar_samples(urls: list[str], errors: ErrorCounter) -> Iterator[dict]:
             errors.add(report)
 
 
+def needed_size(preprocess) -> int | None:
+    """The short side an image needs so that `preprocess` still shrinks it (None: it needs the full image).
+
+    A transform may say so itself (`min_size`); in a torchvision `Compose`, the first resizing step says:
+    `RandomResizedCrop` needs its output over the side of its smallest crop (sqrt(min scale x min aspect) of the
+    short side), `Resize(int)` its size."""
+    if hasattr(preprocess, "min_size"):
+        return preprocess.min_size
+    from torchvision import transforms as T
+
+    for step in getattr(preprocess, "transforms", []):
+        if isinstance(step, T.RandomResizedCrop):
+            smallest = math.sqrt(step.scale[0] * min(step.ratio[0], 1 / step.ratio[1]))  # of the short side
+            return math.ceil(max(step.size) / min(1.0, smallest))
+        if isinstance(step, T.Resize):
+            return step.size if isinstance(step.size, int) else max(step.size)
+        if isinstance(step, T.CenterCrop | T.RandomCrop | T.FiveCrop | T.Pad):
+            return None  # crops a fixed number of pixels: the full image
+    return None
+
+
 class ShardStream(IterableDataset):
-    """Yields `(image (3, H, W), text, skipped)` forever; `skipped` counts samples dropped since the last yield."""
+    """Yields `(image (3, H, W), text, skipped)` forever; `skipped` counts samples dropped since the last yield.
+
+    `decode_size`: the short side to decode at ("auto": `needed_size(preprocess)`; None: the full image).
+    `needs_text`: False for a task that ignores text (samples without a caption are kept, their text is "")."""
 
     def __init__(self, urls: list[str], preprocess: Callable, encode_text: Callable[[str], torch.Tensor],
-                 rank: int = 0, world: int = 1, seed: int = 0, shuffle_buffer: int = 512):
+                 rank: int = 0, world: int = 1, seed: int = 0, shuffle_buffer: int = 512, *,
+                 decode_size: int | str | None = "auto", needs_text: bool = True):
         self.urls, self.preprocess, self.encode_text = list(urls), preprocess, encode_text
         self.rank, self.world, self.seed, self.shuffle_buffer = rank, world, seed, shuffle_buffer
+        self.decode_size = needed_size(preprocess) if decode_size == "auto" else decode_size
+        self.needs_text = needs_text
 
     def reader(self) -> tuple[int, int]:
         info = get_worker_info()
@@ -131,15 +165,15 @@ class ShardStream(IterableDataset):
             skipped += errors.count - seen_errors
             seen_errors = errors.count
             caption = pick_caption(sample, rng)
+            if caption is None and self.needs_text:
+                skipped += 1
+                continue
             try:
-                image = self.preprocess(open_rgb(image_member(sample)[1]))
+                image = self.preprocess(open_rgb(image_member(sample)[1], min_size=self.decode_size))
             except Exception:  # any undecodable image: PIL raises many kinds
                 skipped += 1
                 continue
-            if caption is None:
-                skipped += 1
-                continue
-            yield image, self.encode_text(caption), skipped
+            yield image, self.encode_text(caption if caption is not None else ""), skipped
             skipped = 0
 
 

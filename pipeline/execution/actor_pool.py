@@ -13,6 +13,10 @@ A stage supplies three plain pieces and no Ray code:
 - `write(shard, cols, info) -> record`: writes the shard's files (temporary names, renamed) and returns its record
   (samples, ok, reasons, files with checksums, anything else for the marker).
 
+Where the time goes (`pipeline.core.timing`): a read function may put its own split in its `ShardEnd.info`
+(`time_split`: reading tar members, decoding); the runner times the model's calls in the actors (a per-row column
+that the driver sums per shard), the writer, and the driver's waits for rows.
+
 The end-of-shard row carries the shard's row count, so the driver writes a shard as soon as all of its rows are in,
 whatever order Ray Data delivers them; rows are deduplicated by key, so a retried task cannot write a sample twice.
 When the pipeline fails (an actor raised, say), the shards already written are kept and the pipeline is rebuilt
@@ -38,7 +42,8 @@ from pipeline.execution.record import StageRecord, short_error, write_done
 log = logging.getLogger(__name__)
 
 END, ROWS, INFO = "end_of_shard", "shard_rows", "shard_info"  # the end-of-shard protocol's columns
-PROTOCOL = (END, ROWS, INFO)
+MODEL_S = "model_seconds"  # per row: its batch's model time over the batch's rows (summed per shard by the driver)
+PROTOCOL = (END, ROWS, INFO, MODEL_S)
 
 
 class ActorPoolConfig(StrictModel):
@@ -115,6 +120,20 @@ class ModelStep:
     batch_size: int = 64
 
 
+class TimedModel:
+    """The stage's model class as the actor: the same calls, each one's seconds spread over its rows (`MODEL_S`)."""
+
+    def __init__(self, cls: type, kwargs: dict):
+        self.model = cls(**kwargs)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
+        out = self.model(batch)
+        n = len(next(iter(out.values())))
+        out[MODEL_S] = np.full(n, (time.perf_counter() - t0) / max(n, 1), dtype=np.float64)
+        return out
+
+
 def _tagged(cols: dict, shard: str, end: bool, rows: int, info: str) -> dict:
     n = len(next(iter(cols.values())))
     return {**cols, "shard": np.full(n, shard, dtype=object), END: np.full(n, end, dtype=bool),
@@ -147,11 +166,15 @@ class ShardCollector:
         self.info: dict[str, dict] = {}
         self.empty: dict[str, dict] = {}  # zero rows in the shard's layout, for a shard without rows
         self.finished: set[str] = set()  # popped: late copies of their rows are ignored
+        self.model_s: dict[str, float] = defaultdict(float)  # model seconds per shard (copies of rows included)
 
     def add(self, batch: dict[str, np.ndarray]) -> list[str]:
         """Take a batch; return the shards it completed."""
         shards = np.asarray(batch["shard"]).astype(str)
         end = np.asarray(batch[END], dtype=bool)
+        if MODEL_S in batch:
+            for s, secs in zip(shards, np.asarray(batch[MODEL_S], dtype=np.float64), strict=True):
+                self.model_s[s] += secs
         data = {name: np.asarray(col) for name, col in batch.items() if name not in PROTOCOL}
         touched = set()
         for i in np.flatnonzero(end):
@@ -178,14 +201,16 @@ class ShardCollector:
         return [s for s in sorted(touched) if s in self.expected and len(self.keys[s]) >= self.expected[s]]
 
     def pop(self, shard: str) -> tuple[dict[str, np.ndarray], dict]:
-        """(the shard's columns, its read info), and forget it."""
+        """(the shard's columns, its read info with the model's seconds added to its `time_split`), and forget it."""
         self.finished.add(shard)
         parts = self.parts.pop(shard, [])
         self.keys.pop(shard, None)
         self.expected.pop(shard, None)
         empty = self.empty.pop(shard)
         cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else empty
-        return cols, self.info.pop(shard, {})
+        info = self.info.pop(shard, {})
+        info["time_split"] = {**info.get("time_split", {}), "model": self.model_s.pop(shard, 0.0)}
+        return cols, info
 
 
 def build_dataset(items: list[dict], read: ReadStep, model: ModelStep | None, block_bytes: int | None = None):
@@ -196,7 +221,7 @@ def build_dataset(items: list[dict], read: ReadStep, model: ModelStep | None, bl
     data = data.map_batches(read_shards, batch_size=1, num_cpus=read.num_cpus, memory=read.memory_mb * 1024 * 1024,
                             fn_kwargs={"read": read.fn, "kwargs": read.kwargs})
     if model is not None:
-        data = data.map_batches(model.cls, fn_constructor_kwargs=model.kwargs,
+        data = data.map_batches(TimedModel, fn_constructor_kwargs={"cls": model.cls, "kwargs": model.kwargs},
                                 compute=ray.data.ActorPoolStrategy(size=model.actors), num_cpus=model.num_cpus,
                                 num_gpus=model.num_gpus or None, batch_size=model.batch_size, batch_format="numpy")
     if block_bytes:
@@ -240,13 +265,19 @@ def _stream(record: StageRecord, left: dict[str, dict], write: Writer, read: Rea
     collector = ShardCollector(key)
     try:
         data = build_dataset(list(left.values()), read, model, block_bytes)
+        waited = time.perf_counter()
         for batch in data.iter_batches(batch_size=None, batch_format="numpy"):
-            if record.timings["startup_seconds"] is None:
-                record.timings["startup_seconds"] = time.time() - record.t0
+            record.add_time({"waiting": time.perf_counter() - waited})
+            record.started()
             for shard in collector.add(batch):
                 cols, info = collector.pop(shard)
-                record.shard_done(write_done(record.dataset, shard, write(shard, cols, info), record.folder))
+                record.add_time(info.pop("time_split"))
+                t0 = time.perf_counter()
+                done = write(shard, cols, info)
+                record.add_time({"writing": time.perf_counter() - t0})
+                record.shard_done(write_done(record.dataset, shard, done, record.folder))
                 del left[shard]
+            waited = time.perf_counter()
     except Exception as err:  # an actor or read task failed for good, or a write did: the rest is retried
         return short_error(err)
     return None

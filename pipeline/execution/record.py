@@ -21,6 +21,7 @@ from typing import Any
 from pipeline.core.errors import WinnowError
 from pipeline.core.layout import Dataset
 from pipeline.core.tables import fmt_seconds, print_summary
+from pipeline.core.timing import TimeSplit
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ class StageRecord:
     max_retries: int = 0  # the runner's retry limit, for the message of an incomplete stage
     failed: dict[str, str] = field(default_factory=dict)  # shard -> why, after its retries
     timings: dict[str, float | None] = field(default_factory=dict)  # e.g. startup_seconds, into the manifest
+    time_split: TimeSplit = field(default_factory=TimeSplit)  # seconds per part of the work, this run's shards
     t0: float = field(default_factory=time.time)
     _bar: Any = field(default=None, init=False, repr=False)
 
@@ -162,7 +164,26 @@ class StageRecord:
             self._bar.close()
             self._bar = None
 
+    def add_time(self, seconds: dict[str, float]) -> None:
+        """Seconds spent in parts of the work (`pipeline.core.timing.PARTS`), added to the stage's split."""
+        self.time_split.add(seconds)
+
+    def started(self, at: float | None = None) -> None:
+        """The first sample was processed (at wall-clock time `at`, default now): the stage's start-up (workers,
+        imports, a model's load) ends at the earliest such time."""
+        seconds = (at or time.time()) - self.t0
+        if self.timings.get("startup_seconds") is None or seconds < self.timings["startup_seconds"]:
+            self.timings["startup_seconds"] = seconds
+
+    def _bottleneck(self) -> dict | None:
+        neck = self.time_split.bottleneck()
+        return {"part": neck[0], "share": round(neck[1], 3)} if neck else None
+
     def shard_done(self, record: dict) -> None:
+        """A shard is finished. What its work measured counts: `time_split` (seconds per part) and
+        `first_sample_at` (when its first sample was processed; else the start-up ends now at the latest)."""
+        self.started(record.get("first_sample_at"))
+        self.add_time(record.get("time_split") or {})
         self.processed += int(record.get("samples", 0))
         self.processed_ok += int(record.get("ok", 0))
         if self._bar is not None:
@@ -195,6 +216,8 @@ class StageRecord:
             **summary.as_dict(),
             "run_samples_per_s": round(self.processed / max(summary.wall_seconds, 1e-6), 2),
             **{k: None if v is None else round(v, 2) for k, v in self.timings.items()},
+            "time_split": self.time_split.as_dict(),
+            "bottleneck": self._bottleneck(),
             "shard_failures": dict(sorted(self.failed.items())),
             "shard_retry_reasons": dict(sorted(self.retry_reasons.items())),
             "checksums": {s: {f: v["sha256"] for f, v in r.get("files", {}).items()}
@@ -220,6 +243,10 @@ def print_stage_summary(stage: str, summary: StageSummary, section: dict) -> Non
         ("samples", f"{summary.samples} ({summary.ok} ok, success rate {summary.success_rate:.1%})"),
         ("wall time", f"{fmt_seconds(summary.wall_seconds)} ({section.get('run_samples_per_s', 0)} samples/s)"),
     ]
+    if section.get("startup_seconds") is not None:
+        rows.append(("start-up", f"{section['startup_seconds']:.1f}s (to the first sample back)"))
+    if section.get("bottleneck"):
+        rows.append(("time split", TimeSplit(section["time_split"]).text()))
     for reason, n in list(summary.reasons.items())[:12]:
         rows.append((f"  {reason}", n))
     for reason, n in (section.get("shard_retry_reasons") or {}).items():

@@ -19,7 +19,7 @@ import logging
 import time
 
 from pipeline.core.layout import atomic_write
-from pipeline.report import capfilt, curation, encoders, generation, ingest, overview
+from pipeline.report import capfilt, curation, encoders, generation, ingest, overview, timing
 from pipeline.report.data import ReportData
 from pipeline.report.html import esc, page
 
@@ -36,6 +36,7 @@ SECTIONS = [
     ("encoders", "Encoders: curated vs raw", encoders.section),
     ("generation", "Text-to-image generator", generation.section),
     ("training", "Training and evaluation", overview.training),
+    ("time", "Where the time went", timing.section),
 ]
 
 

@@ -96,7 +96,7 @@ class Thumbnails:
             if ext is None:
                 return None
             (data,) = read_ranges(url, [members[ext]])
-            im = open_rgb(data)
+            im = open_rgb(data, min_size=self.size)  # a JPEG decodes reduced to about the thumbnail's size
             im.thumbnail((self.size, self.size))
             buf = io.BytesIO()
             im.save(buf, format="JPEG", quality=80)

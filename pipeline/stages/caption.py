@@ -224,28 +224,31 @@ def read_shard(item: dict, chunk_rows: int, max_pixels: int, captioner_pre: dict
     """Read function of the actor-pool runner: one shard's rows with the captioner's crops (and the judge's when
     its preprocessing differs), whether each is held out, then the shard's end."""
     from filtering.preprocess import Preprocessor
-    from filtering.signals import sample_row
-    from pipeline.core.images import decode_image
+    from filtering.signals import decode_crops, sample_identity
     from pipeline.core.sample import image_member
     from pipeline.core.shards import ReadReport, read_samples
+    from pipeline.core.timing import TimeSplit
     from pipeline.execution.actor_pool import ShardEnd
 
     pre = Preprocessor(captioner_pre)
     judge = Preprocessor(judge_pre) if judge_pre is not None else None
-    report, shard, rows = ReadReport(), str(item["shard"]), []
-    for key, files in read_samples(str(item["url"]), report):
-        row, pixels = sample_row(key, files, shard, max_pixels, pre)
-        crop = None
-        if judge is not None and pixels is not None:
-            crop = judge(decode_image(image_member(files)[1], max_pixels)[1])
-        rows.append((row, pixels, crop))
+    report, shard, rows, split = ReadReport(), str(item["shard"]), [], TimeSplit()
+    for key, files in split.timed(read_samples(str(item["url"]), report), "reading"):
+        uid, _, caption = sample_identity(key, files, shard)
+        # one decode, at the size the larger of the two models needs, serves both crops
+        with split.part("decoding"):
+            info, _, (pixels, *crop) = decode_crops(image_member(files)[1], max_pixels,
+                                                    [pre, *([judge] if judge else [])])
+        row = {"uid": uid, "key": key, "shard": shard, "caption": caption, "decodable": info.decodable,
+               "decode_error": info.decode_error}
+        rows.append((row, pixels if info.decodable else None, crop[0] if crop and info.decodable else None))
         if len(rows) >= chunk_rows:
             yield _columns(rows, pre, judge, splits)
             rows = []
     if rows:
         yield _columns(rows, pre, judge, splits)
     blank = ({"uid": "", "key": "", "shard": shard, "caption": "", "decodable": False, "decode_error": ""}, None, None)
-    yield ShardEnd(report.as_dict(), _columns([blank], pre, judge, []))
+    yield ShardEnd({**report.as_dict(), "time_split": split.as_dict()}, _columns([blank], pre, judge, []))
 
 
 def _columns(rows: list[tuple], pre, judge, splits: list) -> dict[str, np.ndarray]:

@@ -10,15 +10,14 @@ failed shard, and skips done ones, so the output matches img2dataset's layout an
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
 import os
 import sys
 import tempfile
+import time
 import uuid
-import warnings
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pipeline.core.config import ConfigError, config_hash
-from pipeline.core.images import ACCEPTED_FORMATS, image_format
 from pipeline.core.layout import (
     Dataset,
     file_record,
@@ -39,8 +37,10 @@ from pipeline.core.layout import (
     sha256_file,
     write_json_atomic,
 )
+from pipeline.core.timing import TimeSplit
 from pipeline.execution.shard_tasks import ShardJob
 from pipeline.fetch.net_guard import ByteBudget, GuardConfig, GuardPolicy
+from pipeline.fetch.resize import GuardedResizerMixin, ReducedDecodeMixin
 from pipeline.stages.base import StageConfig
 from pipeline.stages.context import StageContext
 
@@ -110,49 +110,6 @@ class DownloadConfig(StageConfig):
 CONFIG = DownloadConfig
 
 
-class GuardedResizerMixin:
-    """img2dataset's Resizer, letting OpenCV see only images in an accepted format whose header declares at most
-    `max_pixels` pixels (OpenCV reads formats PIL does not, e.g. Radiance HDR, and would decode them whole). It gives
-    the body's bytes back to the task's budget once the image is processed."""
-
-    max_pixels: int
-    budget: ByteBudget | None = None
-
-    def __call__(self, img_stream, blurring_bbox_list=None):  # noqa: ANN001, ANN204
-        try:
-            refused = refuse_image(img_stream.getbuffer(), self.max_pixels)
-            if refused:
-                return None, None, None, None, None, refused
-            img_stream.seek(0)
-            return super().__call__(img_stream, blurring_bbox_list)
-        finally:
-            if self.budget is not None:
-                self.budget.release(len(img_stream.getbuffer()))
-
-
-def refuse_image(data: bytes | memoryview, max_pixels: int) -> str | None:
-    """Why OpenCV must not decode these bytes (img2dataset's error text, classified into a reason), or None."""
-    from PIL import Image
-
-    fmt, refused = image_format(data)
-    if refused:
-        return f"refused format: {refused} is not one of {', '.join(ACCEPTED_FORMATS)}"
-    if fmt is None:
-        return "Image decoding error: not an image in an accepted format"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap is checked below
-            with Image.open(io.BytesIO(data), formats=(fmt,)) as im:  # reads the header only
-                w, h = im.size
-    except Image.DecompressionBombError as err:
-        return f"too many pixels: {err}"
-    except Exception as err:  # noqa: BLE001 - PIL raises many types on a damaged header
-        return f"Image decoding error: {type(err).__name__}: {err}"[:200]
-    if w * h > max_pixels:
-        return f"too many pixels: {w}x{h} > {max_pixels}"
-    return None
-
-
 OPENCV_PIXELS_ENV = "OPENCV_IO_MAX_IMAGE_PIXELS"  # read once, when cv2 is imported
 
 
@@ -187,33 +144,42 @@ class DownloadShard:
         fs, tmp_path = fs_and_path(tmp)
         fs.makedirs(tmp_path, exist_ok=True)
         budget = ByteBudget(self.policy.max_bytes_in_flight or self.policy.max_response_bytes)
+        timer, first_at, t0 = TimeSplit(), [], time.perf_counter()
         try:
             # img2dataset deletes its input shard file when done: give it a copy.
             src_fs, src = fs_and_path(ds.sub("_inputs", f"{job.shard}.arrow"))
             with src_fs.open(src, "rb") as fi, fs.open(f"{tmp_path}/input.arrow", "wb") as fo:
                 fo.write(fi.read())
             with guarded(self.policy, budget):
-                self._downloader(tmp, budget).download_shard((int(job.shard), f"{tmp}/input.arrow"))
-            # Its threads write samples in the order their requests finish: key order makes reruns identical.
-            sort_tar(f"{tmp_path}/{job.shard}.tar", f"{tmp_path}/{job.shard}.tar")
-            reasons = _label_rows(fs, tmp_path, job.shard)
-            files = _place_files(ds, fs, tmp_path, job.shard, local)
+                self._downloader(tmp, budget, timer, first_at).download_shard((int(job.shard), f"{tmp}/input.arrow"))
+            with timer.part("writing"):
+                # Its threads write samples in the order their requests finish: key order makes reruns identical.
+                sort_tar(f"{tmp_path}/{job.shard}.tar", f"{tmp_path}/{job.shard}.tar")
+                reasons = _label_rows(fs, tmp_path, job.shard)
+                files = _place_files(ds, fs, tmp_path, job.shard, local)
         finally:
             if fs.exists(tmp_path):
                 fs.rm(tmp_path, recursive=True)
         counts = Counter(reasons)
+        # the rest of the shard's time is its wait for the network (the downloader's threads fetch meanwhile)
+        timer.add({"reading": max(0.0, time.perf_counter() - t0 - sum(timer.seconds.values()))})
         return {"samples": len(reasons), "ok": counts.get("success", 0),
                 "reasons": {k: v for k, v in counts.items() if k != "success"}, "files": files,
-                "peak_bytes_in_flight": budget.peak}
+                "peak_bytes_in_flight": budget.peak, "time_split": timer.as_dict(),
+                "first_sample_at": first_at[0] if first_at else None}
 
-    def _downloader(self, tmp: str, budget: ByteBudget):  # noqa: ANN202
+    def _downloader(self, tmp: str, budget: ByteBudget, timer: TimeSplit, first_at: list):  # noqa: ANN202
         from img2dataset.downloader import Downloader
         from img2dataset.resizer import Resizer
         from img2dataset.writer import WebDatasetSampleWriter
 
         s = self.settings
-        resizer_cls = type("GuardedResizer", (GuardedResizerMixin, Resizer),
-                           {"max_pixels": self.max_pixels, "budget": budget})
+        resizer_cls = type("GuardedResizer", (GuardedResizerMixin, ReducedDecodeMixin, Resizer),
+                           {"max_pixels": self.max_pixels, "budget": budget, "timer": timer, "first_at": first_at})
+
+        def write(writer, *args, **kwargs):  # noqa: ANN001, ANN202
+            with timer.part("writing"):
+                return WebDatasetSampleWriter.write(writer, *args, **kwargs)
         resizer = resizer_cls(
             image_size=s["image_size"], resize_mode=s["resize_mode"], resize_only_if_bigger=s["resize_only_if_bigger"],
             upscale_interpolation=s["upscale_interpolation"], downscale_interpolation=s["downscale_interpolation"],
@@ -221,7 +187,8 @@ class DownloadShard:
             min_image_size=s["min_image_size"], max_aspect_ratio=s["max_aspect_ratio"] or float("inf"),
         )
         return Downloader(
-            sample_writer_class=WebDatasetSampleWriter, resizer=resizer, thread_count=s["thread_count"],
+            sample_writer_class=type("TimedWriter", (WebDatasetSampleWriter,), {"write": write}), resizer=resizer,
+            thread_count=s["thread_count"],
             save_caption="caption" in self.column_list, extract_exif=s["extract_exif"], output_folder=tmp,
             column_list=self.column_list, timeout=s["timeout"],
             number_sample_per_shard=s["number_sample_per_shard"], oom_shard_count=OOM_SHARD_COUNT,

@@ -28,7 +28,7 @@ from pipeline.core.config import ConfigError
 from pipeline.core.layout import join
 from pipeline.core.model_configs import register_model_configs
 from training.contrastive.config import TrainConfig
-from training.contrastive.data import TokenEncoder
+from training.contrastive.data import TokenEncoder, fast_train_transform
 from training.contrastive.eval import Evaluator, flat_metrics, pair_scores
 from training.contrastive.holdout import HoldoutTracker, SkipHeldOut
 from training.contrastive.models import build_model, check_model_name, param_groups, set_patch_dropout
@@ -94,7 +94,8 @@ class ContrastiveTask(Task):
     def batches(self, rank: int, world: int, seed: int) -> Iterator[dict]:
         data = self.cfg.data
         encode = WordTargets(self.vocab) if self.catlip else TokenEncoder(self.built.tokenizer)
-        args = (self.shards, self.built.preprocess_train, encode, rank, world, data.seed + seed, data.shuffle_buffer)
+        preprocess = fast_train_transform(self.built.preprocess_train)  # open_clip's transform, in one resize
+        args = (self.shards, preprocess, encode, rank, world, data.seed + seed, data.shuffle_buffer)
         stream = SkipHeldOut(*args, held_out=self.probe.split) if self.probe is not None else ShardStream(*args)
         for images, texts, skipped in make_loader(stream, data.batch_size, data.loader_workers):
             # (B, 3, H, W), (B, T) tokens or (B, V) caption words, (B,) samples dropped before each

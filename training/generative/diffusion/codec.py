@@ -20,13 +20,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.core.images import stored_extent
+
 
 def square_crop(image: Image.Image, size: int) -> Image.Image:
-    """Short side to `size` (bicubic), centre crop: every generator's (and its evaluation's) view of an image."""
-    w, h = image.size
+    """Short side to `size` (bicubic), centre crop: every generator's (and its evaluation's) view of an image. An
+    image the decoder reduced (`min_size`) is resized with the stored image's geometry (`stored_extent`)."""
+    w, h, box = stored_extent(image)
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    image = image.convert("RGB").resize((nw, nh), Image.BICUBIC)
+    image = image.convert("RGB").resize((nw, nh), Image.BICUBIC, box=box)
     left, top = (nw - size) // 2, (nh - size) // 2
     return image.crop((left, top, left + size, top + size))
 
@@ -38,6 +41,7 @@ class PixelTransform:
 
     def __init__(self, size: int, uint8: bool = False):
         self.size, self.uint8 = size, uint8
+        self.min_size = size  # what the loader asks the decoder for
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         pixels = torch.from_numpy(np.array(square_crop(image, self.size), dtype=np.uint8)).permute(2, 0, 1)

@@ -60,8 +60,9 @@ def test_captions_and_judge_scores_per_uid_then_skip_and_redo(ray_local, tmp_pat
     from pipeline.core.shards import read_samples
 
     spec = CaptionerSpec(name="tiny-coca", weights=capfilt_models["coca"])
+    # the crops from the decode the stage makes: at the model's size (`phash_decode="reduced"` decodes the same)
     (batch,) = signal_batches(read_samples(ds.shard_file("00000", "tar")), "00000",
-                              preprocess=Preprocessor(spec.preprocess_cfg()))
+                              preprocess=Preprocessor(spec.preprocess_cfg()), phash_decode="reduced")
     direct = Captioner(spec, {**GREEDY, "device": "cpu"}).captions(batch["pixels"], batch["uid"])
     judged = CaptionJudge(stage_cfg(capfilt_models)["caption_filter"], "cpu").scores(
         batch["pixels"], [[c] + d for c, d in zip(batch["caption"], direct, strict=True)])

@@ -82,6 +82,10 @@ def test_counts_add_up_and_match_the_faults(downloaded: Dataset, web: Path) -> N
         assert (got == reason).all(), (fault, got.value_counts().to_dict())
     assert (merged[merged.fault == "none"].reason == "success").all()
     assert section["ok"] == (pool.fault == "none").sum()
+    # where the time went: the network wait, the resizer and the writer, summed over shard tasks
+    split = section["time_split"]
+    assert split["reading"] > 0 and split["decoding"] > 0 and split["writing"] > 0 and split["model"] == 0
+    assert 0 < section["startup_seconds"] < section["wall_seconds"]
 
 
 def test_shards_decode_and_carry_uids(downloaded: Dataset) -> None:

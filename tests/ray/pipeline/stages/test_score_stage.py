@@ -74,6 +74,10 @@ def test_score_signals_then_model_rescore_and_skip(ray_local, tmp_path, tiny_spe
         assert np.allclose(np.linalg.norm(emb[ok].astype(np.float32), axis=1), 1, atol=1e-2)
         assert not emb[~ok].any()
     assert np.load(ds.shard_file("00003", "npy", "embeddings")).shape == (0, 64)  # empty, the model's width
+    # where the time went: every working part measured (model calls in the actor), a bottleneck named
+    m = ds.manifest()["stages"]["score"]
+    assert all(m["time_split"][p] > 0 for p in ("reading", "decoding", "model", "writing")), m["time_split"]
+    assert m["bottleneck"]["part"] in ("reading", "decoding", "model", "writing") and m["startup_seconds"] > 0
 
     # the stage's scores are the scorer's own on the same crops (the actor pool changes nothing)
     from filtering.dfn import DFNScorer, ModelSpec
