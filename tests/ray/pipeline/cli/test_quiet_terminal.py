@@ -46,4 +46,3 @@ def test_ray_data_progress_goes_to_the_run_log_not_the_terminal(ray_local, tmp_p
     assert len(logs) == 1 and logs[0].startswith(str(tmp_path / "root" / "_logs"))
     text = Path(logs[0]).read_text()
     assert re.search(r"Execution plan of Dataset|Running Dataset|streaming_executor", text)  # kept, not lost
-    assert re.search(r"core_worker\.cc:\d+: Actor .*DFNScorer.* has constructor arguments in the object store", text)

@@ -27,7 +27,8 @@ def test_a_shard_completes_once_all_its_keys_are_in_whatever_the_order_and_repea
     assert c.add(batch([("a", "1")], end={"a": 3})) == []  # a repeated row and the end: 1 of 3 keys
     assert c.add(batch([("a", "2"), ("a", "3"), ("a", "2")])) == ["a"]
     cols, info = c.pop("a")
-    assert sorted(cols["key"]) == ["1", "2", "3"] and cols["emb"].shape == (3, 2) and info == {"shard": "a"}
+    assert sorted(cols["key"]) == ["1", "2", "3"] and cols["emb"].shape == (3, 2)
+    assert info == {"shard": "a", "time_split": {"model": 0.0}}  # the model's seconds join the reader's split
     assert set(cols) == {"shard", "key", "emb"}  # the protocol's columns stay with the runner
     # late copies of a written shard (a retried task) are ignored: the shard is not completed twice
     assert c.add(batch([("a", "1"), ("a", "2"), ("a", "3")], end={"a": 3})) == []

@@ -78,7 +78,7 @@ class Poisoned:
     def __init__(self, bad: int | None):
         self.bad, self.preprocess, self.method = bad, Preprocess("signed_unit"), "uniform, poisoned"
 
-    def __call__(self, x, captions):
+    def __call__(self, x, captions, index=None):
         out = torch.full((len(x),), x[0].numel() * math.log(0.5), dtype=x.dtype)
         if self.bad is not None:
             out[self.bad] = float("nan")
