@@ -138,16 +138,17 @@ def write_shard(job: ShardJob, root: str, output: str, source: str, plan_id: str
     import pyarrow.parquet as pq
 
     from pipeline.core.shards import read_ranges, write_tar
+    from pipeline.core.timing import TimeSplit
 
-    src, out = Dataset(root, source), Dataset(root, output)
+    src, out, split = Dataset(root, source), Dataset(root, output), TimeSplit()
     by_source: dict[str, list[tuple[int, str, Any]]] = defaultdict(list)
     for i, (_, shard, _, members, _) in enumerate(job.payload):
         for ext, rng in members.items():
             by_source[shard].append((i, ext, rng))
     files: list[dict[str, bytes]] = [{} for _ in job.payload]
     for shard, wanted in by_source.items():
-        for (i, ext, _), data in zip(wanted, read_ranges(src.shard_source(shard, "tar"), [w[2] for w in wanted]),
-                                     strict=True):
+        ranges = split.timed(read_ranges(src.shard_source(shard, "tar"), [w[2] for w in wanted]), "reading")
+        for (i, ext, _), data in zip(wanted, ranges, strict=True):
             files[i][ext] = data
     samples, rows = [], []
     for (uid, shard, key, _, kept_captions), members in zip(job.payload, files, strict=True):
@@ -165,12 +166,13 @@ def write_shard(job: ShardJob, root: str, output: str, source: str, plan_id: str
         rows.append({"uid": uid, "key": uid, "caption": caption, "url": meta.get("url"), "source_dataset": source,
                      "source_shard": shard, "source_key": key, "captions": len(meta.get("captions") or [caption])})
     tar_url, pq_url = out.shard_file(job.shard, "tar"), out.shard_file(job.shard, "parquet")
-    n = write_tar(tar_url, samples)
     schema = pa.schema([(c, pa.string()) for c in ("uid", "key", "caption", "url", "source_dataset", "source_shard",
                                                    "source_key")] + [("captions", pa.int32())])
-    with atomic_write(pq_url, "wb") as f:
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), f)
-    return {"samples": n, "ok": n, "reasons": {}, "plan": plan_id,
+    with split.part("writing"):
+        n = write_tar(tar_url, samples)
+        with atomic_write(pq_url, "wb") as f:
+            pq.write_table(pa.Table.from_pylist(rows, schema=schema), f)
+    return {"samples": n, "ok": n, "reasons": {}, "plan": plan_id, "time_split": split.as_dict(),
             "files": {f"shards/{job.shard}.{e}": file_record(*fs_and_path(u)) for e, u in (("tar", tar_url),
                                                                                           ("parquet", pq_url))}}
 

@@ -56,6 +56,9 @@ def test_reshard_keeps_exactly_the_kept_uids_in_balanced_readable_shards(filtere
     out = Dataset(str(root), "train")
     sizes = json.loads(Path(out.path, "shards", "sizes.json").read_text())
     assert sizes == {"00000.tar": 9, "00001.tar": 9, "00002.tar": 9} and res["samples"] == 27
+    # byte ranges read from the source tars, output tars and parquets written
+    split = json.loads(Path(out.path, "manifest.json").read_text())["stages"]["reshard"]["time_split"]
+    assert split["writing"] > 0 and split["reading"] >= 0 and split["decoding"] == split["model"] == 0
     samples = read_output(out)
     uids = [key for key, *_ in samples]
     assert len(uids) == len(set(uids)) == 27 and set(uids) == kept
