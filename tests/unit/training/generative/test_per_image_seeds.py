@@ -67,7 +67,9 @@ def test_a_prompt_and_seed_is_the_same_image_alone_or_in_a_batch(generator, sett
     cfg = SamplerConfig(steps=3, guidance=guidance, **settings)
     alone = generator(["a red circle"], [7], cfg)[0][0]
     batch = generator(["a blue square", "a red circle", "a green triangle"], [1, 7, 2], cfg)[0]
-    assert torch.allclose(batch[1], alone, rtol=0, atol=1e-4), (batch[1] - alone).abs().max()
+    # a batch of 3 runs other matmul blocking than a batch of 1; guidance amplifies that rounding to ~1e-4, a
+    # twentieth of the 8-bit PNG's step (2/255 in [-1, 1]): the same image, not the same float bits
+    assert torch.allclose(batch[1], alone, rtol=0, atol=5e-4), (batch[1] - alone).abs().max()
     other = generator(["a red circle"], [8], cfg)[0][0]
     assert (other - alone).abs().max() > 0.1  # the seed matters far beyond the tolerance
 
