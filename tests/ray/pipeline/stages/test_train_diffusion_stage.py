@@ -28,8 +28,8 @@ def write_config(root: Path, heldout: tuple[str, str], **stage) -> Path:
             "checkpoint_every": 60, "model": {"layers": 2, "heads": 2, "head_dim": 32, "patch_size": 2},
             "data": {"resolution": 16, "batch_size": BATCH, "loader_workers": 0},
             "sample": {"sampler": {"method": "heun", "steps": 8, "guidance": 3.0}, "seeds_per_prompt": 2},
-            "eval": {"judge_from": "judge", "heldout": shards, "classnames": classnames, "frechet_samples": 96,
-                     "attribute_seeds": 2, "likelihood": {"samples": 8, "batch_size": 8}},
+            "eval": {"judge_from": "judge", "heldout": shards, "classnames": classnames, "frechet_samples": 48,
+                     "attribute_seeds": 2, "likelihood": {"samples": 4, "batch_size": 4}},
             "scaling": {"num_workers": 2, "cpus_per_worker": 1, "torch_threads": 1, "max_failures": 0}, **stage}
     encoder = {"kind": "train-clip", "input": "pool", "model": {"name": "tiny-clip-rn"}, "objective": "clip"}
     stages = {"cond": encoder, "judge": encoder, "generator": body}
@@ -66,7 +66,7 @@ def test_the_stage_trains_on_two_workers_and_winnow_eval_gives_its_scores_again(
     assert result["judge"]["source"].startswith("stages.judge")
 
     lk = result["eval"]["likelihood"]  # through the probability-flow ODE, the [-1, 1] scaling counted
-    assert 0 < lk["bits_per_dim"] < 12 and lk["samples"] == 8 and "probability-flow ODE" in lk["method"]
+    assert 0 < lk["bits_per_dim"] < 12 and lk["samples"] == 4 and "probability-flow ODE" in lk["method"]
     again = evaluate_stage(cfg, "generator")["generator"]  # `winnow eval`: the exported EMA weights, same seeds
     for key in ("frechet", "attributes", "alignment", "likelihood"):
         numbers = {k: v for k, v in result["eval"][key].items() if isinstance(v, int | float) and k != "seconds"}
