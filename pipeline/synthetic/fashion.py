@@ -183,16 +183,17 @@ def web_scene(source: str, seed: int, pool_size: int, split: str, i: int, rng: n
 
 
 def heldout_scene(source: str, seed: int, label: int, occurrence: int, rng: np.random.Generator, min_side: int,
-               max_side: int) -> FashionScene:
-    """The `occurrence`-th test-set photo of class `label`: TEST split only, distinct photos per class."""
+                  max_side: int, split: str = "test") -> FashionScene:
+    """The `occurrence`-th labelled photo of class `label` from `split` (the web's test set: the TEST split only),
+    distinct photos per class."""
     data = load(source)
-    of_class = np.flatnonzero(data.test_labels == label)
+    of_class = np.flatnonzero(data.labels(split) == label)
     if occurrence >= len(of_class):
-        raise ValueError(f"the fashion world's test split in {source} has {len(of_class)} photos of "
+        raise ValueError(f"the fashion world's {split} split in {source} has {len(of_class)} photos of "
                          f"{CLASSES[label]!r}; lower test_size")
-    index = int(np.random.default_rng([seed, 51, label]).permutation(of_class)[occurrence])
+    index = int(np.random.default_rng([seed, 51 if split == "test" else 52, label]).permutation(of_class)[occurrence])
     side = _side(rng, min_side, max_side)
-    return FashionScene(label, "test", index, side, side, source)
+    return FashionScene(label, split, index, side, side, source)
 
 
 def tiny_scene(scene: FashionScene, rng: np.random.Generator, min_side: int, max_side: int) -> FashionScene:

@@ -34,15 +34,17 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def labelled_samples(seed: int, size: int, min_side: int, max_side: int, world: World | None = None) -> list[dict]:
-    """`size` balanced samples of a world in random order: key, label, scene, caption and JPEG bytes."""
+def labelled_samples(seed: int, size: int, min_side: int, max_side: int, world: World | None = None,
+                     split: str = "test") -> list[dict]:
+    """`size` balanced samples of a world in random order: key, label, scene, caption and JPEG bytes. `split`
+    matters to a world of real photos (fashion): "test" for held-out sets, "train" for a bench's training set."""
     world = world or get_world("shapes")
     names = world.classnames()
     labels = np.random.default_rng([seed, 40]).permutation(np.arange(size) % len(names))
     out, seen = [], [0] * len(names)
     for i, label in enumerate(labels.tolist()):
         rng = np.random.default_rng([seed, 41, i])
-        scene = world.heldout_scene(seed, label, seen[label], rng, min_side, max_side)
+        scene = world.heldout_scene(seed, label, seen[label], rng, min_side, max_side, split)
         seen[label] += 1
         quality = int(rng.integers(80, 96))
         out.append({"key": f"{i:06d}", "label": label, "scene": scene,

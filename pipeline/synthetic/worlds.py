@@ -65,12 +65,13 @@ class World:
         return self.sample_scene(rng, *TINY_SIDES, **{k: v for k, v in scene.attributes().items() if k != "classname"})
 
     def heldout_scene(self, seed: int, label: int, occurrence: int, rng: np.random.Generator, min_side: int,
-                      max_side: int):
-        """A test-set scene of class `label`, its `occurrence`-th in the set (the fashion world: TEST split only)."""
+                      max_side: int, split: str = "test"):
+        """A labelled scene of class `label`, its `occurrence`-th in the set. The fashion world takes the photo
+        from `split`: "test" for the web's held-out set, "train" for a bench's labelled training images."""
         if self.name == "fashion":
             from pipeline.synthetic import fashion
 
-            return fashion.heldout_scene(self.source, seed, label, occurrence, rng, min_side, max_side)
+            return fashion.heldout_scene(self.source, seed, label, occurrence, rng, min_side, max_side, split)
         colour, shape = self.classnames()[label].split(" ")
         return self.sample_scene(rng, min_side, max_side, shape=shape, colour=colour)
 

@@ -147,3 +147,15 @@ def test_a_pipeline_config_takes_the_fashion_world():
     cfg = parse_pipeline_config({"root": "/tmp/r", "synthetic": {"world": "fashion", "fashion_data": FIXTURE},
                                  "stages": {}}, "t.yaml")
     assert cfg.synthetic.world == "fashion" and cfg.synthetic.fashion_data == FIXTURE
+
+
+def test_a_benchs_labelled_training_set_comes_from_the_train_split_and_its_test_set_from_the_test_split():
+    from pipeline.synthetic.testset import labelled_samples
+
+    world = get_world("fashion", FIXTURE)
+    train = labelled_samples(0, 100, 32, 32, world, "train")
+    test = labelled_samples(0, 100, 32, 32, world)
+    origins = {s["scene"].origin for s in train}
+    assert len(origins) == 100 and all(o.startswith("train:") for o in origins)
+    assert {s["scene"].origin.split(":")[0] for s in test} == {"test"}
+    assert all(fashion.CLASSES[s["label"]] == s["scene"].classname for s in train + test)
