@@ -26,6 +26,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
+from pipeline.core.config import ConfigError
+
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 ENV = "WINNOW_FASHION_DIR"
 # Fashion-MNIST's label order; "t-shirt" for its "T-shirt/top", "trousers" and "ankle boot" as a shop says them.
@@ -66,8 +68,9 @@ FASHION_CLASS_TEMPLATES = (
 )
 
 
-class FashionDataMissing(FileNotFoundError):
-    """The photos are not where the config or the environment says (or not installed)."""
+class FashionDataMissing(ConfigError):
+    """The photos are not where the config or the environment says (or not installed): a config problem, so the
+    command line prints the message and what to do, not a traceback."""
 
 
 def resolve_source(configured: str | None = None) -> str:
