@@ -166,9 +166,17 @@ def _side(rng: np.random.Generator, min_side: int, max_side: int) -> int:
     return int(rng.integers(min_side, max_side + 1))  # square: the photos are, and stretching them is not the test
 
 
-def permutation(data: FashionData, seed: int) -> np.ndarray:
+@functools.lru_cache(maxsize=4)
+def permutation(source: str, seed: int) -> np.ndarray:
     """The order in which the pool, then the hq set, take train photos: each photo at most once."""
-    return np.random.default_rng([seed, 50]).permutation(len(data.train_labels))
+    return np.random.default_rng([seed, 50]).permutation(len(load(source).train_labels))
+
+
+@functools.lru_cache(maxsize=64)
+def _class_order(source: str, split: str, seed: int, label: int) -> np.ndarray:
+    """The order in which a labelled set takes the photos of one class from one split."""
+    of_class = np.flatnonzero(load(source).labels(split) == label)
+    return np.random.default_rng([seed, 51 if split == "test" else 52, label]).permutation(of_class)
 
 
 def web_scene(source: str, seed: int, pool_size: int, split: str, i: int, rng: np.random.Generator, min_side: int,
@@ -176,7 +184,7 @@ def web_scene(source: str, seed: int, pool_size: int, split: str, i: int, rng: n
     """The i-th photo of the pool (split "pool") or of the clean set ("hq"): a distinct train photo each."""
     data = load(source)
     slot = i if split == "pool" else pool_size + i
-    perm = permutation(data, seed)
+    perm = permutation(source, seed)
     if slot >= len(perm):
         raise ValueError(f"the fashion world has {len(perm)} train photos in {source}; pool_size + hq_size must not "
                          f"exceed that (the pool and the clean set never share a photo)")
@@ -189,12 +197,11 @@ def heldout_scene(source: str, seed: int, label: int, occurrence: int, rng: np.r
                   max_side: int, split: str = "test") -> FashionScene:
     """The `occurrence`-th labelled photo of class `label` from `split` (the web's test set: the TEST split only),
     distinct photos per class."""
-    data = load(source)
-    of_class = np.flatnonzero(data.labels(split) == label)
-    if occurrence >= len(of_class):
-        raise ValueError(f"the fashion world's {split} split in {source} has {len(of_class)} photos of "
+    order = _class_order(source, split, seed, label)
+    if occurrence >= len(order):
+        raise ValueError(f"the fashion world's {split} split in {source} has {len(order)} photos of "
                          f"{CLASSES[label]!r}; lower test_size")
-    index = int(np.random.default_rng([seed, 51 if split == "test" else 52, label]).permutation(of_class)[occurrence])
+    index = int(order[occurrence])
     side = _side(rng, min_side, max_side)
     return FashionScene(label, split, index, side, side, source)
 
