@@ -159,3 +159,13 @@ def test_a_benchs_labelled_training_set_comes_from_the_train_split_and_its_test_
     assert len(origins) == 100 and all(o.startswith("train:") for o in origins)
     assert {s["scene"].origin.split(":")[0] for s in test} == {"test"}
     assert all(fashion.CLASSES[s["label"]] == s["scene"].classname for s in train + test)
+
+
+def test_the_same_config_builds_the_same_bytes(web, tmp_path):
+    import pandas as pd
+
+    cfg, out, _, truth, _ = web
+    build_web(cfg, str(tmp_path))
+    again = pd.read_parquet(tmp_path / "truth.parquet")
+    assert again.equals(truth)
+    assert (tmp_path / "test" / "00000.tar").read_bytes() == (Path(out) / "test" / "00000.tar").read_bytes()
