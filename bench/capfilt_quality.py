@@ -77,8 +77,9 @@ class Runner:
 
 
 def named(caption: str, names) -> list[str]:
-    """The names a caption says, as whole words ("shirt" is not found in "t-shirt"; "ankle boot" is one name)."""
-    text = caption.lower()
+    """The names a caption says, as whole words ("shirt" is not found in "t-shirt"; "ankle boot" is one name). The
+    captioner's detokenizer writes "t - shirt": spaces around a hyphen are closed first."""
+    text = re.sub(r"\s*-\s*", "-", caption.lower())
     return [n for n in names if re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", text)]
 
 
