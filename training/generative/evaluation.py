@@ -167,12 +167,11 @@ def frechet(ctx: EvalInputs) -> dict | None:
 
 # --- zero-shot attributes -----------------------------------------------------------------------------------------
 def class_parts(classnames: list[str]) -> list[tuple[str, str]]:
-    """(colour, shape) per class: "<colour> <shape>" (first word, the rest) when the classes are every colour with
-    every shape (the rendered worlds); otherwise ("", the class), so a world of plain classes (fashion's "t-shirt",
-    "ankle boot") is scored by its class, with one colour that is always right."""
+    """(colour, shape) per class: "<colour> <shape>" (first word, the rest) when every class has two parts (the
+    rendered worlds); otherwise ("", the class), so a world of plain classes (fashion's "t-shirt", "ankle boot") is
+    scored by its class, with one colour that is always right."""
     parts = [tuple(c.split(" ", 1)) for c in classnames]
-    if all(len(p) == 2 for p in parts) and \
-            len({p[0] for p in parts}) * len({p[1] for p in parts}) == len(set(parts)) == len(classnames):
+    if all(len(p) == 2 for p in parts):
         return parts
     return [("", c) for c in classnames]
 
