@@ -1,11 +1,12 @@
 # make demo: set up .venv, install, run the whole pipeline on an embedded local Ray with the synthetic web.
 # make test: set up .venv, install, run the test suite.
+# make fashion-data: install the fashion world's photos (Debian's dataset-fashion-mnist; benches on that world need it).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint bench clean-demo
+.PHONY: setup demo test lint bench clean-demo fashion-data
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +26,14 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+# A no-op when installed; otherwise apt-get (as root, or through sudo when there is one).
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+fashion-data:
+	@test -e $(FASHION_DIR)/t10k-labels-idx1-ubyte.gz && echo "fashion-data: $(FASHION_DIR) is installed" || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y dataset-fashion-mnist || { $$SUDO apt-get update && \
+	    $$SUDO apt-get install -y dataset-fashion-mnist; }; }
 
 clean-demo:
 	rm -rf runs/demo

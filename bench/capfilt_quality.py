@@ -1,11 +1,12 @@
 """Proof that CapFilt works: caption noise before and after, images keeping a caption, the filter's label-free
 AUROC estimate against its true AUROC, and a final encoder trained on the CapFilt shards vs the same encoder on the
-web captions only, at equal steps, on the synthetic web's two worlds, checked against the ground truth.
+web captions only, at equal steps, on the synthetic web's worlds, checked against the ground truth.
 
     python bench/capfilt_quality.py                # shapes world, a small web, 2 seeds (~12 min on 2 idle cores)
     python bench/capfilt_quality.py --worlds objects shapes --seeds 3   # BENCHMARKS.md's table: the small web on
                                                    # both worlds (30 min on 2 cores at load average ~20)
     python bench/capfilt_quality.py --full         # both worlds, configs/capfilt_bootstrap.yaml's web, 3 seeds
+    python bench/capfilt_quality.py --worlds fashion   # real grey photos, ten classes (needs `make fashion-data`)
 
 Runs the stages of configs/capfilt_bootstrap.yaml through `run_pipeline`, one fresh run root per world: download
 the pool and the high-quality set, train the captioner (tiny CoCa) and the separate filter (tiny CLIP, 10% held
@@ -15,7 +16,8 @@ batch and steps; the seed sets the initial weights and the data order (in-proces
 evaluated zero-shot on the web's held-out test set.
 
 Truth (truth.parquet): a web caption is right when its pair is clean (noise none / exact or near duplicate); a
-synthetic caption is right when it names the image's colour and shape and no other (junk images have none).
+synthetic caption is right when it names the image's colour and shape and no other (junk images have none; the
+fashion world, whose classes have no colour: its class and no other).
 Caption noise = the share of (image, caption) training pairs whose caption is wrong: before, every decodable pool
 image with its web caption; after, every kept caption of every kept image. The filter's true AUROC ranks all its
 judged captions (web and synthetic) against that truth; its estimate is the train_filter stage's, from held-out
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -40,7 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import end_embedded_run, machine, result_line  # noqa: E402
+from bench.common import end_embedded_run, machine, require_world, result_line  # noqa: E402
 from bench.curation_quality import output_to, spread  # noqa: E402
 
 CONFIG = REPO / "configs" / "capfilt_bootstrap.yaml"
@@ -73,12 +76,20 @@ class Runner:
             raise
 
 
+def named(caption: str, names) -> list[str]:
+    """The names a caption says, as whole words ("shirt" is not found in "t-shirt"; "ankle boot" is one name). The
+    captioner's detokenizer writes "t - shirt": spaces around a hyphen are closed first."""
+    text = re.sub(r"\s*-\s*", "-", caption.lower())
+    return [n for n in names if re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", text)]
+
+
 def names_truth(caption: str, colour, shape, world) -> bool:
-    """A synthetic caption is right when it names the image's colour and shape, and no other colour or shape."""
-    if colour is None or shape is None or not caption:
+    """A synthetic caption is right when it names the image's colour and shape, and no other colour or shape (a
+    world without colours, fashion: its class, and no other)."""
+    if shape is None or (colour is None and world.colours) or not caption:
         return False
-    words = caption.lower().replace(",", " ").replace(".", " ").split()
-    return [c for c in world.colours if c in words] == [colour] and [s for s in world.shapes if s in words] == [shape]
+    return named(caption, world.colours) == ([colour] if world.colours else []) and \
+        named(caption, world.shapes) == [shape]
 
 
 def judged(root: str, world_name: str):
@@ -110,12 +121,12 @@ def judged(root: str, world_name: str):
 
 
 def names_each(caption: str, truth, world) -> tuple[bool | None, bool | None]:
-    """Whether a synthetic caption names the image's colour (alone), and its shape (alone); None for junk images."""
-    if truth["colour"] is None or truth["shape"] is None:
+    """Whether a synthetic caption names the image's colour (alone; None in a world without colours), and its
+    shape or class (alone); None for junk images."""
+    if truth["shape"] is None or (truth["colour"] is None and world.colours):
         return None, None
-    words = caption.lower().replace(",", " ").replace(".", " ").split()
-    return ([c for c in world.colours if c in words] == [truth["colour"]],
-            [s for s in world.shapes if s in words] == [truth["shape"]])
+    return (named(caption, world.colours) == [truth["colour"]] if world.colours else None,
+            named(caption, world.shapes) == [truth["shape"]])
 
 
 def threshold_sweep(df, levels=(0.5, 0.7, 0.9, 0.95)) -> list[tuple[float, float, int]]:
@@ -136,6 +147,7 @@ def quality(root: str, world: str) -> dict:
     from pipeline.synthetic.worlds import get_world
 
     df = judged(root, world)
+    w = get_world(world)
     web, syn, kept = df[df["source"] == "web"], df[df["source"] == "synthetic"], df[df["kept"]]
     with open(os.path.join(root, "train_filter", "holdout.json")) as f:
         check = json.load(f)
@@ -149,9 +161,9 @@ def quality(root: str, world: str) -> dict:
         "true_auroc": auroc(df["score"], df["right"]), "true_auroc_web": auroc(web["score"], web["right"]),
         "estimated_auroc": check["estimated_auroc"], "estimate_step": check["step"],
         "examples": examples(df), "sweep": threshold_sweep(df),
-        "colour_right": syn["colour_right"].dropna().astype(bool).mean(),
+        "colour_right": syn["colour_right"].dropna().astype(bool).mean() if w.colours else float("nan"),
         "shape_right": syn["shape_right"].dropna().astype(bool).mean(),
-        "chance": {"colour": 1 / len(get_world(world).colours), "shape": 1 / len(get_world(world).shapes)},
+        "chance": {"colour": 1 / len(w.colours) if w.colours else float("nan"), "shape": 1 / len(w.shapes)},
     }
 
 
@@ -191,14 +203,18 @@ def run_world(world: str, root: str, sets: list[str], seeds: list[int]) -> dict:
     return {**q, "top1": top1, "gains": [c - w for c, w in zip(top1["capfilt"], top1["web"], strict=True)]}
 
 
+def pct(value: float) -> str:
+    return "-" if value != value else f"{value:.1%}"  # NaN: the world has no colours
+
+
 def report(world: str, r: dict) -> list[str]:
     lines = [f"\n### world `{world}`", "",
              "| | value |", "|---|---:|",
              f"| decodable pool images | {r['images']} |",
              f"| caption noise before (web captions) | {r['noise_before']:.1%} |",
              f"| synthetic captions right before filtering | {r['synthetic_right']:.1%} |",
-             f"|   naming the right colour / the right shape (chance) | {r['colour_right']:.1%} "
-             f"({r['chance']['colour']:.1%}) / {r['shape_right']:.1%} ({r['chance']['shape']:.1%}) |",
+             f"|   naming the right colour / the right shape or class (chance) | {pct(r['colour_right'])} "
+             f"({pct(r['chance']['colour'])}) / {r['shape_right']:.1%} ({r['chance']['shape']:.1%}) |",
              f"| caption noise after CapFilt (kept captions) | **{r['noise_after']:.1%}** |",
              f"|   of kept web captions / of kept synthetic | {r['noise_after_by_source']['web']:.1%} / "
              f"{r['noise_after_by_source']['synthetic']:.1%} |",
@@ -220,7 +236,8 @@ def report(world: str, r: dict) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--full", action="store_true", help="both worlds, the config's web and steps, 3 seeds")
-    ap.add_argument("--worlds", nargs="+", choices=["shapes", "objects"], help="default: shapes (--full: both)")
+    ap.add_argument("--worlds", nargs="+", choices=["shapes", "objects", "fashion"],
+                    help="default: shapes (--full: shapes and objects); fashion needs `make fashion-data`")
     ap.add_argument("--seeds", type=int, default=None, help="final-encoder seeds per arm (default 2, --full 3)")
     ap.add_argument("--workdir", default=None, help="folder for the run roots (kept; default: a temp dir, removed)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -228,6 +245,8 @@ def main() -> None:
                          "caption.decoding.strategy=greedy or train_captioner.steps=600")
     args = ap.parse_args()
     worlds = args.worlds or (["shapes", "objects"] if args.full else ["shapes"])
+    for world in worlds:
+        require_world(world)
     seeds = list(range(args.seeds or (3 if args.full else 2)))
     os.environ.pop("RAY_ADDRESS", None)  # an embedded local Ray: this bench never attaches to a cluster
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")

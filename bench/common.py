@@ -46,6 +46,21 @@ def result_line(metric: str, value: float, op: str, target: float) -> str:
     return f"RESULT {metric}={value:.3f} target{op}{target}"
 
 
+def require_world(world: str, fashion_data: str | None = None) -> None:
+    """Exit with what to do when a bench's world cannot be built here: the fashion world needs its photos
+    (`make fashion-data`; a clean clone has only the tests' small extract)."""
+    import sys
+
+    if world != "fashion":
+        return
+    from pipeline.synthetic.fashion import FashionDataMissing, load, resolve_source
+
+    try:
+        load(resolve_source(fashion_data))
+    except FashionDataMissing as e:
+        sys.exit(f"bench: {e}")
+
+
 def end_embedded_run(base, keep: bool) -> None:
     """After a bench that ran stages in this process: shut down the embedded Ray they started (nothing else) and
     remove the run root unless the user asked to keep it (`--workdir`)."""

@@ -4,6 +4,7 @@ trained for the same wall-clock budget, on both synthetic worlds.
     python bench/likelihood.py                  # 16 px, 60 s of training per family, both worlds (~20 min on 2 cores)
     python bench/likelihood.py --full           # 240 s per family, 64 images of bits/dim, 512 of Frechet distance
     python bench/likelihood.py --worlds objects --budget 30
+    python bench/likelihood.py --worlds fashion   # real photos: train split to train, test split to test
 
 Per world: 3,000 training and 600 held-out images of the synthetic web's renderer (`synthetic.world`), a tiny CLIP
 trained on the training images (100 steps) that conditions the diffusion model and gives the Frechet features. Each
@@ -37,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # the CLIP helper lives with the tests
 
-from bench.common import machine, result_line  # noqa: E402
+from bench.common import machine, require_world, result_line  # noqa: E402
 
 RESOLUTION, BATCH = 16, 32
 FLOW = {"levels": 2, "steps_per_level": 4, "hidden": 64, "conditioning": "text"}
@@ -52,8 +53,10 @@ def write_world(world: str, root: str, train: int, test: int) -> tuple[list[str]
 
     w = get_world(world)
     train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
-    names = write_test_set(labelled_samples(0, train, 48, 128, w), train_dir, w.classnames())
-    write_test_set(labelled_samples(1, test, 48, 128, w), test_dir, w.classnames())
+    # the fashion world trains on its train split's photos and tests on its test split's; a rendered world on seeds
+    names = write_test_set(labelled_samples(0, train, 48, 128, w, "train"), train_dir, w.classnames(),
+                           w.class_templates)
+    write_test_set(labelled_samples(1, test, 48, 128, w), test_dir, w.classnames(), w.class_templates)
     return ([os.path.join(train_dir, n) for n in names], os.path.join(test_dir, "*.tar"),
             os.path.join(test_dir, "classnames.json"))
 
@@ -152,7 +155,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--full", action="store_true", help="240 s per family, 64 bits/dim images, 512 FD images")
     ap.add_argument("--budget", type=float, default=None, help="training seconds per family (default 60)")
-    ap.add_argument("--worlds", nargs="+", default=["shapes", "objects"], choices=["shapes", "objects"])
+    ap.add_argument("--worlds", nargs="+", default=["shapes", "objects"], choices=["shapes", "objects", "fashion"],
+                    help="fashion: real grey photos (needs `make fashion-data`)")
     ap.add_argument("--bpd-images", type=int, default=None, help="held-out images scored in bits/dim (default 16)")
     ap.add_argument("--fd-images", type=int, default=None, help="generated and real images of the FD (default 256)")
     ap.add_argument("--train-images", type=int, default=3000)
@@ -163,6 +167,8 @@ def main() -> None:
     args.bpd_images = args.bpd_images or (64 if args.full else 16)
     args.fd_images = args.fd_images or (512 if args.full else 256)
 
+    for world in args.worlds:
+        require_world(world)
     work = args.workdir or tempfile.mkdtemp(prefix="bench-likelihood-")
     print(f"machine: {machine()}")
     print(f"{RESOLUTION} px, batch {BATCH}, {args.budget:.0f} s of training per family, {args.bpd_images} held-out "

@@ -60,7 +60,7 @@ _GENERIC = (
 )
 
 
-def _article_fix(text: str) -> str:
+def article_fix(text: str) -> str:
     """'a orange' -> 'an orange' (templates are written with 'a')."""
     words = text.split(" ")
     for i, w in enumerate(words[:-1]):
@@ -75,7 +75,7 @@ def describe(scene: Scene, rng: np.random.Generator, templates: tuple[str, ...] 
     phrases = _POSITION_PHRASES[scene.position]
     text = template.format(colour=scene.colour, shape=scene.shape, size=scene.size, bg=scene.background,
                            pos=phrases[int(rng.integers(len(phrases)))])
-    return _article_fix(text)
+    return article_fix(text)
 
 
 def generic_caption(rng: np.random.Generator) -> str:

@@ -45,9 +45,12 @@ class FaultRates(DisjointRates):
 
 class SyntheticWebConfig(StrictModel):
     dir: str = Field("web", description="folder under the run root (or an absolute path) holding the web")
-    world: Literal["shapes", "objects"] = Field(
-        "shapes", description="what the images look like: flat shapes, or outlined objects on photo-like "
-                              "backgrounds (pipeline/synthetic/worlds.py)")
+    world: Literal["shapes", "objects", "fashion"] = Field(
+        "shapes", description="what the images look like: flat shapes, outlined objects on photo-like backgrounds, "
+                              "or real grey product photos (Fashion-MNIST; pipeline/synthetic/worlds.py)")
+    fashion_data: str | None = Field(
+        None, description="the fashion world's photos: a folder of the Fashion-MNIST IDX files or a .npz extract "
+                          "(default $WINNOW_FASHION_DIR, else /usr/share/datasets/fashion-mnist: `make fashion-data`)")
     seed: int = 0
     pool_size: int = Field(3000, ge=1, description="noisy image-text pairs in the pool URL list")
     hq_size: int = Field(400, ge=0, description="clean high-quality pairs (a second URL list)")

@@ -25,16 +25,15 @@ from pipeline.core.config import config_hash
 from pipeline.core.ids import uid_of
 from pipeline.core.layout import read_json, write_json_atomic
 from pipeline.synthetic.assign import assign_kinds
-from pipeline.synthetic.captions import CLASS_TEMPLATES, HQ_TEMPLATES, POOL_TEMPLATES, describe, generic_caption
+from pipeline.synthetic.captions import generic_caption
 from pipeline.synthetic.config import SyntheticWebConfig
 from pipeline.synthetic.faults import NOT_IMAGE_HTML, bomb_png
 from pipeline.synthetic.render import Scene, encode, junk_image
 from pipeline.synthetic.testset import labelled_samples, write_test_set
-from pipeline.synthetic.worlds import get_world
+from pipeline.synthetic.worlds import World, get_world
 
 VERSION = 1  # bump when the generator's output changes, so old webs are rebuilt
 PNG_FRACTION = 0.1
-TINY_SIDES = (4, 16)
 NOT_IMAGE_PATH = "images/fault/not_image.html"
 OVERSIZED_PATH = "images/fault/oversized.png"
 NO_FILE_FAULTS = ("http_404", "http_500")  # nothing is served for these
@@ -46,14 +45,22 @@ TRUTH_SCHEMA = pa.schema([
     ("shape", pa.string()), ("colour", pa.string()), ("size", pa.string()), ("position", pa.string()),
     ("background", pa.string()), ("classname", pa.string()), ("caption", pa.string()),
     ("width", pa.int32()), ("height", pa.int32()), ("path", pa.string()), ("sha256", pa.string()),
+    ("source", pa.string()),  # the fashion world: which photo of the package ("train:<index>"); else null
 ])
 
 
 def web_hash(cfg: SyntheticWebConfig) -> str:
     """Hash of what determines the web's content (not where it lives)."""
-    # the shapes world hashes as before the world key existed, so webs built then are still current
-    exclude = {"dir"} | ({"world"} if cfg.world == "shapes" else set())
-    return config_hash({**cfg.model_dump(mode="json", exclude=exclude), "version": VERSION})
+    # the shapes world hashes as before the world key existed, so webs built then are still current; the rendered
+    # worlds hash as before fashion_data existed
+    exclude = {"dir", "fashion_data"} | ({"world"} if cfg.world == "shapes" else set())
+    extra = {"fashion_source": world_of(cfg).source} if cfg.world == "fashion" else {}
+    return config_hash({**cfg.model_dump(mode="json", exclude=exclude), **extra, "version": VERSION})
+
+
+def world_of(cfg: SyntheticWebConfig) -> World:
+    """The config's world, reading the fashion world's photos from where the config says."""
+    return get_world(cfg.world, cfg.fashion_data)
 
 
 def web_dir(cfg: SyntheticWebConfig, root: str) -> str:
@@ -77,15 +84,18 @@ def _item(cfg: SyntheticWebConfig, split: str, i: int, scene: Scene | None, capt
 def _render(cfg: SyntheticWebConfig, split: str, i: int, noise: str = "none") -> dict:
     """One URL's content before cross-row noise (mismatched captions, duplicates) is applied."""
     rng = np.random.default_rng([cfg.seed, 10, 1 if split == "pool" else 2, i])
-    world = get_world(cfg.world)
-    scene = world.sample_scene(rng, cfg.min_side, cfg.max_side)
+    world = world_of(cfg)
+    scene = world.web_scene(cfg.seed, cfg.pool_size, split, i, rng, cfg.min_side, cfg.max_side)
     fmt = "png" if rng.random() < PNG_FRACTION else "jpg"
     quality = int(rng.integers(75, 96))
     if noise == "tiny_image":  # same kind of picture, a few pixels a side
-        scene = world.sample_scene(np.random.default_rng([cfg.seed, 31, i]), *TINY_SIDES, **{
-            k: v for k, v in scene.attributes().items() if k != "classname"})
-    caption = describe(scene, rng, HQ_TEMPLATES if split == "hq" else POOL_TEMPLATES)
-    image = junk_image(rng, scene.width, scene.height) if noise == "junk_image" else world.draw(scene)
+        scene = world.tiny_scene(scene, cfg.seed, i)
+    caption = world.describe(scene, rng, world.hq_templates if split == "hq" else world.pool_templates)
+    if noise == "junk_image":
+        junk = junk_image(rng, scene.width, scene.height)
+        image = junk.convert("L").convert("RGB") if world.grey else junk
+    else:
+        image = world.draw(scene)
     item = _item(cfg, split, i, None if noise == "junk_image" else scene, caption, encode(image, fmt, quality), fmt,
                  scene.width, scene.height)
     item.update(noise=noise, quality=quality)
@@ -94,7 +104,7 @@ def _render(cfg: SyntheticWebConfig, split: str, i: int, noise: str = "none") ->
 
 def _apply_cross_noise(cfg: SyntheticWebConfig, items: list[dict]) -> None:
     """Mismatched captions and duplicates: rows that take something from another row of the pool."""
-    world = get_world(cfg.world)
+    world = world_of(cfg)
     sources = [j for j, it in enumerate(items) if it["noise"] == "none"]  # their captions describe what is served
     if not sources and any(it["noise"] in ("mismatched_caption", "exact_duplicate", "near_duplicate") for it in items):
         raise ValueError("noise rates leave no clean pool image to take captions or duplicates from; lower them")
@@ -125,7 +135,7 @@ def _apply_cross_noise(cfg: SyntheticWebConfig, items: list[dict]) -> None:
                 data, fmt = encode(world.draw(scene), "jpg", quality), "jpg"
             ident = it["url"].rsplit("/", 1)[1].split(".")[0]
             it.update(scene=scene, data=data, fmt=fmt, width=scene.width, height=scene.height,
-                      caption=describe(scene, rng, POOL_TEMPLATES),
+                      caption=world.describe(scene, rng, world.pool_templates),
                       url=f"http://{cfg.host}/img/{ident}.{fmt}", file=f"images/img/{ident}.{fmt}")
 
 
@@ -165,7 +175,8 @@ def _truth_row(item: dict, path: str | None, data: bytes | None, width: int | No
     return {"uid": uid_of(item["url"]), "url": item["url"], "split": item["split"], "clean": clean,
             "noise": item["noise"], "fault": item["fault"], "duplicate_of": item["duplicate_of"], **attrs,
             "caption": item["caption"], "width": width, "height": height, "path": path,
-            "sha256": hashlib.sha256(data).hexdigest() if data is not None else None}
+            "sha256": hashlib.sha256(data).hexdigest() if data is not None else None,
+            "source": getattr(scene, "origin", None)}
 
 
 def _write_parquet(table: pa.Table, path: str) -> None:
@@ -220,9 +231,9 @@ def build_web(cfg: SyntheticWebConfig, out_dir: str) -> dict:
         _write_parquet(pa.table({"url": [r["url"] for r in part], "caption": [r["caption"] for r in part]}),
                        os.path.join(out_dir, f"{split}.parquet"))
     _write_parquet(truth, os.path.join(out_dir, "truth.parquet"))
-    world = get_world(cfg.world)
+    world = world_of(cfg)
     shards = write_test_set(labelled_samples(cfg.seed, cfg.test_size, cfg.min_side, cfg.max_side, world),
-                            os.path.join(out_dir, "test"), world.classnames())
+                            os.path.join(out_dir, "test"), world.classnames(), world.class_templates)
 
     pool_rows = [r for r in rows if r["split"] == "pool"]
     info = {
@@ -238,7 +249,7 @@ def build_web(cfg: SyntheticWebConfig, out_dir: str) -> dict:
         },
         "world": cfg.world,
         "classnames": world.classnames(),
-        "templates": list(CLASS_TEMPLATES),
+        "templates": list(world.class_templates),
         "files": {"pool": "pool.parquet", "hq": "hq.parquet", "truth": "truth.parquet",
                   "test": [f"test/{s}" for s in shards], "classnames": "test/classnames.json"},
     }

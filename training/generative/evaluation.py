@@ -166,11 +166,20 @@ def frechet(ctx: EvalInputs) -> dict | None:
 
 
 # --- zero-shot attributes -----------------------------------------------------------------------------------------
+def class_parts(classnames: list[str]) -> list[tuple[str, str]]:
+    """(colour, shape) per class: "<colour> <shape>" (first word, the rest) when every class has two parts (the
+    rendered worlds); otherwise ("", the class), so a world of plain classes (fashion's "t-shirt", "ankle boot") is
+    scored by its class, with one colour that is always right."""
+    parts = [tuple(c.split(" ", 1)) for c in classnames]
+    if all(len(p) == 2 for p in parts):
+        return parts
+    return [("", c) for c in classnames]
+
+
 def split_classes(classnames: list[str]) -> tuple[list[str], list[str]]:
-    """Colours and shapes of "<colour> <shape>" classes (first word, the rest), in order of appearance."""
-    colours = list(dict.fromkeys(c.split(" ", 1)[0] for c in classnames))
-    shapes = list(dict.fromkeys(c.split(" ", 1)[1] for c in classnames))
-    return colours, shapes
+    """Colours and shapes of the classes (`class_parts`), in order of appearance."""
+    parts = class_parts(classnames)
+    return list(dict.fromkeys(p[0] for p in parts)), list(dict.fromkeys(p[1] for p in parts))
 
 
 @torch.no_grad()
@@ -185,8 +194,9 @@ def zero_shot_classes(encoder, images: list, classnames: list[str], templates: l
 def attribute_scores(predicted: torch.Tensor, truth: torch.Tensor, classnames: list[str]) -> dict:
     """Colour and shape accuracy of predicted vs true class indices, each with its chance level."""
     colours, shapes = split_classes(classnames)
-    colour_of = torch.tensor([colours.index(c.split(" ", 1)[0]) for c in classnames])
-    shape_of = torch.tensor([shapes.index(c.split(" ", 1)[1]) for c in classnames])
+    parts = class_parts(classnames)
+    colour_of = torch.tensor([colours.index(colour) for colour, _ in parts])
+    shape_of = torch.tensor([shapes.index(shape) for _, shape in parts])
     return {"colour": float((colour_of[predicted] == colour_of[truth]).float().mean()),
             "colour_chance": 1 / len(colours),
             "shape": float((shape_of[predicted] == shape_of[truth]).float().mean()),

@@ -236,7 +236,7 @@ def grid_prompts(cfg: DiffusionTrainConfig, shards: list[str]) -> list[str]:
 
         names = read_classnames(cfg.eval.classnames)[0]
         colours, shapes = split_classes(names)
-        pairs = [f"{colours[i % len(colours)]} {shapes[i % len(shapes)]}" for i in range(n)]
+        pairs = [f"{colours[i % len(colours)]} {shapes[i % len(shapes)]}".strip() for i in range(n)]
         return [cfg.eval.prompt.format(p) for p in pairs if p in names]
     from pipeline.core.sample import primary_caption
     from training.data import ErrorCounter, tar_samples

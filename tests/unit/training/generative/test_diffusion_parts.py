@@ -145,6 +145,13 @@ def test_attribute_scores_count_colour_and_shape_separately():
     assert (s["colour_chance"], s["shape_chance"], s["both_chance"]) == (1 / 3, 1 / 2, 1 / 6)
 
 
+def test_attribute_scores_of_plain_classes_score_the_class():
+    """The fashion world's classes are not "<colour> <shape>": "ankle boot" is one class, not an ankle colour."""
+    classes = ["t-shirt", "trousers", "ankle boot", "bag"]
+    s = attribute_scores(torch.tensor([0, 2, 2, 1]), torch.tensor([0, 1, 2, 3]), classes)
+    assert (s["shape"], s["both"], s["shape_chance"], s["colour"], s["colour_chance"]) == (0.5, 0.5, 0.25, 1.0, 1.0)
+
+
 def test_images_are_cropped_to_the_resolution_in_minus_one_to_one_without_a_flip():
     from PIL import Image
 
