@@ -24,7 +24,7 @@ from training.engine.checkpoint import latest_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 POOL = 300
-DEMO_STEPS = 6  # each train-clip stage of the demo submitted as a job
+DEMO_STEPS = 12  # each train-clip stage of the demo submitted as a job
 # A few slow URLs (past the 1 s timeout) keep each download shard busy long enough to be killed mid-shard.
 FAULTS = {"http_404": 0.02, "http_500": 0.0, "slow": 0.04, "truncated": 0.0, "not_image": 0.01, "oversized": 0.0,
           "opt_out": 0.0}
@@ -193,7 +193,7 @@ def test_submit_the_demo_as_a_ray_job(cluster, tmp_path: Path) -> None:
     demo = load_pipeline_config(REPO / "configs" / "demo.yaml")
     # the demo's every stage, small: what is asserted is that each ran in the job and its counts add up (training
     # runs in the job's driver here; Ray Train on the cluster is the killed-training-worker test's)
-    sets = [f"root={tmp_path / 'run'}", "synthetic.pool_size=160", "synthetic.hq_size=64",
+    sets = [f"root={tmp_path / 'run'}", "synthetic.pool_size=160", "synthetic.hq_size=100",
             "synthetic.test_size=30"]
     for name, stage in demo.stages.items():
         if stage.kind == "download":
