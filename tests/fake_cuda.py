@@ -16,10 +16,9 @@ operands the same way ("Tensor on device cpu is not on the expected device meta!
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 
 
 def _apply(self: torch.nn.Module, fn, recurse: bool = True) -> torch.nn.Module:
@@ -39,17 +38,42 @@ def _apply(self: torch.nn.Module, fn, recurse: bool = True) -> torch.nn.Module:
     return self
 
 
-@contextlib.contextmanager
-def fake_cuda() -> Iterator[torch.device]:
-    """A block in which `torch.device("cuda")` is a fake CUDA device (see the module docstring)."""
-    original = torch.nn.Module._apply
-    torch.nn.Module._apply = _apply
-    try:
+class FakeCuda:
+    """A fake CUDA device to enter as often as needed: `with fake as cuda:` (see the module docstring). The fake
+    tensors of one instance may be used again each time it is entered, never outside it."""
+
+    def __init__(self):
         # non-fake inputs (weights read from a file, a module built before the block) become fake CPU tensors
-        with FakeTensorMode(allow_non_fake_inputs=True):
-            yield torch.device("cuda")
-    finally:
-        torch.nn.Module._apply = original
+        self.mode = FakeTensorMode(allow_non_fake_inputs=True)
+        self.stack: list[contextlib.ExitStack] = []
+
+    def __enter__(self) -> torch.device:
+        stack = contextlib.ExitStack()
+        original = torch.nn.Module._apply
+        torch.nn.Module._apply = _apply
+        stack.callback(setattr, torch.nn.Module, "_apply", original)
+        stack.enter_context(self.mode)
+        self.stack.append(stack)
+        return torch.device("cuda")
+
+    def __exit__(self, *exc) -> None:
+        self.stack.pop().close()
+
+
+def fake_cuda() -> FakeCuda:
+    """A fresh fake CUDA device: `with fake_cuda() as cuda: ...`."""
+    return FakeCuda()
+
+
+def real_constants(fn):
+    """`fn` run outside the fake mode: for a function that computes CPU constants and reads them (a noise schedule's
+    `.tolist()`), whose values are not the device's business. Its tensor arguments must be real."""
+
+    def run(*args, **kwargs):
+        with unset_fake_temporarily():
+            return fn(*args, **kwargs)
+
+    return run
 
 
 def strict_odeint(func, y0: tuple, t: torch.Tensor, **_):
