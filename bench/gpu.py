@@ -185,13 +185,19 @@ def score(run: Run) -> dict:
     make_pool(root, images, shard_size=run.size(1000, 32))
     spec = model_spec(run.size("ViT-B-32", BENCH_MODEL), run.work)
     batch, cpus = run.size(256, 16), run.size(os.cpu_count() or 8, 2)
+    from pipeline.runtime import RayConfig, init_ray
+
+    t0 = time.perf_counter()
+    init_ray(RayConfig(num_cpus=cpus))  # a cluster is up before jobs reach it: its start-up is printed apart
+    ray_start = time.perf_counter() - t0
     t0 = time.perf_counter()
     n, split = score_stage(spec, root, cpus, batch, address="", device="cuda" if run.cuda else "cpu")
     stage = n / (time.perf_counter() - t0)
     end_embedded_run(root, keep=True)
     loop, m = plain_loop(spec, root, threads=run.size(8, 1), batch=batch, device=run.device)
     return {"stage images/s": stage, "plain loop images/s": loop, "ratio": stage / loop, "images": n,
-            "loop images": m, "stage bottleneck": split.get("bottleneck")}
+            "loop images": m, "Ray start-up s (not counted)": ray_start, "stage start-up s":
+            split.get("startup_seconds"), "stage bottleneck": split.get("bottleneck")}
 
 
 # --- caption -------------------------------------------------------------------------------------------------------
