@@ -6,8 +6,9 @@ What runs how, and why:
 
 - forward-only paths (the training loss's forward, every sampler, classifier-free guidance, the held-out loss, a
   flow's inverse) run on fake CUDA;
-- paths that take gradients inside (the ODE likelihood's divergence, a flow's training backward) run on `meta`:
-  the autograd engine asks the CUDA driver for a context for a fake CUDA tensor, and has no such need on meta;
+- paths that take gradients (the ODE likelihood's divergence, a diffusion or flow training step's backward and
+  EMA update) run on `meta`: the autograd engine asks the CUDA driver for a context for a fake CUDA tensor, and
+  has no such need on meta;
 - the ODE likelihood's solver is torchdiffeq's adaptive dopri5, whose step control reads values (`.item()`), which
   neither fake nor meta tensors have: `strict_odeint` stands in for it (the same `torch.cat` of the state, one Euler
   step through the real vector field), and the real torchdiffeq is run until its first read of a value, which must
@@ -149,20 +150,43 @@ def test_the_held_out_loss_runs_on_the_device(diffusion_on_cuda, monkeypatch):
     assert on(cuda, x0, tokens, pooled) and x0.shape == (4, 3, 8, 8)
 
 
-def test_a_diffusion_models_ode_density_runs_on_the_device(untrained, monkeypatch):
+@pytest.fixture(scope="module")
+def diffusion_on_meta(untrained):
+    """The diffusion task set up on `meta` (where backward passes run), and its config."""
+    from training_diffusion import tiny_config
+
+    from training.generative.diffusion.task import DiffusionTask
+
+    cfg = tiny_config(untrained, data={"resolution": 8}, eval={"likelihood": {"samples": 2, "probes": 2}},
+                      model={"zero_init": False})
+    task = DiffusionTask(cfg, [])
+    task.model = task.setup(0, 1, META).to(META)
+    return task, cfg
+
+
+def test_a_diffusion_training_step_runs_on_the_device(diffusion_on_meta):
+    """The loss, its backward pass, the loss-per-time bins and the EMA update, on meta."""
+    task, _ = diffusion_on_meta
+    c = task.conditioner
+    batch = {"x0": torch.randn(2, 3, 8, 8, device=META), "tokens": torch.randn(2, c.tokens, c.text_dim, device=META),
+             "pooled": torch.randn(2, c.pooled_dim, device=META)}
+    loss = task.loss(task.model, batch)["loss"]
+    loss.backward()
+    assert loss.device == META and task.bins.sums.device == META
+    assert all(p.grad is not None and p.grad.device == META for p in task.model.parameters() if p.requires_grad)
+    task.after_update(0)
+    assert all(p.device == META for p in task.ema.module.parameters())
+
+
+def test_a_diffusion_models_ode_density_runs_on_the_device(diffusion_on_meta, monkeypatch):
     """`winnow eval`'s and the stage's held-out bits/dim of a denoiser: the conditioner's features, the conditional
     null flags, the network, the divergence's backward passes and the probes on the model's device (meta: the
     divergence needs autograd). The conditioner's features come from its CPU cache, which a meta tensor cannot
     fill (the fake CUDA tests run the conditioner itself): CPU features of its shapes stand in."""
     import torchdiffeq
-    from training_diffusion import tiny_config
-
-    from training.generative.diffusion.task import DiffusionTask
 
     monkeypatch.setattr(torchdiffeq, "odeint", strict_odeint)
-    cfg = tiny_config(untrained, data={"resolution": 8}, eval={"likelihood": {"samples": 2, "probes": 2}})
-    task = DiffusionTask(cfg, [])
-    task.setup(0, 1, META).to(META)
+    task, cfg = diffusion_on_meta
     c = task.conditioner
     monkeypatch.setattr(task.generator, "conditioner", lambda captions: (
         torch.randn(len(captions), c.tokens, c.text_dim), torch.randn(len(captions), c.pooled_dim)))
