@@ -118,7 +118,7 @@ def forward_throughput(spec: dict, root: Path, threads: int, batch: int, n: int 
     return len(pixels) / (time.perf_counter() - t0)
 
 
-def plain_loop(spec: dict, root: Path, threads: int, batch: int) -> tuple[float, int]:
+def plain_loop(spec: dict, root: Path, threads: int, batch: int, device: str = "cpu") -> tuple[float, int]:
     """The loop a user writes: shard by shard, decode + signals + crop, model on batches, write the same files."""
     import numpy as np
     import torch
@@ -134,7 +134,7 @@ def plain_loop(spec: dict, root: Path, threads: int, batch: int) -> tuple[float,
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
     spec_m = ModelSpec(**spec)
-    scorer = DFNScorer(spec_m, device="cpu", num_threads=threads)
+    scorer = DFNScorer(spec_m, device=device, num_threads=threads)
     pre = Preprocessor(spec_m.preprocess_cfg())
     src, out = Dataset(str(root), "pool"), Dataset(str(root), "loop")
     cfg = ScoreConfig(input="loop", model=spec_m)
@@ -150,12 +150,13 @@ def plain_loop(spec: dict, root: Path, threads: int, batch: int) -> tuple[float,
 
 
 def score_stage(spec: dict, root: Path, cpus: int, batch: int, address: str,
-                phash_decode: str = "full") -> tuple[int, dict]:
+                phash_decode: str = "full", device: str = "auto") -> tuple[int, dict]:
     from pipeline.pipeline_config import parse_pipeline_config
     from pipeline.stages import score
     from pipeline.stages.context import StageContext
 
-    stage = {"input": "pool", "model": spec, "batch_size": batch, "phash_decode": phash_decode}  # defaults otherwise
+    stage = {"input": "pool", "model": spec, "batch_size": batch, "phash_decode": phash_decode,
+             "device": device}  # defaults otherwise
     pc = parse_pipeline_config({"root": str(root), "ray": {"num_cpus": cpus, "address": address},
                                 "stages": {"score": stage}}, "bench")
     res = score.run(StageContext(pipeline=pc, stage="score"), pc.stages["score"])

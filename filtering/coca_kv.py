@@ -160,7 +160,8 @@ class CocaKVDecoder:
             valid = tokens != self.pad_id
         state.key_valid[:, t] = valid
         keys_valid = state.key_valid[:, :t + 1]
-        mask = None if bool(keys_valid.all()) else keys_valid[:, None, None, :]  # (R, 1, 1, t+1)
+        # always the mask (all True is no mask): asking whether it is needed would read it back, a GPU sync a token
+        mask = keys_valid[:, None, None, :]  # (R, 1, 1, t+1)
         state.prev_token = tokens
 
         x = self.text.token_embedding(tokens[:, None]).to(self.dtype)  # (R, 1, W)

@@ -144,14 +144,18 @@ class DFNScorer:
 
     def embed(self, pixels: np.ndarray, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(B, D) unit-norm image and text embeddings, float32 numpy."""
+        img, txt = self.embed_on_device(pixels, captions)
+        return img.float().cpu().numpy(), txt.float().cpu().numpy()
+
+    def embed_on_device(self, pixels: np.ndarray, captions: list[str]):
+        """(B, D) unit-norm image and text embeddings as tensors on the scorer's device, in its dtype."""
         import torch
 
         with torch.inference_mode():
             x = normalize_batch(torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device), self.mean, self.std)
             img = self.model.encode_image(x.to(self.dtype), normalize=True)  # (B, D)
             tokens = self.tokenizer(list(captions)).to(self.device)  # (B, T)
-            txt = self.model.encode_text(tokens, normalize=True)  # (B, D)
-        return img.float().cpu().numpy(), txt.float().cpu().numpy()
+            return img, self.model.encode_text(tokens, normalize=True)  # (B, D) each
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pixels = batch.pop("pixels")  # (B, H, W, 3) uint8; dropped from the output: nothing downstream needs it

@@ -110,7 +110,8 @@ class Loop:
         self.optimizer = torch.optim.AdamW(task.param_groups(self.model, opt.weight_decay), lr=opt.lr,
                                            betas=(opt.beta1, opt.beta2), eps=opt.eps)
         self.amp_dtype = autocast_dtype(task.precision, self.device)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        # the device's own scaler: a "cuda" one on another device disables itself (fp16 would run unscaled)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.start_step, self.samples_seen = 0, 0
         self.resume()

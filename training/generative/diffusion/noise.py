@@ -100,8 +100,9 @@ class Family:
         return 0.25 * torch.log(sigma)
 
     def _c_noise_range(self) -> tuple[float, float]:
-        ends = self.c_noise(torch.tensor([self.sigma_min, self.sigma_max], dtype=torch.float64))
-        return float(ends[0]), float(ends[1])
+        # constants from 0-d CPU tensors: the device-strict tests' fake tensors propagate those (not a pair)
+        return tuple(float(self.c_noise(torch.tensor(s, dtype=torch.float64))) for s in (self.sigma_min,
+                                                                                          self.sigma_max))
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         """c_noise mapped affinely onto 0..1000, the range a sinusoidal timestep embedding (SD3's) resolves."""
@@ -126,8 +127,9 @@ def make_family(name: str, sigma_min: float | None = None, sigma_max: float | No
     if name == "flow":
         fam = Family("flow", 0.0, 1.0, 0.002, 200.0)
     elif name == "vp":  # sigma(1e-5) ~ 0.001, sigma(1) ~ 152: EDM's VP range
-        ends = Family("vp", 1e-5, 1.0, 1.0, 2.0).sigma(torch.tensor([1e-5, 1.0], dtype=torch.float64))
-        fam = Family("vp", 1e-5, 1.0, float(ends[0]), float(ends[1]))
+        vp = Family("vp", 1e-5, 1.0, 1.0, 2.0)
+        ends = [float(vp.sigma(torch.tensor(t, dtype=torch.float64))) for t in (1e-5, 1.0)]  # 0-d: as above
+        fam = Family("vp", 1e-5, 1.0, *ends)
     elif name == "ve":
         fam = Family("ve", 0.02**2, 100.0**2, 0.02, 100.0)
     elif name == "edm":
