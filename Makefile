@@ -18,8 +18,10 @@ setup: $(STAMP)
 demo: $(STAMP)
 	NO_ALBUMENTATIONS_UPDATE=1 $(BIN)/winnow run configs/demo.yaml
 
+# Two test files at a time (pytest-xdist, one file per worker so module fixtures are built once): most of the
+# suite's time is waiting (Ray and process start-up, loopback servers, killed processes), which overlaps.
 test: $(STAMP)
-	NO_ALBUMENTATIONS_UPDATE=1 $(BIN)/python -m pytest -q --durations=15
+	NO_ALBUMENTATIONS_UPDATE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

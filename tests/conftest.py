@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Ray for the whole session, never a cluster picked up from the environment."""
+"""Shared fixtures: one local Ray for the whole session (per pytest-xdist worker: `make test` runs two test files
+at a time), never a cluster picked up from the environment."""
 
 from __future__ import annotations
 
