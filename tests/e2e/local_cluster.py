@@ -79,6 +79,10 @@ class LocalCluster:
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
+    def node_dir(self, i: int) -> str:
+        """Worker node `i`'s own temp dir (`i` from 1; the head's is `temp_dir`)."""
+        return os.path.join(self.temp_dir, "worker" if i == 1 else f"worker{i}")
+
     def _ray(self, *args: str) -> None:
         out = subprocess.run([RAY, *args], env=self.env, capture_output=True, text=True, timeout=180)
         if out.returncode != 0:
@@ -94,11 +98,11 @@ class LocalCluster:
                   "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
                   "--dashboard-port", str(self.dashboard_port), "--ray-client-server-port", str(free_port()),
                   *common, *_node_ports())
-        if nodes > 1:
+        for i in range(1, nodes):
             # Its own temp dir, as on a real second machine: two nodes sharing one session dir would also share the
             # runtime-env cache, and one node's cleanup would delete the other's job working dir.
-            self._ray("start", "--address", self.gcs_address, "--temp-dir", os.path.join(self.temp_dir, "worker"),
-                      *common, *_node_ports())
+            self._ray("start", "--address", self.gcs_address, "--temp-dir", self.node_dir(i), *common,
+                      *_node_ports())
         self._wait_for_nodes(nodes)
         return self
 
@@ -132,6 +136,49 @@ class LocalCluster:
             if p.info["pid"] != os.getpid() and any(m in cmd for m in marks):
                 out.append(p.info["pid"])
         return out
+
+    def node_pids(self, i: int) -> list[int]:
+        """Every process of worker node `i`: what `ray start` left running for it (its raylet, its log monitor: their
+        command lines name the node's temp dir) and everything under its raylet (its dashboard and runtime-env
+        agents, its task and actor workers: their titles are rewritten to `ray::...`, so only the tree finds them)."""
+        import psutil
+
+        mark = self.node_dir(i) + os.sep
+        found: set[int] = set()
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            if any(mark in arg for arg in p.info["cmdline"] or []):
+                found.add(p.info["pid"])
+                try:
+                    found.update(c.pid for c in p.children(recursive=True))
+                except psutil.NoSuchProcess:
+                    pass
+        return sorted(found)
+
+    def kill_node(self, i: int, timeout: float = 30) -> list[int]:
+        """SIGKILL worker node `i` whole, as a machine that vanished: the raylet first (so it restarts nothing), then
+        every process under it and beside it, all at once; wait until they are gone. Returns the pids killed."""
+        import psutil
+
+        pids = self.node_pids(i)
+        assert pids, f"worker node {i} has no processes"
+        procs = []
+        for pid in pids:
+            try:
+                procs.append(psutil.Process(pid))
+            except psutil.NoSuchProcess:
+                continue
+        procs.sort(key=lambda p: p.name() != "raylet")
+        for p in procs:
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=timeout)
+        assert not alive, f"still alive after SIGKILL: {alive}"
+        left = self.node_pids(i)  # a worker forked between the listing and the kill
+        if left:
+            return pids + self.kill_node(i, timeout)
+        return pids
 
     def stop(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):
