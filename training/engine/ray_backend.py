@@ -83,7 +83,9 @@ def run_on_ray(task: Task, cfg: EngineConfig, out_dir: str) -> dict:
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"task": task, "cfg": cfg, "out_dir": out_dir},
-        scaling_config=ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.gpus_per_worker > 0,
+        # (min, max): Ray Train's elastic scaling restarts a failed group with as many workers as the cluster fits
+        scaling_config=ScalingConfig(num_workers=sc.num_workers if sc.min_workers is None
+                                     else (sc.min_workers, sc.num_workers), use_gpu=sc.gpus_per_worker > 0,
                                      resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if sc.gpus_per_worker > 0 else "gloo"),
         run_config=RunConfig(name="checkpoints", storage_path=storage_path, storage_filesystem=storage_fs,
