@@ -1,4 +1,6 @@
-"""A real two-node Ray cluster on this machine, started with `ray start` (head + one worker node), on loopback.
+"""A real Ray cluster on this machine, started with `ray start` (head + worker nodes, each with its own temp dir),
+on loopback, and the helpers the end-to-end tests share: drive `winnow run` against it, find its processes, kill one
+process or a whole worker node.
 
 Stopping never runs `ray stop` (which would stop every Ray on the machine): it ends only the processes whose
 command line names this cluster's own temp dir or ports.
@@ -17,6 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
+REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
 # A loopback address Ray keeps as given: it swaps "127.0.0.1" for the host's own IP, but not the rest of 127/8.
 NODE_IP = "127.0.0.2"
@@ -50,6 +55,8 @@ class LocalCluster:
         self.dashboard_port = free_port()
         self.cpus = cpus_per_node
         self.store = object_store_mb * 1024 * 1024
+        self.started_nodes = 0  # worker nodes started so far (their indices are 1..started_nodes)
+        self.live_nodes: list[int] = []  # those not killed
         # (the single-node test Ray pins itself to loopback with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which would
         # refuse a second node: this cluster uses NODE_IP instead)
         self.env = {k: v for k, v in os.environ.items()
@@ -98,13 +105,30 @@ class LocalCluster:
                   "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
                   "--dashboard-port", str(self.dashboard_port), "--ray-client-server-port", str(free_port()),
                   *common, *_node_ports())
-        for i in range(1, nodes):
-            # Its own temp dir, as on a real second machine: two nodes sharing one session dir would also share the
-            # runtime-env cache, and one node's cleanup would delete the other's job working dir.
-            self._ray("start", "--address", self.gcs_address, "--temp-dir", self.node_dir(i), *common,
-                      *_node_ports())
+        self.common = common
+        for _ in range(1, nodes):
+            self.add_node(wait=False)
         self._wait_for_nodes(nodes)
         return self
+
+    def add_node(self, wait: bool = True) -> int:
+        """Start one more worker node (a replacement for a killed one); its index."""
+        self.started_nodes += 1
+        i = self.started_nodes
+        # Its own temp dir, as on a real second machine: two nodes sharing one session dir would also share the
+        # runtime-env cache, and one node's cleanup would delete the other's job working dir.
+        self._ray("start", "--address", self.gcs_address, "--temp-dir", self.node_dir(i), *self.common,
+                  *_node_ports())
+        self.live_nodes.append(i)
+        if wait:
+            self._wait_for_nodes(len(self.live_nodes) + 1)
+        return i
+
+    def ensure_nodes(self, workers: int) -> None:
+        """Top the cluster up to `workers` live worker nodes (after a test killed some)."""
+        while len(self.live_nodes) < workers:
+            self.add_node(wait=False)
+        self._wait_for_nodes(workers + 1)
 
     def python(self, code: str, timeout: float = 120) -> str:
         """Run a Python snippet as a driver attached to this cluster; return its stdout."""
@@ -116,18 +140,19 @@ class LocalCluster:
             raise RuntimeError(out.stderr[-3000:])
         return out.stdout
 
-    def _wait_for_nodes(self, n: int, timeout: float = 60) -> None:
+    def alive_nodes(self) -> int:
         code = "import ray; ray.init(); print(sum(1 for x in ray.nodes() if x['Alive']))"
+        return int(self.python(code).strip().splitlines()[-1])
+
+    def _wait_for_nodes(self, n: int, timeout: float = 90) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if int(self.python(code).strip().splitlines()[-1]) >= n:
+            if self.alive_nodes() >= n:
                 return
             time.sleep(1)
         raise RuntimeError(f"cluster did not reach {n} alive nodes in {timeout}s")
 
     def pids(self) -> list[int]:
-        import psutil
-
         marks = (self.temp_dir, f"{NODE_IP}:{self.gcs_port}", f"--gcs-address={NODE_IP}:{self.gcs_port}",
                  f"gcs_server_port={self.gcs_port}", f"--port={self.gcs_port}")
         out = []
@@ -141,8 +166,6 @@ class LocalCluster:
         """Every process of worker node `i`: what `ray start` left running for it (its raylet, its log monitor: their
         command lines name the node's temp dir) and everything under its raylet (its dashboard and runtime-env
         agents, its task and actor workers: their titles are rewritten to `ray::...`, so only the tree finds them)."""
-        import psutil
-
         mark = self.node_dir(i) + os.sep
         found: set[int] = set()
         for p in psutil.process_iter(["pid", "cmdline"]):
@@ -157,8 +180,6 @@ class LocalCluster:
     def kill_node(self, i: int, timeout: float = 30) -> list[int]:
         """SIGKILL worker node `i` whole, as a machine that vanished: the raylet first (so it restarts nothing), then
         every process under it and beside it, all at once; wait until they are gone. Returns the pids killed."""
-        import psutil
-
         pids = self.node_pids(i)
         assert pids, f"worker node {i} has no processes"
         procs = []
@@ -178,7 +199,26 @@ class LocalCluster:
         left = self.node_pids(i)  # a worker forked between the listing and the kill
         if left:
             return pids + self.kill_node(i, timeout)
+        self.live_nodes.remove(i)
         return pids
+
+    def processes(self, name: str, node: int | None = None) -> list[psutil.Process]:
+        """Processes under this cluster's raylets (or worker node `node`'s) whose title starts with `name`, e.g.
+        ray::RayTrainWorker."""
+        found = []
+        for pid in self.pids() if node is None else self.node_pids(node):
+            try:
+                proc = psutil.Process(pid)
+                if proc.name() != "raylet":
+                    continue
+                found += [p for p in proc.children(recursive=True) if p.name().startswith(name)]
+            except psutil.NoSuchProcess:
+                continue
+        return found
+
+    def worker_node_running(self, name: str) -> int | None:
+        """A live worker node (not the head) with a process titled `name`, if any."""
+        return next((i for i in self.live_nodes if self.processes(name, i)), None)
 
     def stop(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -191,3 +231,35 @@ class LocalCluster:
             while self.pids() and time.time() < deadline:
                 time.sleep(0.3)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    """`predicate()`'s first truthy value, polled; fails after `timeout` s, or early if `proc` ended."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the run ended before {what}: {proc.stdout.read()[-3000:] if proc.stdout else ''}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def kill_one(cluster: LocalCluster, name: str) -> int:
+    procs = wait_for(lambda: cluster.processes(name), 60, f"a {name} process")
+    os.kill(procs[0].pid, signal.SIGKILL)
+    return procs[0].pid
+
+
+def start_driver(cluster: LocalCluster, cfg: Path, *args: str) -> subprocess.Popen:
+    """`winnow run cfg args` as a driver of this cluster, its output piped."""
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(cfg), *args], cwd=REPO,
+                            env={**cluster.env, "RAY_ADDRESS": cluster.gcs_address}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
