@@ -43,8 +43,9 @@ class ShardJob:
     payload: Any = None  # whatever the work function needs: an input file, a row range, ...
 
 
-NODE_LOST = ("NodeDiedError", "LocalRayletDiedError", "node died", "node that was running", "raylet died",
-             "node is dead")
+# What Ray says of a task whose node died (its raylet and workers gone), in the versions we run
+NODE_LOST = ("NodeDiedError", "LocalRayletDiedError", "node it was running on is dead", "raylet died",
+             "node died")
 
 
 def retry_code(reason: str) -> str:

@@ -81,7 +81,7 @@ def test_download_survives_a_lost_node_with_every_sample_once(pool) -> None:
     ds, out = pool
     section = ds.manifest()["stages"]["download"]
     assert section["shards"]["failed"] == []
-    assert section["shards"]["retry_reasons"].get("node_lost", 0) >= 1, (section["shards"], out[-3000:])
+    assert section["shard_retry_reasons"].get("node_lost", 0) >= 1, (section, out[-3000:])
     uids = rows(ds).column("uid").to_pylist()
     assert len(uids) == len(set(uids)) == POOL
     assert section["ok"] + sum(section["reasons"].values()) == POOL
