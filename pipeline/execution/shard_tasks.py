@@ -10,8 +10,8 @@ img2dataset's own ray distributor submits every shard at once and never retries;
 `max_in_flight` tasks submitted (memory and object store stay bounded) and resubmits a failed task, whether it raised
 or its worker process died, up to `retries` times. A task still running `deadline_s` after it was submitted is
 cancelled (its worker killed) and retried like a failed one, so a shard stuck on something no timeout covers cannot
-hold a stage forever; retries are counted by reason (`shard_deadline`, `node_lost`, `task_failed`). `map_bounded` is the same
-loop for work that is not a shard of the output (reshard indexing its source shards).
+hold a stage forever; retries are counted by reason (`shard_deadline`, `node_lost`, `task_failed`). `map_bounded` is
+the same loop for work that is not a shard of the output (reshard indexing its source shards).
 """
 
 from __future__ import annotations

@@ -49,7 +49,8 @@ def _node_ports() -> list[str]:
 
 
 class LocalCluster:
-    def __init__(self, cpus_per_node: int = 1, object_store_mb: int = 300, ray_defaults: bool = False):
+    def __init__(self, cpus_per_node: int = 1, object_store_mb: int = 300, ray_defaults: bool = False,
+                 node_death_s: float | None = None):
         self.temp_dir = tempfile.mkdtemp(prefix="winnow-cluster-", dir="/tmp")
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
@@ -77,6 +78,12 @@ class LocalCluster:
                          "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1",
                          # as with an activated virtualenv: a job's `python` is this interpreter
                          "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
+        if node_death_s:
+            # The GCS declares a node dead after this many seconds of failed health checks (Ray's default: about
+            # 15 s): node-loss tests need not wait that long for Ray to notice a node they killed.
+            period = max(500, int(node_death_s * 1000 / 4))
+            self.env.update({"RAY_health_check_period_ms": str(period), "RAY_health_check_timeout_ms": str(period),
+                             "RAY_health_check_failure_threshold": "4"})
 
     @property
     def gcs_address(self) -> str:
