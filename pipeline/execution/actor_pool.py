@@ -43,7 +43,7 @@ import numpy as np
 from pydantic import Field
 
 from pipeline.core.config import ConfigError, StrictModel
-from pipeline.execution.record import StageRecord, short_error, write_done
+from pipeline.execution.record import StageRecord, alive_nodes, short_error, write_done
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +250,8 @@ def run_actor_pool(record: StageRecord, items: list[dict], write: Writer, read: 
     """Run the pipeline over `items` (dicts with at least "shard": the record's pending shards), writing each shard
     and its marker as it completes; the record counts shards done, failed and retried. Call `record.finish` after."""
     record.max_retries = retries
+    if record.nodes_at_start is None:  # the record was made before the stage started Ray
+        record.nodes_at_start = alive_nodes()
     record.timings.setdefault("startup_seconds", None)  # workers, actors and the model starting: not per-sample
     left = {str(it["shard"]): it for it in items}
     attempt = 0

@@ -29,6 +29,7 @@ from pipeline.execution.record import (
     StageIncomplete,
     StageRecord,
     StageSummary,
+    alive_nodes,
     failures_text,
     short_error,
     write_done,
@@ -193,6 +194,8 @@ def run_shards(
     record = StageRecord(stage, dataset, [j.shard for j in jobs], folder=folder, unit=progress_unit, quiet=quiet,
                          max_retries=retries)
     todo = set(record.pending(current, verify=verify_done))
+    if record.nodes_at_start is None:  # the record was made before the stage started Ray
+        record.nodes_at_start = alive_nodes()
     tasks = BoundedTasks(partial(_run_and_mark, work), num_cpus=num_cpus, max_in_flight=max_in_flight,
                          retries=retries, label=f"{stage} shard", deadline_s=deadline_s, env=env)
     with record.progress():
