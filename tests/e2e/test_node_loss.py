@@ -147,3 +147,17 @@ def test_training_resumes_on_the_nodes_left_with_fewer_workers(cluster, run, poo
     assert len(record["resumes"]) == 1 and 2 <= record["resumes"][0]["step"] < steps
     assert record["resumes"][0]["world"] == record["world"] == 2
     assert "resumed" in out and "with 2 workers" in out
+
+
+def test_training_with_no_room_for_its_workers_fails_within_its_deadline(cluster, run, pool) -> None:
+    """More workers than the cluster's nodes can host (as after losing nodes): the run fails after
+    `scaling.room_timeout` with the command that continues it, instead of waiting for nodes forever."""
+    cfg, base = run
+    set_stage(cfg, base, "train_big", {
+        "kind": "train-clip", "input": "pool", "model": {"name": "tiny-sigmoid-vit"}, "objective": "siglip",
+        "steps": 4, "data": {"batch_size": 8, "loader_workers": 0},
+        "scaling": {"num_workers": WORKERS + 2, "cpus_per_worker": 1, "room_timeout": 5}})
+    proc = start_driver(cluster, cfg, "--stage", "train_big")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0, out[-3000:]
+    assert "training stopped: the cluster has had room for" in out and "run the same command again" in out, out[-3000:]

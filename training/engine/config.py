@@ -37,6 +37,11 @@ class ScalingConfig(StrictModel):
                                 "down to this many workers, when the cluster no longer fits num_workers; None = "
                                 "always num_workers (a restart waits for the resources)")
 
+    room_timeout: float = Field(
+        600.0, gt=0, description="seconds the cluster may have room for fewer than min_workers (else num_workers) "
+                                 "workers, e.g. after a lost node, before the run fails, resumable from its last "
+                                 "checkpoint, instead of waiting for nodes that may never come")
+
     @model_validator(mode="after")
     def _min_at_most_num(self) -> ScalingConfig:
         if self.min_workers is not None and self.min_workers > self.num_workers:
