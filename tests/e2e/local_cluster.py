@@ -50,7 +50,7 @@ def _node_ports() -> list[str]:
 
 class LocalCluster:
     def __init__(self, cpus_per_node: int = 1, object_store_mb: int = 300, ray_defaults: bool = False,
-                 node_death_s: float | None = None):
+                 node_death_s: float | None = None, env: dict[str, str] | None = None):
         self.temp_dir = tempfile.mkdtemp(prefix="winnow-cluster-", dir="/tmp")
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
@@ -78,6 +78,7 @@ class LocalCluster:
                          "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1",
                          # as with an activated virtualenv: a job's `python` is this interpreter
                          "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
+        self.env.update(env or {})  # every node's processes (its workers, Ray Train's controller) inherit these
         if node_death_s:
             # The GCS declares a node dead after this many seconds of failed health checks (Ray's default: about
             # 15 s): node-loss tests need not wait that long for Ray to notice a node they killed.
@@ -150,6 +151,15 @@ class LocalCluster:
     def alive_nodes(self) -> int:
         code = "import ray; ray.init(); print(sum(1 for x in ray.nodes() if x['Alive']))"
         return int(self.python(code).strip().splitlines()[-1])
+
+    def wait_for_alive(self, n: int, timeout: float = 90) -> None:
+        """Until Ray counts exactly `n` live nodes (a killed node is declared dead after its health checks fail)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.alive_nodes() == n:
+                return
+            time.sleep(1)
+        raise RuntimeError(f"cluster did not come to {n} alive nodes in {timeout}s")
 
     def _wait_for_nodes(self, n: int, timeout: float = 90) -> None:
         deadline = time.time() + timeout
