@@ -50,11 +50,13 @@ def _node_ports() -> list[str]:
 
 class LocalCluster:
     def __init__(self, cpus_per_node: int = 1, object_store_mb: int = 300, ray_defaults: bool = False,
-                 node_death_s: float | None = None, env: dict[str, str] | None = None):
+                 node_death_s: float | None = None, env: dict[str, str] | None = None, head_cpus: int | None = None):
         self.temp_dir = tempfile.mkdtemp(prefix="winnow-cluster-", dir="/tmp")
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
         self.cpus = cpus_per_node
+        # (0: no work on the head, as on large clusters, so that every task and actor runs on a worker node)
+        self.head_cpus = cpus_per_node if head_cpus is None else head_cpus
         self.store = object_store_mb * 1024 * 1024
         self.started_nodes = 0  # worker nodes started so far (their indices are 1..started_nodes)
         self.live_nodes: list[int] = []  # those not killed
@@ -107,13 +109,13 @@ class LocalCluster:
         if "HOME" in self.env and self.env["HOME"].startswith(self.temp_dir):
             os.makedirs(self.env["HOME"], exist_ok=True)
             self._ray("get-auth-token", "--generate")
-        common = ["--node-ip-address", NODE_IP, "--num-cpus", str(self.cpus), "--num-gpus", "0",
+        common = ["--node-ip-address", NODE_IP, "--num-gpus", "0",
                   "--object-store-memory", str(self.store), "--disable-usage-stats"]
         self._ray("start", "--head", "--port", str(self.gcs_port), "--temp-dir", self.temp_dir,
                   "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
                   "--dashboard-port", str(self.dashboard_port), "--ray-client-server-port", str(free_port()),
-                  *common, *_node_ports())
-        self.common = common
+                  "--num-cpus", str(self.head_cpus), *common, *_node_ports())
+        self.common = [*common, "--num-cpus", str(self.cpus)]
         for _ in range(1, nodes):
             self.add_node(wait=False)
         self._wait_for_nodes(nodes)

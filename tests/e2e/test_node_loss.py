@@ -3,7 +3,8 @@ loopback, each with its own temp dir), a worker node's raylet and every process 
 download, score, caption and train-clip run; each stage finishes on the nodes left with every sample exactly once,
 training resumes from its last checkpoint with as many workers as still fit, and each says what it redid.
 
-One module-scoped cluster serves every test; a test that kills a node starts a replacement first."""
+One module-scoped cluster serves every test; a test that kills a node starts a replacement first. The head has no
+CPUs (as on large clusters), so every task, actor and training worker runs on a worker node that can be killed."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ WORKERS = 2  # worker nodes besides the head
 def cluster():
     # A worker group that lost a node is often restarted before Ray has declared the node dead, at its old size;
     # that start then times out (Ray Train's default: 60 s) before a smaller one is tried.
-    c = LocalCluster(cpus_per_node=1, node_death_s=6,
+    c = LocalCluster(cpus_per_node=2, head_cpus=0, node_death_s=6,
                      env={"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "25"}).start(WORKERS + 1)
     try:
         yield c
@@ -129,17 +130,15 @@ def test_caption_survives_a_lost_node_with_every_uid_once(cluster, run, pool, ca
 
 def test_training_resumes_on_the_nodes_left_with_fewer_workers(cluster, run, pool) -> None:
     cfg, base = run
-    cluster.ensure_nodes(1)  # the head and one worker node: two one-CPU nodes
-    while len(cluster.live_nodes) > 1:  # (run alone, the module's cluster still has both worker nodes)
-        cluster.kill_node(cluster.live_nodes[-1])
-    cluster.wait_for_alive(2)
+    cluster.ensure_nodes(WORKERS)
     steps = 8
     set_stage(cfg, base, "train", {
         "kind": "train-clip", "input": "pool", "model": {"name": "tiny-sigmoid-vit"}, "objective": "siglip",
         "steps": steps, "log_every": 2, "checkpoint_every": 2, "seed": 3,
         "data": {"batch_size": 8, "loader_workers": 0, "shuffle_buffer": 16},
-        # two workers on two one-CPU nodes; a lost node leaves room for one, which min_workers allows
-        "scaling": {"num_workers": 2, "min_workers": 1, "cpus_per_worker": 1, "max_failures": 2},
+        # two workers, one per two-CPU worker node; a lost node leaves room for one, which min_workers allows
+        "scaling": {"num_workers": 2, "min_workers": 1, "cpus_per_worker": 2, "torch_threads": 1,
+                    "max_failures": 2},
         "eval": {"max_samples": 20}})
     root = Path(base["root"])
     proc = start_driver(cluster, cfg, "--stage", "train")
@@ -162,7 +161,7 @@ def test_training_with_no_room_for_its_workers_fails_within_its_deadline(cluster
     set_stage(cfg, base, "train_big", {
         "kind": "train-clip", "input": "pool", "model": {"name": "tiny-sigmoid-vit"}, "objective": "siglip",
         "steps": 4, "data": {"batch_size": 8, "loader_workers": 0},
-        "scaling": {"num_workers": WORKERS + 2, "cpus_per_worker": 1, "room_timeout": 5}})
+        "scaling": {"num_workers": 1, "cpus_per_worker": 3, "room_timeout": 5}})  # no node has 3 CPUs
     proc = start_driver(cluster, cfg, "--stage", "train_big")
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0, out[-3000:]
