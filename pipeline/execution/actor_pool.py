@@ -21,12 +21,18 @@ The end-of-shard row carries the shard's row count, so the driver writes a shard
 whatever order Ray Data delivers them; rows are deduplicated by key, so a retried task cannot write a sample twice.
 When the pipeline fails (an actor raised, say), the shards already written are kept and the pipeline is rebuilt
 over the rest, up to `retries` times. A killed run leaves only complete shards; a rerun redoes the unmarked ones.
+A lost node is Ray Data's to repair (it re-runs the node's tasks, restarts its actors elsewhere, rebuilds lost
+blocks from their lineage; the collector drops the rows that arrive twice). When nothing comes back for
+`stall_timeout` seconds (an actor no node left can host, say), the stage stops there rather than wait forever: its
+written shards are kept and it fails with the command that continues it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -37,7 +43,7 @@ import numpy as np
 from pydantic import Field
 
 from pipeline.core.config import ConfigError, StrictModel
-from pipeline.execution.record import StageRecord, short_error, write_done
+from pipeline.execution.record import StageRecord, alive_nodes, short_error, write_done
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +64,9 @@ class ActorPoolConfig(StrictModel):
     read_memory_mb: int = Field(512, ge=1, description="memory reserved per read task (one chunk of a shard)")
     chunk_rows: int = Field(256, ge=1, description="rows per block from a read task")
     retries: int = Field(2, ge=0, description="rebuilds of a failed pipeline over the shards it left unwritten")
+    stall_timeout: float = Field(900.0, gt=0, description="seconds without any row back (model loading included) "
+                                                          "after which the stage fails instead of waiting: e.g. "
+                                                          "its actors no longer fit the nodes left")
 
 
 def plan_resources(cfg: ActorPoolConfig, cluster: dict, with_model: bool = True, stage: str = "") -> dict:
@@ -237,17 +246,24 @@ Writer = Callable[[str, dict, dict], dict]  # write(shard, cols, info) -> the sh
 
 def run_actor_pool(record: StageRecord, items: list[dict], write: Writer, read: ReadStep,
                    model: ModelStep | None = None, *, key: str = "key", block_bytes: int | None = None,
-                   retries: int = 2) -> None:
+                   retries: int = 2, stall_s: float | None = None) -> None:
     """Run the pipeline over `items` (dicts with at least "shard": the record's pending shards), writing each shard
     and its marker as it completes; the record counts shards done, failed and retried. Call `record.finish` after."""
     record.max_retries = retries
+    if record.nodes_at_start is None:  # the record was made before the stage started Ray
+        record.nodes_at_start = alive_nodes()
     record.timings.setdefault("startup_seconds", None)  # workers, actors and the model starting: not per-sample
     left = {str(it["shard"]): it for it in items}
     attempt = 0
     with record.progress():
         while left:
-            reason = _stream(record, left, write, read, model, key, block_bytes) or "its rows never all arrived"
+            reason = _stream(record, left, write, read, model, key, block_bytes, stall_s)
+            reason = reason or "its rows never all arrived"
             if not left:
+                break
+            if reason.startswith(STALLED):  # its pipeline still holds the cluster: a rebuild would wait behind it
+                for shard in sorted(left):
+                    record.shard_failed(shard, reason)
                 break
             attempt += 1
             if attempt > retries:
@@ -259,14 +275,49 @@ def run_actor_pool(record: StageRecord, items: list[dict], write: Writer, read: 
             record.retries_used += len(left)
 
 
+STALLED = "stalled"
+_END = object()
+
+
+def _batches(data, stall_s: float | None) -> Iterator[dict]:
+    """`data`'s batches; with `stall_s`, read by a thread, and TimeoutError when none comes for `stall_s` seconds
+    (a blocked Ray Data iterator cannot be interrupted: the thread is left behind, a daemon, with the pipeline)."""
+    batches = data.iter_batches(batch_size=None, batch_format="numpy")
+    if stall_s is None:
+        yield from batches
+        return
+    box: queue.Queue = queue.Queue(maxsize=2)
+
+    def pump() -> None:
+        try:
+            for b in batches:
+                box.put(b)
+            box.put(_END)
+        except BaseException as err:  # handed to the reader, which raises it
+            box.put(err)
+
+    threading.Thread(target=pump, daemon=True, name="actor-pool-batches").start()
+    while True:
+        try:
+            item = box.get(timeout=stall_s)
+        except queue.Empty:
+            raise TimeoutError(f"{STALLED}: no rows back for {stall_s:.0f} s (stall_timeout); its actors or read "
+                               "tasks may no longer fit the nodes left") from None
+        if item is _END:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
 def _stream(record: StageRecord, left: dict[str, dict], write: Writer, read: ReadStep, model: ModelStep | None,
-            key: str, block_bytes: int | None) -> str | None:
+            key: str, block_bytes: int | None, stall_s: float | None = None) -> str | None:
     """One pass of the pipeline over the shards `left`, removing each from it once written; why it stopped early."""
     collector = ShardCollector(key)
     try:
         data = build_dataset(list(left.values()), read, model, block_bytes)
         waited = time.perf_counter()
-        for batch in data.iter_batches(batch_size=None, batch_format="numpy"):
+        for batch in _batches(data, stall_s):
             record.add_time({"waiting": time.perf_counter() - waited})
             record.started()
             for shard in collector.add(batch):
@@ -278,6 +329,10 @@ def _stream(record: StageRecord, left: dict[str, dict], write: Writer, read: Rea
                 record.shard_done(write_done(record.dataset, shard, done, record.folder))
                 del left[shard]
             waited = time.perf_counter()
+    except TimeoutError as err:
+        if str(err).startswith(STALLED):
+            return str(err)
+        return short_error(err)
     except Exception as err:  # an actor or read task failed for good, or a write did: the rest is retried
         return short_error(err)
     return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -123,6 +124,17 @@ def pending_shards(dataset: Dataset, shards: list[str], folder: str = "shards", 
     return todo
 
 
+def alive_nodes() -> set[str] | None:
+    """The ids of the Ray cluster's live nodes, or None when this process has no Ray (a local stage)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    try:
+        return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+    except Exception:  # the GCS unreachable: say nothing rather than fail the stage's bookkeeping
+        return None
+
+
 @dataclass
 class StageRecord:
     """What one stage run did to the shards of one dataset folder (`shards`, `signals`, ...)."""
@@ -143,6 +155,9 @@ class StageRecord:
     timings: dict[str, float | None] = field(default_factory=dict)  # e.g. startup_seconds, into the manifest
     time_split: TimeSplit = field(default_factory=TimeSplit)  # seconds per part of the work, this run's shards
     t0: float = field(default_factory=time.time)
+    # Nodes alive when the stage started: one gone at the end was lost mid-stage (its tasks re-run, its actors
+    # restarted, by Ray or by the runner's retries), which the summary says.
+    nodes_at_start: set[str] | None = field(default_factory=alive_nodes)
     _bar: Any = field(default=None, init=False, repr=False)
 
     def pending(self, current: Callable[[str, dict], bool] | None = None, verify: bool = True) -> list[str]:
@@ -196,6 +211,13 @@ class StageRecord:
         if self._bar is not None:
             self._bar.update(1)
 
+    def nodes_lost(self) -> list[str]:
+        """Nodes alive at the start and dead now (ids)."""
+        now = alive_nodes()
+        if self.nodes_at_start is None or now is None:
+            return []
+        return sorted(self.nodes_at_start - now)
+
     def finish(self, manifest: dict | None = None, extra_reasons: dict[str, int] | None = None) -> StageSummary:
         """Count the done shards, write the manifest section (the stage's own keys, `manifest`, first), print the
         summary; raise StageIncomplete, after writing, when shards failed.
@@ -220,6 +242,7 @@ class StageRecord:
             "bottleneck": self._bottleneck(),
             "shard_failures": dict(sorted(self.failed.items())),
             "shard_retry_reasons": dict(sorted(self.retry_reasons.items())),
+            "nodes_lost": self.nodes_lost(),
             "checksums": {s: {f: v["sha256"] for f, v in r.get("files", {}).items()}
                           for s, r in sorted(records.items())},
         }
@@ -251,4 +274,7 @@ def print_stage_summary(stage: str, summary: StageSummary, section: dict) -> Non
         rows.append((f"  {reason}", n))
     for reason, n in (section.get("shard_retry_reasons") or {}).items():
         rows.append((f"  shard retries: {reason}", n))
+    if section.get("nodes_lost"):
+        rows.append(("nodes lost", f"{len(section['nodes_lost'])} mid-stage: their tasks were re-run and their actors "
+                                   "restarted on the nodes left; every shard written once, rows deduplicated by key"))
     print_summary(f"stage {stage}", rows)

@@ -10,8 +10,8 @@ img2dataset's own ray distributor submits every shard at once and never retries;
 `max_in_flight` tasks submitted (memory and object store stay bounded) and resubmits a failed task, whether it raised
 or its worker process died, up to `retries` times. A task still running `deadline_s` after it was submitted is
 cancelled (its worker killed) and retried like a failed one, so a shard stuck on something no timeout covers cannot
-hold a stage forever; retries are counted by reason (`shard_deadline`, `task_failed`). `map_bounded` is the same
-loop for work that is not a shard of the output (reshard indexing its source shards).
+hold a stage forever; retries are counted by reason (`shard_deadline`, `node_lost`, `task_failed`). `map_bounded` is
+the same loop for work that is not a shard of the output (reshard indexing its source shards).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pipeline.execution.record import (
     StageIncomplete,
     StageRecord,
     StageSummary,
+    alive_nodes,
     failures_text,
     short_error,
     write_done,
@@ -41,6 +42,22 @@ log = logging.getLogger(__name__)
 class ShardJob:
     shard: str  # output shard name, e.g. "00003"; one input shard -> one output shard with the same name
     payload: Any = None  # whatever the work function needs: an input file, a row range, ...
+
+
+# What Ray says of a task whose node died (its raylet and workers gone), in the versions we run
+NODE_LOST = ("NodeDiedError", "LocalRayletDiedError", "node it was running on is dead", "raylet died",
+             "node died")
+
+
+def retry_code(reason: str) -> str:
+    """Why a task is retried, as a reason code: `shard_deadline`, `node_lost` (its node vanished: its raylet died,
+    and with it the worker and any object only that node held; the retry redoes the shard elsewhere) or
+    `task_failed`."""
+    if reason.startswith("shard_deadline"):
+        return "shard_deadline"
+    if any(mark.lower() in reason.lower() for mark in NODE_LOST):
+        return "node_lost"
+    return "task_failed"
 
 
 def _call(fn: Callable, *args: Any) -> Any:
@@ -87,7 +104,7 @@ class BoundedTasks:
                         continue
                     attempts[name] += 1
                     if attempts[name] <= self.retries:
-                        code = "shard_deadline" if reason.startswith("shard_deadline") else "task_failed"
+                        code = retry_code(reason)
                         self.retry_reasons[code] += 1
                         log.warning("%s %s failed (%s); retry %d/%d", self.label, name, reason, attempts[name],
                                     self.retries)
@@ -177,6 +194,8 @@ def run_shards(
     record = StageRecord(stage, dataset, [j.shard for j in jobs], folder=folder, unit=progress_unit, quiet=quiet,
                          max_retries=retries)
     todo = set(record.pending(current, verify=verify_done))
+    if record.nodes_at_start is None:  # the record was made before the stage started Ray
+        record.nodes_at_start = alive_nodes()
     tasks = BoundedTasks(partial(_run_and_mark, work), num_cpus=num_cpus, max_in_flight=max_in_flight,
                          retries=retries, label=f"{stage} shard", deadline_s=deadline_s, env=env)
     with record.progress():

@@ -332,7 +332,8 @@ def run(ctx: StageContext, cfg: CaptionConfig) -> dict[str, Any]:
         row_bytes = 4096 + int(np.prod(cap_pre["size"])) * 6
         run_actor_pool(record, [{"shard": s, "url": ds.shard_source(s, "tar", inputs[s])} for s in todo],
                        lambda s, cols, info: write_caption_shard(ds, s, cols, info, ident), read, model,
-                       block_bytes=max(1 << 20, cfg.chunk_rows * row_bytes), retries=cfg.retries)
+                       block_bytes=max(1 << 20, cfg.chunk_rows * row_bytes), retries=cfg.retries,
+                       stall_s=cfg.stall_timeout)
     summary = record.finish({
         "kind": "caption", "captioner": models["captioner"].model_dump(), "captioner_id": models["captioner_id"],
         "caption_filter": models["judge"].model_dump(), "caption_filter_id": models["judge_id"],

@@ -194,7 +194,8 @@ def run(ctx: StageContext, cfg: ScoreConfig) -> dict[str, Any]:
         read, model, block_bytes = pipeline_steps(cfg, resources, preprocess_cfg)
         run_actor_pool(record, [{"shard": s, "url": ds.shard_source(s, "tar", inputs[s])} for s in todo],
                        lambda s, cols, info: write_scored_shard(ds, s, cols, info, cfg, _input_sha(inputs[s], s)),
-                       read, model, block_bytes=block_bytes, retries=cfg.retries)
+                       read, model, block_bytes=block_bytes, retries=cfg.retries,
+                       stall_s=cfg.stall_timeout)
     summary = record.finish({
         "kind": "score",
         "model": cfg.model.model_dump() if cfg.model else None,

@@ -92,6 +92,7 @@ def run(ctx: StageContext, cfg: TrainClipConfig) -> dict[str, Any]:
     ctx.dataset(ctx.output).update_manifest(ctx.stage, {
         "kind": "train-clip", "state": "complete" if result["step"] >= cfg.steps else "partial",
         "steps": {"done": result["step"], "total": cfg.steps}, "samples": result["samples_seen"],
+        "world": result.get("world"), "resumes": result.get("resumes", []),
         "wall_seconds": round(result["seconds"], 2), "config_hash": record["config_hash"],
         "zeroshot_top1": (result["eval"].get("zeroshot") or {}).get("top1"),
         **({"estimated_auroc": check["estimated_auroc"], "holdout_step": check["step"],
@@ -100,8 +101,9 @@ def run(ctx: StageContext, cfg: TrainClipConfig) -> dict[str, Any]:
     rows: list[tuple[str, Any]] = [
         ("model", f"{cfg.model.name} ({cfg.objective})"),
         ("steps", f"{result['step']}/{cfg.steps} ({result['samples_seen']} samples)"),
-        ("workers", f"{cfg.scaling.num_workers} x {cfg.scaling.cpus_per_worker} CPU, "
-                    f"{cfg.scaling.gpus_per_worker} GPU"),
+        ("workers", f"{result.get('world') or cfg.scaling.num_workers} x {cfg.scaling.cpus_per_worker} CPU, "
+                    f"{cfg.scaling.gpus_per_worker} GPU (configured {cfg.scaling.num_workers}"
+                    + (f", at least {cfg.scaling.min_workers})" if cfg.scaling.min_workers else ")")),
         ("wall time", fmt_seconds(result["seconds"])),
         ("final loss", f"{result['metrics'].get('loss', float('nan')):.4f}"),
     ]
@@ -111,6 +113,9 @@ def run(ctx: StageContext, cfg: TrainClipConfig) -> dict[str, Any]:
     if rt:
         rows.append(("retrieval", f"image->text R@1 {rt['image_to_text_R@1']:.1%}, "
                                   f"text->image R@1 {rt['text_to_image_R@1']:.1%}"))
+    if result.get("resumes"):  # after a lost worker or node: from which step, with how many workers
+        rows.append(("resumed", ", ".join(f"from step {r['step']} with {r['world'] or '?'} workers"
+                                          for r in result["resumes"])))
     rows += holdout_rows(check)
     rows.append(("weights", result["weights"]))
     print_summary(f"stage {ctx.stage}", rows)

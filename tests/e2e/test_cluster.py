@@ -8,21 +8,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from local_cluster import LocalCluster
+from local_cluster import REPO, LocalCluster, finish, kill_one, start_driver, wait_for
 
 from pipeline.core.layout import Dataset
 from pipeline.pipeline_config import load_pipeline_config
 from training.engine.checkpoint import latest_checkpoint
 
-REPO = Path(__file__).resolve().parents[2]
 POOL = 300
 DEMO_STEPS = 12  # each train-clip stage of the demo submitted as a job
 # A few slow URLs (past the 1 s timeout) keep each download shard busy long enough to be killed mid-shard.
@@ -39,38 +36,6 @@ def cluster():
         c.stop()
 
 
-def cluster_processes(cluster: LocalCluster, name: str) -> list[psutil.Process]:
-    """Processes of this cluster (children of its raylets) whose title is `name`, e.g. ray::RayTrainWorker."""
-    found = []
-    for pid in cluster.pids():
-        try:
-            proc = psutil.Process(pid)
-            if proc.name() != "raylet":
-                continue
-            found += [p for p in proc.children(recursive=True) if p.name().startswith(name)]
-        except psutil.NoSuchProcess:
-            continue
-    return found
-
-
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the run ended before {what}: {proc.stdout.read()[-3000:] if proc.stdout else ''}")
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def kill_one(cluster: LocalCluster, name: str) -> int:
-    procs = wait_for(lambda: cluster_processes(cluster, name), 60, f"a {name} process")
-    os.kill(procs[0].pid, signal.SIGKILL)
-    return procs[0].pid
-
-
 def write_config(tmp: Path, stages: dict) -> Path:
     path = tmp / "cfg.yaml"
     path.write_text(yaml.safe_dump({
@@ -83,18 +48,6 @@ def write_config(tmp: Path, stages: dict) -> Path:
 
 DOWNLOAD = {"source": "synthetic", "output": "pool", "image_size": 32, "resize_mode": "center_crop",
             "number_sample_per_shard": 50, "thread_count": 4, "timeout": 1}
-
-
-def start_driver(cluster: LocalCluster, cfg: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(cfg), *args], cwd=REPO,
-                            env={**cluster.env, "RAY_ADDRESS": cluster.gcs_address}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out[-4000:]
-    return out
 
 
 def rows(ds: Dataset, folder: str = "shards") -> pa.Table:

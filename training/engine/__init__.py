@@ -57,8 +57,12 @@ def fit(task: Task, cfg: EngineConfig, out_dir: str) -> dict:
 
     last = latest_checkpoint(join(out_dir, "checkpoints"))
     state = read_json(join(last, "state.json"))
-    resumes = join(out_dir, "resumes.json")
-    return {"step": state["step"], "resumed_from": read_json(resumes) if exists(resumes) else [],
+    resumes_path = join(out_dir, "resumes.json")
+    # (a run resumed before resumes.json recorded world sizes lists bare steps)
+    resumes = [r if isinstance(r, dict) else {"step": r, "world": None}
+               for r in (read_json(resumes_path) if exists(resumes_path) else [])]
+    return {"step": state["step"], "resumed_from": [r["step"] for r in resumes], "resumes": resumes,
+            "world": state.get("world"),
             "samples_seen": state["samples_seen"], "eval": read_json(join(out_dir, "eval.json")),
             "seconds": round(seconds, 2), "last_checkpoint": last, "metrics": returned.get("metrics", {}),
             **returned.get("export", {})}

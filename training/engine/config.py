@@ -7,7 +7,7 @@ A task's own config extends `EngineConfig` with its model, data and evaluation s
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipeline.core.config import StrictModel
 
@@ -32,6 +32,22 @@ class ScalingConfig(StrictModel):
     gpus_per_worker: float = Field(0.0, ge=0)
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads; default = CPUs per worker")
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint")
+    min_workers: int | None = Field(
+        None, ge=1, description="elastic: a worker group restarted after a failure (a lost node) may be smaller, "
+                                "down to this many workers, when the cluster no longer fits num_workers; None = "
+                                "always num_workers (a restart waits for the resources)")
+
+    room_timeout: float = Field(
+        600.0, gt=0, description="seconds the cluster may have room for fewer than min_workers (else num_workers) "
+                                 "workers, e.g. after a lost node, before the run fails, resumable from its last "
+                                 "checkpoint, instead of waiting for nodes that may never come")
+
+    @model_validator(mode="after")
+    def _min_at_most_num(self) -> ScalingConfig:
+        if self.min_workers is not None and self.min_workers > self.num_workers:
+            raise ValueError(f"scaling.min_workers ({self.min_workers}) is more than num_workers "
+                             f"({self.num_workers})")
+        return self
 
 
 class EngineConfig(StrictModel):

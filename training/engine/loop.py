@@ -240,7 +240,7 @@ class Loop:
         self.start_step, self.samples_seen = found["state"]["step"], found["state"]["samples_seen"]
         if self.rank == 0:
             log.warning("resuming from step %d (%d samples seen)", self.start_step, self.samples_seen)
-            record_resume(self.run_dir, self.start_step)
+            record_resume(self.run_dir, self.start_step, self.world)
 
     # --- the end ------------------------------------------------------------------------------------------------
     def finish(self) -> dict:
@@ -287,8 +287,9 @@ def load_newest(backend: Backend, ckpt_root: str, rank: int) -> dict | None:
     return None
 
 
-def record_resume(run: RunDir, step: int) -> None:
-    """`resumes.json` lists the steps this run resumed from (after a worker failure or a rerun)."""
+def record_resume(run: RunDir, step: int, world: int) -> None:
+    """`resumes.json` lists the resumes of this run (after a worker failure, a lost node or a rerun): the step each
+    resumed from and the world size it resumed with (smaller than configured after an elastic restart)."""
     path = run.path("resumes.json")
-    steps = read_json(path) if os.path.isfile(path) else []
-    write_json_atomic(path, [*steps, step])
+    resumes = read_json(path) if os.path.isfile(path) else []
+    write_json_atomic(path, [*resumes, {"step": step, "world": world}])

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -22,6 +24,7 @@ import ray.train  # noqa: E402
 import ray.train.torch  # noqa: E402
 import torch  # noqa: E402
 
+from pipeline.core.errors import WinnowError  # noqa: E402
 from pipeline.core.storage import arrow_filesystem  # noqa: E402
 from training.engine import checkpoint as ckpt  # noqa: E402
 from training.engine.backend import Backend  # noqa: E402
@@ -83,7 +86,9 @@ def run_on_ray(task: Task, cfg: EngineConfig, out_dir: str) -> dict:
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"task": task, "cfg": cfg, "out_dir": out_dir},
-        scaling_config=ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.gpus_per_worker > 0,
+        # (min, max): Ray Train's elastic scaling restarts a failed group with as many workers as the cluster fits
+        scaling_config=ScalingConfig(num_workers=sc.num_workers if sc.min_workers is None
+                                     else (sc.min_workers, sc.num_workers), use_gpu=sc.gpus_per_worker > 0,
                                      resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if sc.gpus_per_worker > 0 else "gloo"),
         run_config=RunConfig(name="checkpoints", storage_path=storage_path, storage_filesystem=storage_fs,
@@ -91,4 +96,57 @@ def run_on_ray(task: Task, cfg: EngineConfig, out_dir: str) -> dict:
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
-    return trainer.fit().return_value or {}
+    need = sc.min_workers or sc.num_workers
+    return _fit_watched(trainer, need, resources, sc.room_timeout, out_dir).return_value or {}
+
+
+class TrainingStalled(WinnowError):
+    """The cluster had no room for the smallest allowed worker group for `scaling.room_timeout` seconds."""
+
+
+def workers_that_fit(resources: dict[str, float]) -> int:
+    """Workers of this size the live nodes could host at once (each worker on one node), busy or not."""
+    n = 0
+    for node in ray.nodes():
+        if node.get("Alive"):
+            have = node.get("Resources", {})
+            n += min(int(have.get(k, 0.0) // v) for k, v in resources.items() if v > 0)
+    return n
+
+
+def _fit_watched(trainer, need: int, resources: dict[str, float], room_timeout: float, out_dir: str):
+    """`trainer.fit()`, unless the cluster cannot host `need` workers for `room_timeout` seconds in a row: Ray Train
+    would wait for nodes forever (an elastic group below its minimum waits; a fixed group's start times out and is
+    retried without limit), so the run fails here, resumable from its last checkpoint. `fit` runs in a daemon thread
+    that is left behind; the driver's exit ends the run's actors."""
+    done: dict = {}
+
+    def target() -> None:
+        try:
+            done["result"] = trainer.fit()
+        except BaseException as err:  # re-raised in the caller's thread
+            done["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True, name="ray-train-fit")
+    thread.start()
+    short_since = None
+    while thread.is_alive():
+        thread.join(timeout=2.0)
+        if not thread.is_alive():
+            break
+        fit = workers_that_fit(resources)
+        if fit >= need:
+            short_since = None
+        elif short_since is None:
+            short_since = time.monotonic()
+        elif time.monotonic() - short_since > room_timeout:
+            last = ckpt.latest_checkpoint(out_dir.rstrip("/") + "/checkpoints")
+            resume = f"from {last.rstrip('/').rsplit('/', 1)[-1]}" if last else "from its last checkpoint, if any"
+            raise TrainingStalled(
+                f"training stopped: the cluster has had room for {fit} worker(s) of {resources} for over "
+                f"{room_timeout:.0f} s (scaling.room_timeout), fewer than the {need} it needs (scaling.min_workers, "
+                f"else num_workers; a node was lost?); run the same command again once it has room: it resumes "
+                f"{resume}")
+    if "error" in done:
+        raise done["error"]
+    return done["result"]
