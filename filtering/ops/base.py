@@ -34,16 +34,58 @@ class Pool:
         return self._cache[name]
 
     def strings(self, name: str) -> np.ndarray:
+        """A column as Python objects (None for nulls). Costs a Python object per row: a pool of millions asks
+        `codes`, `valid` or `take_strings` where it can."""
         key = f"str:{name}"
         if key not in self._cache:
-            values = self.table.column(name).to_pylist()
-            out = np.empty(len(values), dtype=object)  # 1-D even when every value is a list of one length
-            out[:] = values
+            col = self.table.column(name)
+            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+                out = col.to_numpy(zero_copy_only=False)  # str / None per row, converted in C++
+            else:
+                values = col.to_pylist()
+                out = np.empty(len(values), dtype=object)  # 1-D even when every value is a list of one length
+                out[:] = values
             self._cache[key] = out
         return self._cache[key]
 
     def bools(self, name: str) -> np.ndarray:
-        return np.array(self.table.column(name).fill_null(False).to_pylist(), dtype=bool)
+        return np.asarray(self.table.column(name).fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+
+    def valid(self, name: str) -> np.ndarray:
+        """(N,) bool: the column is not null."""
+        return np.asarray(self.table.column(name).is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+
+    def codes(self, name: str) -> np.ndarray:
+        """(N,) int64 per row: the rank of its string among the column's distinct values (-1 for null), so equal
+        strings have equal codes and codes sort as the strings do (by code point), without a Python object per
+        row."""
+        key = f"codes:{name}"
+        if key not in self._cache:
+            enc = pc.dictionary_encode(self.table.column(name))  # one dictionary shared by every chunk
+            chunks = enc.chunks
+            if not chunks:
+                self._cache[key] = np.empty(0, np.int64)
+                return self._cache[key]
+            dictionary = chunks[-1].dictionary
+            rank = np.empty(len(dictionary), np.int64)
+            rank[np.asarray(pc.sort_indices(dictionary))] = np.arange(len(dictionary))
+            idx = np.concatenate([np.asarray(c.indices.fill_null(-1).to_numpy(zero_copy_only=False), np.int64)
+                                  for c in chunks])
+            self._cache[key] = np.where(idx >= 0, rank[np.maximum(idx, 0)], -1)
+        return self._cache[key]
+
+    def take_strings(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """The strings (None for nulls) of some rows only, as Python objects."""
+        taken = self.table.column(name).take(pa.array(np.asarray(rows, dtype=np.int64)))
+        return taken.to_numpy(zero_copy_only=False) if len(rows) else np.empty(0, dtype=object)
+
+    def drop(self, *names: str) -> None:
+        """Forget columns (and their cached forms) no later op reads: a pool of millions holds only what is left
+        to use."""
+        keep = [c for c in self.table.column_names if c not in names]
+        self.table = self.table.select(keep)
+        for k in [k for k in self._cache if k.split(":")[-1] in names]:
+            del self._cache[k]
 
 
 @dataclass

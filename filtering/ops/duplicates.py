@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 from pydantic import Field, model_validator
 
 from filtering import dedup
@@ -56,9 +57,10 @@ class Dedup(Op):
         """Candidate pairs among the rows `idx` (positions into idx) with their distance or cosine."""
         p = self.params
         if p.method == "exact":
-            return dedup.exact_pairs(pool.strings("sha256")[idx])
+            return dedup.exact_pairs(pool.codes("sha256")[idx])
         if p.method == "phash":
-            return dedup.hamming_pairs(phash_to_uint64(pool.strings("phash")[idx]), p.max_hamming)
+            return dedup.hamming_pairs(phash_to_uint64(pool.table.column("phash").take(pa.array(idx))),
+                                       p.max_hamming)
         # The search sees the rows in priority order, so its k-means (which samples rows by seed) and hence the
         # pairs it finds do not depend on how the pool happens to be ordered.
         emb = pool.embeddings[idx[order]].astype(np.float32)
@@ -73,12 +75,11 @@ class Dedup(Op):
         col = {"exact": "sha256", "phash": "phash", "semantic": None}[self.params.method]
         members = alive.copy()
         if col:
-            members &= np.array([v is not None for v in pool.strings(col)], dtype=bool)
+            members &= pool.valid(col)
         idx = np.flatnonzero(members)
-        uids = pool.strings("uid")[idx]
         score = pool.numeric("dfn_score")[idx] if "dfn_score" in pool.signals else None
         pixels = (pool.numeric("width") * pool.numeric("height"))[idx]
-        order = dedup.priority_order(uids, score, pixels)
+        order = dedup.priority_order(pool.codes("uid")[idx], score, pixels)  # codes sort as the uids do
         i, j, v = self.pairs(pool, idx, order)
         dropped, rep, val = dedup.greedy_keep(len(idx), i, j, v, order)
         mask = np.zeros(pool.n, bool)
@@ -86,5 +87,5 @@ class Dedup(Op):
         detail = np.full(pool.n, None, dtype=object)
         mask[idx[dropped]] = True
         value[idx[dropped]] = val[dropped]
-        detail[idx[dropped]] = uids[rep[dropped]]
+        detail[idx[dropped]] = pool.take_strings("uid", idx[rep[dropped]])
         return Drops(mask, value, detail)
