@@ -34,14 +34,17 @@ def _pairs_in_groups(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """All index pairs (i < j) whose values are equal. Vectorised per group size: a pool of millions with
     hundreds of thousands of small groups costs one sort."""
     values = np.asarray(values)
-    rows = np.arange(len(values))
-    if values.dtype.kind in "iu" and len(values) > 1:
-        import pandas as pd  # a hash pass: only rows whose value repeats are sorted (most are unique)
-
-        rows = np.flatnonzero(pd.Series(values).duplicated(keep=False).to_numpy())
-        values = values[rows]
-    order = rows[np.argsort(values, kind="stable")]
-    v = np.sort(values, kind="stable")
+    n = len(values)
+    row_bits = max(1, int(n - 1).bit_length())
+    if values.dtype.kind in "iu" and n > 1 and values.min() >= 0 and int(values.max()).bit_length() + row_bits <= 63:
+        # value and row packed into one integer: a plain sort (much faster than an argsort) gives both. The order
+        # within a group does not matter: pairs come out as (min, max).
+        packed = np.sort((values.astype(np.uint64) << np.uint64(row_bits)) | np.arange(n, dtype=np.uint64))
+        v = packed >> np.uint64(row_bits)
+        order = (packed & np.uint64((1 << row_bits) - 1)).astype(np.int64)
+    else:
+        order = np.argsort(values, kind="stable")
+        v = values[order]
     starts = np.flatnonzero(np.r_[True, v[1:] != v[:-1]]) if len(v) else np.empty(0, np.int64)
     sizes = np.diff(np.r_[starts, len(v)])
     left, right = [], []
@@ -90,13 +93,13 @@ def hamming_pairs(hashes: np.ndarray, max_hamming: int) -> tuple[np.ndarray, np.
     hashes = np.asarray(hashes, dtype=np.uint64)
     m = _band_count(len(hashes), max_hamming)
     edges = np.linspace(0, 64, m + 1).astype(int)
-    bands = [(hashes >> np.uint64(lo)) & np.uint64((1 << int(hi - lo)) - 1)
-             for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
     cand_i, cand_j = [], []
     for combo in combinations(range(m), m - max_hamming):
-        key = np.zeros(len(hashes), np.uint64)
-        for b in combo:  # the chosen bands, packed back at their own bit positions: one 64-bit key
-            key |= bands[b] << np.uint64(edges[b])
+        key, width = np.zeros(len(hashes), np.uint64), 0
+        for b in combo:  # the chosen bands side by side: one integer key of as many bits as they have
+            bits = int(edges[b + 1] - edges[b])
+            key |= ((hashes >> np.uint64(edges[b])) & np.uint64((1 << bits) - 1)) << np.uint64(width)
+            width += bits
         i, j = _pairs_in_groups(key)
         dist = np.bitwise_count(hashes[i] ^ hashes[j])
         near = dist <= max_hamming  # check now: chance candidates are not carried to the next key
@@ -209,14 +212,34 @@ def _pairs_within_lists(emb: np.ndarray, probes: np.ndarray, min_cosine: float,
 
 def priority_order(uids: np.ndarray, score: np.ndarray | None = None, pixels: np.ndarray | None = None) -> np.ndarray:
     """Indices from most to least preferred: highest score (NaN last), then most pixels, then smallest uid."""
-    n = len(uids)
-    uids = np.asarray(uids)  # strings, or integer codes that sort as the strings do (`Pool.codes`)
-    keys = [uids if uids.dtype.kind in "iu" else uids.astype(object).astype(str)]  # lexsort: last key is primary
-    keys.append(-np.nan_to_num(np.asarray(pixels, dtype=np.float64), nan=0.0) if pixels is not None else np.zeros(n))
+    uids = np.asarray(uids, dtype=object)
+    return priority_order_by(len(uids), score, pixels, lambda rows: uids[rows])
+
+
+def priority_order_by(n: int, score: np.ndarray | None, pixels: np.ndarray | None, uids_of) -> np.ndarray:
+    """`priority_order` with the uids fetched only for rows that tie on score and pixels (`uids_of(rows)` -> their
+    uid strings): a pool of millions sorts two numeric keys, and strings only where they decide. The same order
+    as one lexsort of (uid, pixels, score): ties on all three keep row order."""
+    px = -np.nan_to_num(np.asarray(pixels, dtype=np.float64), nan=0.0) if pixels is not None else np.zeros(n)
     if score is not None:
         s = np.asarray(score, dtype=np.float64)
-        keys.append(np.where(np.isnan(s), np.inf, -s))
-    return np.lexsort(keys)
+        sk = np.where(np.isnan(s), np.inf, -s)
+    else:
+        sk = np.zeros(n)
+    order = np.lexsort((px, sk))  # stable: rows that tie on both stay in row order
+    if n < 2:
+        return order
+    a, b = sk[order], px[order]
+    starts = np.flatnonzero(np.r_[True, (a[1:] != a[:-1]) | (b[1:] != b[:-1])])
+    sizes = np.diff(np.r_[starts, n])
+    tied = sizes >= 2
+    if not tied.any():
+        return order
+    run = np.repeat(np.arange(len(starts)), sizes)  # run of each position in `order`
+    at = np.flatnonzero(tied[run])  # positions in ties, in order (so in row order within each run)
+    names = np.asarray(uids_of(order[at]), dtype=object).astype(str)
+    order[at] = order[at][np.lexsort((names, run[at]))]  # within a run by uid; equal uids keep row order
+    return order
 
 
 def greedy_keep(n: int, i: np.ndarray, j: np.ndarray, value: np.ndarray,

@@ -45,19 +45,32 @@ class Selection:
         return int(np.asarray(self.table.column("kept")).sum())
 
 
+def _shard_key_order(pool: Pool) -> np.ndarray:
+    """Row indices in (shard, key) order (stable). A pool read shard by shard with keys in order (the usual case)
+    is already sorted: checked by one comparison of neighbours, then no sort."""
+    import pyarrow.compute as pc
+
+    shard, key = pool.table.column("shard"), pool.table.column("key")
+    if pool.n > 1 and shard.null_count == 0 and key.null_count == 0:
+        s0, s1, k0, k1 = shard.slice(0, pool.n - 1), shard.slice(1), key.slice(0, pool.n - 1), key.slice(1)
+        # sorted: every neighbour pair has shard0 < shard1, or equal shards and key0 <= key1
+        ok = pc.or_(pc.less(s0, s1), pc.and_(pc.equal(s0, s1), pc.less_equal(k0, k1)))
+        if pc.all(ok).as_py():
+            return np.arange(pool.n)
+    return np.asarray(pc.sort_indices(pool.table.select(["shard", "key"]),
+                                      sort_keys=[("shard", "ascending"), ("key", "ascending")]))  # stable
+
+
 def _unique_uid(pool: Pool) -> Drops:
     """A uid's first row in (shard, key) order stays; each later row of it is dropped, naming the first's
     shard/key. Vectorised (uid codes, Arrow's sort), so a pool of millions costs seconds."""
-    import pyarrow.compute as pc
-
     n = pool.n
     mask = np.zeros(n, bool)
     detail = np.full(n, None, dtype=object)
     if n == 0:
         return Drops(mask, np.full(n, np.nan), detail)
-    order = np.asarray(pc.sort_indices(pool.table.select(["shard", "key"]),
-                                       sort_keys=[("shard", "ascending"), ("key", "ascending")]))  # stable
-    codes = pool.codes("uid")[order]
+    order = _shard_key_order(pool)
+    codes = pool.codes("uid", ordered=False)[order]
     _, first = np.unique(codes, return_index=True)  # position (in order) of each uid's first row
     is_first = np.zeros(n, bool)
     is_first[first] = True
@@ -76,7 +89,14 @@ def _decodable(pool: Pool) -> Drops:
     return Drops(~ok, np.full(pool.n, np.nan), pool.strings("decode_error"))
 
 
-def apply_recipe(recipe: Recipe, pool: Pool) -> Selection:
+# Columns every step may read besides its own `requires` (dedup ranks copies by dfn_score and pixels), and those
+# the selection is made of: never released.
+KEEP_COLUMNS = {"uid", "shard", "key", "decodable", "decode_error", "dfn_score", "width", "height"}
+
+
+def apply_recipe(recipe: Recipe, pool: Pool, release: bool = False) -> Selection:
+    """Run the fixed steps and the recipe's ops over the pool. `release`: forget each signal column once no later
+    op reads it (a pool of millions then holds only what is left to use); the pool is not reusable after."""
     n = pool.n
     alive = np.ones(n, bool)
     drop_step = np.full(n, -1, dtype=np.int32)
@@ -105,6 +125,9 @@ def apply_recipe(recipe: Recipe, pool: Pool) -> Selection:
         if cut is not None:
             entry["signal"], entry["threshold"] = cut[0], float(cut[1])
         funnel.append(entry)
+        if release and op is not None:
+            later = set().union(*(o.requires() for _, _, _, o in steps[index + 1:] if o is not None))
+            pool.drop(*(op.requires() - later - KEEP_COLUMNS - {"embedding"}))
 
     has_detail = np.flatnonzero(drop_detail != None)  # noqa: E711 (elementwise)
     drop_detail[has_detail] = [str(d) for d in drop_detail[has_detail]]

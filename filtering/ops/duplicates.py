@@ -38,6 +38,20 @@ class DedupParams(StrictModel):
         return self
 
 
+def priority_within(pool: Pool, members: np.ndarray) -> np.ndarray:
+    """`dedup.priority_order` of the rows `members` (as positions among them). The pool's whole order is computed
+    once and shared by every dedup op: the order of a subset by the same keys is the whole order restricted to it
+    (ties keep row order in both)."""
+    def whole() -> np.ndarray:
+        score = pool.numeric("dfn_score") if "dfn_score" in pool.signals else None
+        pixels = pool.numeric("width") * pool.numeric("height")
+        return dedup.priority_order_by(pool.n, score, pixels, lambda rows: pool.take_strings("uid", rows))
+
+    order = pool.cached("priority", whole)
+    position = np.cumsum(members) - 1  # row -> its position among the members
+    return position[order[members[order]]]
+
+
 class Dedup(Op):
     """Keep one sample per group of duplicates: the highest dfn_score, then the most pixels, then the smallest uid."""
 
@@ -57,7 +71,7 @@ class Dedup(Op):
         """Candidate pairs among the rows `idx` (positions into idx) with their distance or cosine."""
         p = self.params
         if p.method == "exact":
-            return dedup.exact_pairs(pool.codes("sha256")[idx])
+            return dedup.exact_pairs(pool.codes("sha256", ordered=False)[idx])
         if p.method == "phash":
             return dedup.hamming_pairs(phash_to_uint64(pool.table.column("phash").take(pa.array(idx))),
                                        p.max_hamming)
@@ -77,9 +91,7 @@ class Dedup(Op):
         if col:
             members &= pool.valid(col)
         idx = np.flatnonzero(members)
-        score = pool.numeric("dfn_score")[idx] if "dfn_score" in pool.signals else None
-        pixels = (pool.numeric("width") * pool.numeric("height"))[idx]
-        order = dedup.priority_order(pool.codes("uid")[idx], score, pixels)  # codes sort as the uids do
+        order = priority_within(pool, members)
         i, j, v = self.pairs(pool, idx, order)
         dropped, rep, val = dedup.greedy_keep(len(idx), i, j, v, order)
         mask = np.zeros(pool.n, bool)
