@@ -167,10 +167,11 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--root", required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="pool", help="the dataset's name (its folder under --root)")
     p.add_argument("--embeddings", action="store_true", help="also write embeddings/*.npy (D=64) for semantic dedup")
     args = p.parse_args()
     os.makedirs(args.root, exist_ok=True)
-    print(json.dumps(write_pool(args.root, args.rows, args.seed, args.embeddings)))
+    print(json.dumps(write_pool(args.root, args.rows, args.seed, args.embeddings, args.name)))
 
 
 if __name__ == "__main__":
