@@ -121,6 +121,8 @@ def one_size(root: Path, rows: int, semantic: bool) -> dict:
     out["report"]["mb"] = (root / name / "report" / "index.html").stat().st_size / 1e6
     info = json.loads((root / name / "selection" / "recipe_scale.json").read_text())
     out["kept"] = info["kept"]
+    manifest = json.loads((root / name / "manifest.json").read_text())
+    out["filter"]["stage_seconds"] = manifest["stages"]["filter"]["wall_seconds"]  # in-process, no start-up
     if semantic:
         sem = root / "recipe_semantic.yaml"
         sem.write_text(SEMANTIC)
@@ -173,7 +175,11 @@ def main() -> None:
               f"{r['report']['mb']:.2f} | - | - |")
     exponent = slope(n, fp) if len(n) > 1 else float("nan")
     pairs = [f"{n[i]:,}->{n[i + 1]:,}: {slope(n[i:i + 2], fp[i:i + 2]):.2f}" for i in range(len(n) - 1)]
-    print(f"filter + plan cost exponent {exponent:.2f} (pairwise {', '.join(pairs)})")
+    print(f"filter + plan cost exponent {exponent:.2f} (pairwise {', '.join(pairs)}; processes, with start-up)")
+    stage = [r["filter"]["stage_seconds"] for r in results]
+    if len(n) > 1:
+        print(f"filter stage alone (its own wall_seconds, no start-up): {', '.join(f'{s:.1f}' for s in stage)} s; "
+              f"exponent {slope(n, stage):.2f}")
     sem = [(r["rows"], r["semantic"]["seconds"], r["semantic"]["peak_gib"]) for r in results if "semantic" in r]
     if len(sem) > 1:
         e = slope([s[0] for s in sem], [s[1] for s in sem])

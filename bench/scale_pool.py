@@ -132,14 +132,15 @@ def _json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
-def write_pool(root: str, rows: int, seed: int = 0, embeddings: bool = False, name: str = "pool") -> dict:
+def write_pool(root: str, rows: int, seed: int = 0, embeddings: bool = False, name: str = "pool",
+               rows_per_shard: int = ROWS_PER_SHARD) -> dict:
     """Write the pool; return counts and seconds."""
     t0 = time.perf_counter()
     base = Path(root) / name
-    n_shards = -(-rows // ROWS_PER_SHARD)
+    n_shards = -(-rows // rows_per_shard)
     for i in range(n_shards):
         shard = f"{i:05d}"
-        t = shard_table(i, rows, seed)
+        t = shard_table(i, rows, seed, rows_per_shard)
         out = base / "signals" / f"{shard}.parquet"
         out.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(t, out)
