@@ -123,12 +123,14 @@ def one_size(root: Path, rows: int, semantic: bool) -> dict:
     out["kept"] = info["kept"]
     manifest = json.loads((root / name / "manifest.json").read_text())
     out["filter"]["stage_seconds"] = manifest["stages"]["filter"]["wall_seconds"]  # in-process, no start-up
-    if semantic:
-        sem = root / "recipe_semantic.yaml"
-        sem.write_text(SEMANTIC)
-        out["semantic"] = run_task([PY, "-m", "pipeline", "run", str(config(root, name, sem)), "--stage", "filter"],
-                                   logs / f"{name}-semantic.log")
     return out
+
+
+def semantic_run(root: Path, rows: int) -> dict:
+    sem = root / "recipe_semantic.yaml"
+    sem.write_text(SEMANTIC)
+    return run_task([PY, "-m", "pipeline", "run", str(config(root, f"pool{rows}", sem)), "--stage", "filter"],
+                    root / "logs" / f"pool{rows}-semantic.log")
 
 
 def main() -> None:
@@ -153,6 +155,11 @@ def main() -> None:
             print(f"{rows:>11,} rows: kept {r['kept']:,}; (seconds, peak GiB) {line}; report "
                   f"{r['report']['mb']:.2f} MB; plan {r['plan']['shards']} shards of {r['plan']['min']}-"
                   f"{r['plan']['max']}", flush=True)
+        for r in results:  # after every size's filter run: the long semantic runs come last
+            if r["rows"] <= args.semantic_max:
+                r["semantic"] = semantic_run(root, r["rows"])
+                print(f"{r['rows']:>11,} rows: semantic dedup {r['semantic']['seconds']:.1f} s, "
+                      f"{r['semantic']['peak_gib']:.2f} GiB", flush=True)
     finally:
         if not args.workdir:
             shutil.rmtree(root, ignore_errors=True)
