@@ -41,7 +41,22 @@ def _pairs_in_groups(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # within a group does not matter: pairs come out as (min, max).
         packed = np.sort((values.astype(np.uint64) << np.uint64(row_bits)) | np.arange(n, dtype=np.uint64))
         v = packed >> np.uint64(row_bits)
-        order = (packed & np.uint64((1 << row_bits) - 1)).astype(np.int64)
+        same = v[1:] == v[:-1]
+        grouped = np.zeros(n, bool)  # rows in a group of two or more: most are not, so keep only those
+        grouped[1:] |= same
+        grouped[:-1] |= same
+        keep = np.flatnonzero(grouped)
+        v, order = v[keep], (packed[keep] & np.uint64((1 << row_bits) - 1)).astype(np.int64)
+        del packed, same, grouped
+    elif values.dtype.kind in "iu" and n > 1:
+        # any integers (64-bit hash codes): find the repeated values by one plain sort, then group only their rows
+        s = np.sort(values)
+        repeated = np.unique(s[1:][s[1:] == s[:-1]])
+        del s
+        rows = np.flatnonzero(repeated[np.minimum(np.searchsorted(repeated, values), max(len(repeated) - 1, 0))]
+                              == values) if len(repeated) else np.empty(0, np.int64)
+        order = rows[np.argsort(values[rows], kind="stable")]
+        v = values[order]
     else:
         order = np.argsort(values, kind="stable")
         v = values[order]
@@ -235,10 +250,13 @@ def priority_order_by(n: int, score: np.ndarray | None, pixels: np.ndarray | Non
     tied = sizes >= 2
     if not tied.any():
         return order
-    run = np.repeat(np.arange(len(starts)), sizes)  # run of each position in `order`
-    at = np.flatnonzero(tied[run])  # positions in ties, in order (so in row order within each run)
+    del a, b
+    tied_starts, tied_sizes = starts[tied], sizes[tied]
+    run = np.repeat(np.arange(len(tied_starts)), tied_sizes)  # the tied positions only, run by run
+    at = np.repeat(tied_starts, tied_sizes) + (np.arange(len(run)) - np.repeat(np.cumsum(tied_sizes) - tied_sizes,
+                                                                               tied_sizes))
     names = np.asarray(uids_of(order[at]), dtype=object).astype(str)
-    order[at] = order[at][np.lexsort((names, run[at]))]  # within a run by uid; equal uids keep row order
+    order[at] = order[at][np.lexsort((names, run))]  # within a run by uid; equal uids keep row order
     return order
 
 
