@@ -244,13 +244,17 @@ def priority_order_by(n: int, score: np.ndarray | None, pixels: np.ndarray | Non
     order = np.lexsort((px, sk))  # stable: rows that tie on both stay in row order
     if n < 2:
         return order
-    a, b = sk[order], px[order]
-    starts = np.flatnonzero(np.r_[True, (a[1:] != a[:-1]) | (b[1:] != b[:-1])])
+    change = np.ones(n, bool)  # where a run of equal (score, pixels) starts; in blocks: no full-length copies
+    for lo in range(0, n - 1, 1 << 20):
+        at = order[lo:min(n, lo + (1 << 20) + 1)]
+        a, b = sk[at], px[at]
+        change[lo + 1:lo + len(at)] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    del sk, px
+    starts = np.flatnonzero(change)
     sizes = np.diff(np.r_[starts, n])
     tied = sizes >= 2
     if not tied.any():
         return order
-    del a, b
     tied_starts, tied_sizes = starts[tied], sizes[tied]
     run = np.repeat(np.arange(len(tied_starts)), tied_sizes)  # the tied positions only, run by run
     at = np.repeat(tied_starts, tied_sizes) + (np.arange(len(run)) - np.repeat(np.cumsum(tied_sizes) - tied_sizes,

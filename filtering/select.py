@@ -45,7 +45,7 @@ class Selection:
         return int(np.asarray(self.table.column("kept")).sum())
 
 
-def _shard_key_order(pool: Pool) -> np.ndarray:
+def _shard_key_order(pool: Pool) -> np.ndarray | None:
     """Row indices in (shard, key) order (stable). A pool read shard by shard with keys in order (the usual case)
     is already sorted: checked by one comparison of neighbours, then no sort."""
     import pyarrow.compute as pc
@@ -56,7 +56,7 @@ def _shard_key_order(pool: Pool) -> np.ndarray:
         # sorted: every neighbour pair has shard0 < shard1, or equal shards and key0 <= key1
         ok = pc.or_(pc.less(s0, s1), pc.and_(pc.equal(s0, s1), pc.less_equal(k0, k1)))
         if pc.all(ok).as_py():
-            return np.arange(pool.n)
+            return None  # already in order
     return np.asarray(pc.sort_indices(pool.table.select(["shard", "key"]),
                                       sort_keys=[("shard", "ascending"), ("key", "ascending")]))  # stable
 
@@ -70,14 +70,17 @@ def _unique_uid(pool: Pool) -> Drops:
     if n == 0:
         return Drops(mask, np.full(n, np.nan), detail)
     order = _shard_key_order(pool)
-    codes = pool.codes("uid", ordered=False)[order]
+    codes = pool.codes("uid", ordered=False, cache=False)
+    codes = codes if order is None else codes[order]
     _, first = np.unique(codes, return_index=True)  # position (in order) of each uid's first row
     is_first = np.zeros(n, bool)
     is_first[first] = True
     later = np.flatnonzero(~is_first)
     if len(later):
-        first_of = order[first[np.searchsorted(codes[first], codes[later])]]
-        rows = order[later]
+        first_of = first[np.searchsorted(codes[first], codes[later])]
+        rows = later
+        if order is not None:
+            first_of, rows = order[first_of], order[later]
         shards, keys = pool.take_strings("shard", first_of), pool.take_strings("key", first_of)
         mask[rows] = True
         detail[rows] = [f"{s}/{k}" for s, k in zip(shards, keys, strict=True)]
@@ -128,6 +131,7 @@ def apply_recipe(recipe: Recipe, pool: Pool, release: bool = False) -> Selection
         if cut is not None:
             entry["signal"], entry["threshold"] = cut[0], float(cut[1])
         funnel.append(entry)
+        del drops, new  # not held while the next op runs: a pool of millions peaks there
         if release and op is not None:
             later = set().union(*(o.requires() for _, _, _, o in steps[index + 1:] if o is not None))
             pool.drop(*(op.requires() - later - KEEP_COLUMNS - {"embedding"}))

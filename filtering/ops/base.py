@@ -61,11 +61,15 @@ class Pool:
         """(N,) bool: the column is not null."""
         return np.asarray(self.table.column(name).is_valid().to_numpy(zero_copy_only=False), dtype=bool)
 
-    def codes(self, name: str, ordered: bool = True) -> np.ndarray:
+    def codes(self, name: str, ordered: bool = True, cache: bool = True) -> np.ndarray:
         """(N,) int64 per row: equal strings have equal codes, -1 for null; without a Python object per row.
         `ordered`: the code is the string's rank among the column's distinct values, so codes sort as the strings
         do (by code point); else any code (no sort of the distinct values)."""
         key = f"codes{'' if ordered else '~'}:{name}"
+        if not cache:  # asked once: not held for the rest of the recipe
+            codes = self.codes(name, ordered)
+            self._cache.pop(key, None)
+            return codes
         if key not in self._cache and not ordered:
             hashed = fixed_width_hash(self.table.column(name))  # hex digests and uids: no dictionary to build
             if hashed is not None:
