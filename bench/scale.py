@@ -69,7 +69,8 @@ def run_task(cmd: list[str], log: Path) -> dict:
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({code}); see {log}:\n{log.read_text()[-3000:]}")
-    return {"seconds": wall, "peak_gib": usage.ru_maxrss / 2**20}
+    # CPU seconds too: on a shared machine they are the steadier figure
+    return {"seconds": wall, "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_gib": usage.ru_maxrss / 2**20}
 
 
 def config(root: Path, dataset: str, recipe: Path) -> Path:
@@ -183,6 +184,9 @@ def main() -> None:
     exponent = slope(n, fp) if len(n) > 1 else float("nan")
     pairs = [f"{n[i]:,}->{n[i + 1]:,}: {slope(n[i:i + 2], fp[i:i + 2]):.2f}" for i in range(len(n) - 1)]
     print(f"filter + plan cost exponent {exponent:.2f} (pairwise {', '.join(pairs)}; processes, with start-up)")
+    cpu = [r["filter"]["cpu_seconds"] + r["plan"]["cpu_seconds"] for r in results]
+    if len(n) > 1:
+        print(f"filter + plan CPU seconds: {', '.join(f'{c:.1f}' for c in cpu)}; exponent {slope(n, cpu):.2f}")
     stage = [r["filter"]["stage_seconds"] for r in results]
     if len(n) > 1:
         print(f"filter stage alone (its own wall_seconds, no start-up): {', '.join(f'{s:.1f}' for s in stage)} s; "
