@@ -6,8 +6,10 @@ in priority order (highest `dfn_score`, then most pixels, then smallest uid): a 
 higher-priority sample within the threshold was kept, and it records that sample's uid and their distance. So
 every dropped sample names a kept near copy, and the result does not depend on input order.
 
-Hamming search uses the pigeonhole principle: split the 64-bit hash into `max_hamming + 1` bands; two hashes
-within `max_hamming` bits agree exactly on at least one band, so only pairs sharing a band are compared.
+Hamming search uses the pigeonhole principle: split the 64-bit hash into m bands; two hashes within `max_hamming`
+bits agree exactly on at least m - max_hamming bands, so only pairs sharing such a combination of bands are compared
+(m = max_hamming + 1 for small pools; more bands for pools of millions, where one band of 13 bits would pair every
+row with n / 8192 others by chance).
 
 Semantic search compares every pair exactly (`cosine_pairs`, O(N^2 D)) only for pools of up to EXACT_MAX_ROWS
 = 10,000 rows. Larger pools are searched SemDeDup's way, made symmetric (`semantic_pairs`): faiss's spherical
@@ -29,19 +31,44 @@ import numpy as np
 
 
 def _pairs_in_groups(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All index pairs (i < j) whose values are equal."""
-    order = np.argsort(values, kind="stable")
-    v = values[order]
-    starts = np.flatnonzero(np.r_[True, v[1:] != v[:-1]])
-    ends = np.r_[starts[1:], len(v)]
+    """All index pairs (i < j) whose values are equal. Vectorised per group size: a pool of millions with
+    hundreds of thousands of small groups costs one sort."""
+    values = np.asarray(values)
+    n = len(values)
+    row_bits = max(1, int(n - 1).bit_length())
+    if values.dtype.kind in "iu" and n > 1 and values.min() >= 0 and int(values.max()).bit_length() + row_bits <= 63:
+        # value and row packed into one integer: a plain sort (much faster than an argsort) gives both. The order
+        # within a group does not matter: pairs come out as (min, max).
+        packed = np.sort((values.astype(np.uint64) << np.uint64(row_bits)) | np.arange(n, dtype=np.uint64))
+        v = packed >> np.uint64(row_bits)
+        same = v[1:] == v[:-1]
+        grouped = np.zeros(n, bool)  # rows in a group of two or more: most are not, so keep only those
+        grouped[1:] |= same
+        grouped[:-1] |= same
+        keep = np.flatnonzero(grouped)
+        v, order = v[keep], (packed[keep] & np.uint64((1 << row_bits) - 1)).astype(np.int64)
+        del packed, same, grouped
+    elif values.dtype.kind in "iu" and n > 1:
+        # any integers (64-bit hash codes): find the repeated values by one plain sort, then group only their rows
+        s = np.sort(values)
+        repeated = np.unique(s[1:][s[1:] == s[:-1]])
+        del s
+        rows = np.flatnonzero(repeated[np.minimum(np.searchsorted(repeated, values), max(len(repeated) - 1, 0))]
+                              == values) if len(repeated) else np.empty(0, np.int64)
+        order = rows[np.argsort(values[rows], kind="stable")]
+        v = values[order]
+    else:
+        order = np.argsort(values, kind="stable")
+        v = values[order]
+    starts = np.flatnonzero(np.r_[True, v[1:] != v[:-1]]) if len(v) else np.empty(0, np.int64)
+    sizes = np.diff(np.r_[starts, len(v)])
     left, right = [], []
-    for s, e in zip(starts, ends, strict=True):
-        if e - s < 2:
-            continue
-        idx = order[s:e]
-        a, b = np.triu_indices(len(idx), k=1)
-        left.append(idx[a])
-        right.append(idx[b])
+    for size in np.unique(sizes[sizes >= 2]):
+        first = starts[sizes == size]  # every group of this size: (groups, size) rows, one pair list for all
+        members = order[first[:, None] + np.arange(size)]
+        a, b = np.triu_indices(int(size), k=1)
+        left.append(members[:, a].ravel())
+        right.append(members[:, b].ravel())
     if not left:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     i, j = np.concatenate(left), np.concatenate(right)
@@ -49,30 +76,56 @@ def _pairs_in_groups(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def exact_pairs(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs with equal hash strings; distance 0."""
-    i, j = _pairs_in_groups(np.asarray(hashes, dtype=object).astype(str))
+    """Pairs with equal hashes (strings, or integer codes of them: `Pool.codes`); distance 0."""
+    hashes = np.asarray(hashes)
+    i, j = _pairs_in_groups(hashes if hashes.dtype.kind in "iu" else hashes.astype(object).astype(str))
     return i, j, np.zeros(len(i), dtype=np.float64)
 
 
+def _band_count(n: int, max_hamming: int, bits: int = 64) -> int:
+    """How many bands to split a hash into: with m bands, a pair within `max_hamming` bits agrees exactly on at
+    least m - max_hamming of them, so each combination of m - max_hamming bands is one exact-match key. More
+    bands: more keys (passes) but fewer chance collisions per key (~n^2 / 2^key_bits); pick the cheapest."""
+    from math import comb
+
+    def cost(m: int) -> float:
+        key_bits = bits * (m - max_hamming) // m
+        return comb(m, max_hamming) * (n + n * n / 2.0 ** key_bits)
+
+    candidates = [m for m in range(max_hamming + 1, min(bits, max_hamming + 8) + 1) if comb(m, max_hamming) <= 256]
+    return min(candidates, key=cost)
+
+
 def hamming_pairs(hashes: np.ndarray, max_hamming: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs of 64-bit hashes (uint64) within `max_hamming` differing bits, with their distance."""
+    """Pairs (i < j, sorted) of 64-bit hashes (uint64) within `max_hamming` differing bits, with their distance.
+
+    Multi-index hashing: split the hash into m bands (`_band_count`); a near pair agrees on some m - max_hamming
+    bands, so candidates are the pairs equal on one such combination, each then checked bit by bit. With m =
+    max_hamming + 1 (one band must agree) a pool of millions meets n^2 / 2^13 chance candidates; more bands keep the
+    candidates near the true pairs. The result is the same exact set for any m."""
+    from itertools import combinations
+
     hashes = np.asarray(hashes, dtype=np.uint64)
-    bands = max_hamming + 1
-    edges = np.linspace(0, 64, bands + 1).astype(int)
+    m = _band_count(len(hashes), max_hamming)
+    edges = np.linspace(0, 64, m + 1).astype(int)
     cand_i, cand_j = [], []
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        mask = np.uint64((1 << int(hi - lo)) - 1)
-        band = (hashes >> np.uint64(lo)) & mask
-        i, j = _pairs_in_groups(band)
-        cand_i.append(i)
-        cand_j.append(j)
+    for combo in combinations(range(m), m - max_hamming):
+        key, width = np.zeros(len(hashes), np.uint64), 0
+        for b in combo:  # the chosen bands side by side: one integer key of as many bits as they have
+            bits = int(edges[b + 1] - edges[b])
+            key |= ((hashes >> np.uint64(edges[b])) & np.uint64((1 << bits) - 1)) << np.uint64(width)
+            width += bits
+        i, j = _pairs_in_groups(key)
+        dist = np.bitwise_count(hashes[i] ^ hashes[j])
+        near = dist <= max_hamming  # check now: chance candidates are not carried to the next key
+        cand_i.append(i[near])
+        cand_j.append(j[near])
     i, j = np.concatenate(cand_i), np.concatenate(cand_j)
     if len(i):
-        pair = np.unique(np.stack([i, j], axis=1), axis=0)
-        i, j = pair[:, 0], pair[:, 1]
+        pair = np.unique(i.astype(np.int64) * len(hashes) + j)
+        i, j = pair // len(hashes), pair % len(hashes)
     dist = np.bitwise_count(hashes[i] ^ hashes[j]).astype(np.int64)
-    keep = dist <= max_hamming
-    return i[keep], j[keep], dist[keep].astype(np.float64)
+    return i, j, dist.astype(np.float64)
 
 
 def cosine_pairs(emb: np.ndarray, min_cosine: float, block: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -174,13 +227,41 @@ def _pairs_within_lists(emb: np.ndarray, probes: np.ndarray, min_cosine: float,
 
 def priority_order(uids: np.ndarray, score: np.ndarray | None = None, pixels: np.ndarray | None = None) -> np.ndarray:
     """Indices from most to least preferred: highest score (NaN last), then most pixels, then smallest uid."""
-    n = len(uids)
-    keys = [np.asarray(uids, dtype=object).astype(str)]  # np.lexsort: the last key is the primary one
-    keys.append(-np.nan_to_num(np.asarray(pixels, dtype=np.float64), nan=0.0) if pixels is not None else np.zeros(n))
+    uids = np.asarray(uids, dtype=object)
+    return priority_order_by(len(uids), score, pixels, lambda rows: uids[rows])
+
+
+def priority_order_by(n: int, score: np.ndarray | None, pixels: np.ndarray | None, uids_of) -> np.ndarray:
+    """`priority_order` with the uids fetched only for rows that tie on score and pixels (`uids_of(rows)` -> their
+    uid strings): a pool of millions sorts two numeric keys, and strings only where they decide. The same order
+    as one lexsort of (uid, pixels, score): ties on all three keep row order."""
+    px = -np.nan_to_num(np.asarray(pixels, dtype=np.float64), nan=0.0) if pixels is not None else np.zeros(n)
     if score is not None:
         s = np.asarray(score, dtype=np.float64)
-        keys.append(np.where(np.isnan(s), np.inf, -s))
-    return np.lexsort(keys)
+        sk = np.where(np.isnan(s), np.inf, -s)
+    else:
+        sk = np.zeros(n)
+    order = np.lexsort((px, sk))  # stable: rows that tie on both stay in row order
+    if n < 2:
+        return order
+    change = np.ones(n, bool)  # where a run of equal (score, pixels) starts; in blocks: no full-length copies
+    for lo in range(0, n - 1, 1 << 20):
+        at = order[lo:min(n, lo + (1 << 20) + 1)]
+        a, b = sk[at], px[at]
+        change[lo + 1:lo + len(at)] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    del sk, px
+    starts = np.flatnonzero(change)
+    sizes = np.diff(np.r_[starts, n])
+    tied = sizes >= 2
+    if not tied.any():
+        return order
+    tied_starts, tied_sizes = starts[tied], sizes[tied]
+    run = np.repeat(np.arange(len(tied_starts)), tied_sizes)  # the tied positions only, run by run
+    at = np.repeat(tied_starts, tied_sizes) + (np.arange(len(run)) - np.repeat(np.cumsum(tied_sizes) - tied_sizes,
+                                                                               tied_sizes))
+    names = np.asarray(uids_of(order[at]), dtype=object).astype(str)
+    order[at] = order[at][np.lexsort((names, run))]  # within a run by uid; equal uids keep row order
+    return order
 
 
 def greedy_keep(n: int, i: np.ndarray, j: np.ndarray, value: np.ndarray,

@@ -26,6 +26,12 @@ class Pool:
     def signals(self) -> set[str]:
         return set(self.table.column_names) | ({"embedding"} if self.embeddings is not None else set())
 
+    def cached(self, key: str, make):
+        """`make()` once per pool: what several ops derive from the same columns (the dedup priority order)."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
     def numeric(self, name: str) -> np.ndarray:
         """A numeric column as float64 with NaN for nulls."""
         if name not in self._cache:
@@ -34,16 +40,113 @@ class Pool:
         return self._cache[name]
 
     def strings(self, name: str) -> np.ndarray:
+        """A column as Python objects (None for nulls). Costs a Python object per row: a pool of millions asks
+        `codes`, `valid` or `take_strings` where it can."""
         key = f"str:{name}"
         if key not in self._cache:
-            values = self.table.column(name).to_pylist()
-            out = np.empty(len(values), dtype=object)  # 1-D even when every value is a list of one length
-            out[:] = values
+            col = self.table.column(name)
+            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+                out = col.to_numpy(zero_copy_only=False)  # str / None per row, converted in C++
+            else:
+                values = col.to_pylist()
+                out = np.empty(len(values), dtype=object)  # 1-D even when every value is a list of one length
+                out[:] = values
             self._cache[key] = out
         return self._cache[key]
 
     def bools(self, name: str) -> np.ndarray:
-        return np.array(self.table.column(name).fill_null(False).to_pylist(), dtype=bool)
+        return np.asarray(self.table.column(name).fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+
+    def valid(self, name: str) -> np.ndarray:
+        """(N,) bool: the column is not null."""
+        return np.asarray(self.table.column(name).is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+
+    def codes(self, name: str, ordered: bool = True, cache: bool = True) -> np.ndarray:
+        """(N,) int64 per row: equal strings have equal codes, -1 for null; without a Python object per row.
+        `ordered`: the code is the string's rank among the column's distinct values, so codes sort as the strings
+        do (by code point); else any code (no sort of the distinct values)."""
+        key = f"codes{'' if ordered else '~'}:{name}"
+        if not cache:  # asked once: not held for the rest of the recipe
+            codes = self.codes(name, ordered)
+            self._cache.pop(key, None)
+            return codes
+        if key not in self._cache and not ordered:
+            hashed = fixed_width_hash(self.table.column(name))  # hex digests and uids: no dictionary to build
+            if hashed is not None:
+                self._cache[key] = hashed
+        if key not in self._cache:
+            enc = pc.dictionary_encode(self.table.column(name))  # one dictionary shared by every chunk
+            chunks = enc.chunks
+            if not chunks:
+                self._cache[key] = np.empty(0, np.int64)
+                return self._cache[key]
+            dictionary = chunks[-1].dictionary
+            idx = np.concatenate([np.asarray(c.indices.fill_null(-1).to_numpy(zero_copy_only=False), np.int64)
+                                  for c in chunks])
+            if ordered:
+                rank = np.empty(len(dictionary), np.int64)
+                rank[np.asarray(pc.sort_indices(dictionary))] = np.arange(len(dictionary))
+                idx = np.where(idx >= 0, rank[np.maximum(idx, 0)], -1)
+            self._cache[key] = idx
+        return self._cache[key]
+
+    def take_strings(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """The strings (None for nulls) of some rows only, as Python objects."""
+        taken = self.table.column(name).take(pa.array(np.asarray(rows, dtype=np.int64)))
+        return taken.to_numpy(zero_copy_only=False) if len(rows) else np.empty(0, dtype=object)
+
+    def drop(self, *names: str) -> None:
+        """Forget columns (and their cached forms) no later op reads: a pool of millions holds only what is left
+        to use."""
+        keep = [c for c in self.table.column_names if c not in names]
+        self.table = self.table.select(keep)
+        for k in [k for k in self._cache if k.split(":")[-1] in names]:
+            del self._cache[k]
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # splitmix64's finaliser: wraps by design
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def fixed_width_hash(column: pa.ChunkedArray) -> np.ndarray | None:
+    """(N,) int64 codes of a string column whose values all have one length that is a multiple of 8 bytes (hex
+    digests, 32-hex uids), hashed from the strings' bytes in place: equal strings, equal codes; and checked, so
+    that different strings never share one (a collision, or any other column: None, and the caller encodes it
+    another way). 8 bytes a row, where a dictionary would copy every distinct string."""
+    if not (pa.types.is_string(column.type) and column.null_count == 0 and column.num_chunks):
+        return None
+    width, parts = None, []
+    for chunk in column.chunks:
+        n = len(chunk)
+        if n == 0:
+            continue
+        offsets = np.frombuffer(chunk.buffers()[1], np.int32, n + 1, chunk.offset * 4)
+        lengths = np.diff(offsets)
+        width = int(lengths[0]) if width is None else width
+        if width == 0 or width % 8 or (lengths != width).any():
+            return None
+        words = np.frombuffer(chunk.buffers()[2], np.uint8, width * n, int(offsets[0])).reshape(n, width)
+        words = words.view("<u8")
+        h = np.full(n, width, np.uint64)
+        for w in range(words.shape[1]):
+            h = _mix64(h ^ words[:, w])
+        parts.append(h)
+    if not parts:
+        return None
+    codes = np.concatenate(parts).view(np.int64)
+    # exact: every group of equal hashes must hold one string (checked on the few rows whose hash repeats)
+    ordered = np.sort(codes)
+    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    if len(repeated):
+        rows = np.flatnonzero(repeated[np.minimum(np.searchsorted(repeated, codes), len(repeated) - 1)] == codes)
+        seen: dict[int, str] = {}
+        for code, text in zip(codes[rows].tolist(), column.take(pa.array(rows)).to_pylist(), strict=True):
+            if seen.setdefault(code, text) != text:
+                return None
+    return codes
 
 
 @dataclass

@@ -49,7 +49,10 @@ class DropGenericCaptions(Op):
         if not self.params:
             return no_drops(pool.n)
         generic = pool.bools("generic_caption")
-        return Drops(alive & generic, generic.astype(float), pool.strings("generic_reason"))
+        detail = np.full(pool.n, None, dtype=object)  # the reason of the generic ones, not a string per row
+        rows = np.flatnonzero(generic)
+        detail[rows] = pool.take_strings("generic_reason", rows)
+        return Drops(alive & generic, generic.astype(float), detail)
 
 
 class CapFilt(Op):

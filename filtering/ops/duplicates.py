@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 from pydantic import Field, model_validator
 
 from filtering import dedup
@@ -37,6 +38,20 @@ class DedupParams(StrictModel):
         return self
 
 
+def priority_within(pool: Pool, members: np.ndarray) -> np.ndarray:
+    """`dedup.priority_order` of the rows `members` (as positions among them). The pool's whole order is computed
+    once and shared by every dedup op: the order of a subset by the same keys is the whole order restricted to it
+    (ties keep row order in both)."""
+    def whole() -> np.ndarray:
+        score = pool.numeric("dfn_score") if "dfn_score" in pool.signals else None
+        pixels = pool.numeric("width") * pool.numeric("height")
+        return dedup.priority_order_by(pool.n, score, pixels, lambda rows: pool.take_strings("uid", rows))
+
+    order = pool.cached("priority", whole)
+    position = np.cumsum(members) - 1  # row -> its position among the members
+    return position[order[members[order]]]
+
+
 class Dedup(Op):
     """Keep one sample per group of duplicates: the highest dfn_score, then the most pixels, then the smallest uid."""
 
@@ -56,9 +71,10 @@ class Dedup(Op):
         """Candidate pairs among the rows `idx` (positions into idx) with their distance or cosine."""
         p = self.params
         if p.method == "exact":
-            return dedup.exact_pairs(pool.strings("sha256")[idx])
+            return dedup.exact_pairs(pool.codes("sha256", ordered=False)[idx])
         if p.method == "phash":
-            return dedup.hamming_pairs(phash_to_uint64(pool.strings("phash")[idx]), p.max_hamming)
+            return dedup.hamming_pairs(phash_to_uint64(pool.table.column("phash").take(pa.array(idx))),
+                                       p.max_hamming)
         # The search sees the rows in priority order, so its k-means (which samples rows by seed) and hence the
         # pairs it finds do not depend on how the pool happens to be ordered.
         emb = pool.embeddings[idx[order]].astype(np.float32)
@@ -73,12 +89,9 @@ class Dedup(Op):
         col = {"exact": "sha256", "phash": "phash", "semantic": None}[self.params.method]
         members = alive.copy()
         if col:
-            members &= np.array([v is not None for v in pool.strings(col)], dtype=bool)
+            members &= pool.valid(col)
         idx = np.flatnonzero(members)
-        uids = pool.strings("uid")[idx]
-        score = pool.numeric("dfn_score")[idx] if "dfn_score" in pool.signals else None
-        pixels = (pool.numeric("width") * pool.numeric("height"))[idx]
-        order = dedup.priority_order(uids, score, pixels)
+        order = priority_within(pool, members)
         i, j, v = self.pairs(pool, idx, order)
         dropped, rep, val = dedup.greedy_keep(len(idx), i, j, v, order)
         mask = np.zeros(pool.n, bool)
@@ -86,5 +99,5 @@ class Dedup(Op):
         detail = np.full(pool.n, None, dtype=object)
         mask[idx[dropped]] = True
         value[idx[dropped]] = val[dropped]
-        detail[idx[dropped]] = uids[rep[dropped]]
+        detail[idx[dropped]] = pool.take_strings("uid", idx[rep[dropped]])
         return Drops(mask, value, detail)

@@ -34,12 +34,14 @@ class ThresholdParams(StrictModel):
 
 
 def top_fraction_threshold(scores: np.ndarray, fraction: float) -> float:
-    """The k-th highest score over the scored pool, k = floor(fraction * N) (>= 1 when fraction > 0)."""
-    s = np.sort(scores[~np.isnan(scores)])[::-1]
+    """The k-th highest score over the scored pool, k = floor(fraction * N) (>= 1 when fraction > 0). Exact, by a
+    selection (np.partition, O(N)) rather than a sort: the same value a full sort gives."""
+    s = scores[~np.isnan(scores)]
     if len(s) == 0 or fraction <= 0:
         return math.inf
-    k = max(1, int(math.floor(fraction * len(s) + 1e-9)))
-    return float(s[min(k, len(s)) - 1])
+    k = min(max(1, int(math.floor(fraction * len(s) + 1e-9))), len(s))
+    at = len(s) - k  # the k-th highest is the (N - k)-th lowest (0-based)
+    return float(np.partition(s, at)[at])
 
 
 class ScoreThreshold(Op):
@@ -58,7 +60,10 @@ class ScoreThreshold(Op):
     def cut(self, pool: Pool) -> tuple[float | None, float | None]:
         p = self.params
         if p.top_fraction is not None:
-            return top_fraction_threshold(pool.numeric(self.name), p.top_fraction), None
+            scores = pool.numeric(self.name)  # cached by the pool: the same array while the pool lives
+            if getattr(self, "_cut", (None,))[0] is not scores:  # once per pool: apply and the funnel both ask
+                self._cut = (scores, top_fraction_threshold(scores, p.top_fraction))
+            return self._cut[1], None
         return p.min, p.max
 
     def threshold(self, pool):

@@ -58,12 +58,14 @@ def score(data: ReportData) -> str | None:
     if df is None:
         return None
     n, ok = len(df), int(df["decodable"].sum())
-    out = []
+    out = [data.sample_note()]
     sec = next((s for d, _, s in data.sections_of_kind("score") if d == data.dataset.name), {})
     model = sec.get("model")
     model_text = f"{model['name']} ({model.get('pretrained') or 'random init'})" if model else "none"
-    out.append(table([["samples scored", n], ["decodable", ok], ["undecodable", n - ok],
-                      ["generic captions", int(df["generic_caption"].sum())], ["model", model_text]]))
+    of = f" (of a sample of {n:,})" if data.sampled else ""
+    out.append(table([["samples scored", data.sample.total_rows if data.sampled else n], [f"decodable{of}", ok],
+                      [f"undecodable{of}", n - ok], [f"generic captions{of}", int(df["generic_caption"].sum())],
+                      ["model", model_text]]))
     errors = df.loc[~df["decodable"], "decode_error"].fillna("?").str.split(":").str[0].value_counts().to_dict()
     if errors:
         out.append("<h3>Why images did not decode</h3>" + _reasons_table(errors, n))
@@ -101,6 +103,9 @@ def recipe_section(name: str, info: dict, sel, data: ReportData) -> str:
     out.append(img(funnel(info.get("funnel", []), f"{name}: samples left after each op"), f"{name} funnel"))
     if data.signals is None:
         return "".join(out)
+    if data.sampled:
+        out.append("<p class='meta'>Counts above: the whole pool. Sample grids below "
+                   f"{esc(data.sample.note())}.</p>")
     m = _merged(data, sel)
     k = data.max_cards
     dfn_step = next((s for s in info.get("funnel", []) if s.get("signal") == "dfn_score"), None)

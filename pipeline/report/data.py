@@ -37,13 +37,69 @@ def find_results(root: str, names: tuple[str, ...] = ("train.json", "eval.json")
     return out
 
 
-def load_signals(ds: Dataset):
-    """The scored pool as a pandas DataFrame (report columns only), or None when nothing is scored."""
+# A pool larger than this is shown from a sample of whole scored shards (chosen by a fixed seed): the report opens
+# in seconds and stays small at any pool size, and says that it sampled. Counts in the funnels stay exact: they come
+# from the filter's summary, not from rows.
+SAMPLE_ROWS = 200_000
+SAMPLE_SEED = 0
+
+
+@dataclass
+class Sample:
+    """Which scored shards the report read: all of them, or a sample (`sampled`)."""
+
+    shards: list[str]
+    rows: int  # rows in the shards read
+    total_shards: int
+    total_rows: int
+
+    @property
+    def sampled(self) -> bool:
+        return len(self.shards) < self.total_shards
+
+    def note(self) -> str:
+        return (f"drawn from a sample of {self.rows:,} of {self.total_rows:,} samples ({len(self.shards):,} of "
+                f"{self.total_shards:,} scored shards, chosen at random)")
+
+
+def _shard_rows(ds: Dataset, shard: str, record: dict) -> int:
+    if isinstance(record.get("samples"), int):
+        return record["samples"]
+    import pyarrow.parquet as pq
+
+    fs, path = fs_and_path(ds.shard_file(shard, "parquet", "signals"))
+    with fs.open(path, "rb") as f:
+        return pq.ParquetFile(f).metadata.num_rows
+
+
+def choose_sample(ds: Dataset, max_rows: int = SAMPLE_ROWS, seed: int = SAMPLE_SEED) -> Sample:
+    """Every scored shard when the pool has at most `max_rows` rows (the row counts come from the done markers),
+    else shards in a seeded random order until `max_rows` rows are covered, in name order."""
+    done = ds.done_shards("signals")
+    names = sorted(done)
+    if not names:
+        return Sample([], 0, 0, 0)
+    counts = {s: _shard_rows(ds, s, done[s]) for s in names}
+    total = sum(counts.values())
+    if total <= max_rows:
+        return Sample(names, total, len(names), total)
+    picked, rows = [], 0
+    for i in np.random.default_rng(seed).permutation(len(names)):
+        picked.append(names[i])
+        rows += counts[names[i]]
+        if rows >= max_rows:
+            break
+    return Sample(sorted(picked), rows, len(names), total)
+
+
+def load_signals(ds: Dataset, sample: Sample | None = None):
+    """The scored pool as a pandas DataFrame (report columns only), or None when nothing is scored; only the
+    shards of `sample` when given."""
     import pandas as pd
     import pyarrow.parquet as pq
 
     frames = []
-    for shard in sorted(ds.done_shards("signals")):
+    for shard in sample.shards if sample is not None else sorted(ds.done_shards("signals")):
         fs, path = fs_and_path(ds.shard_file(shard, "parquet", "signals"))
         with fs.open(path, "rb") as f:
             pf = pq.ParquetFile(f)
@@ -55,8 +111,9 @@ def load_signals(ds: Dataset):
     return df
 
 
-def load_selections(ds: Dataset) -> dict[str, tuple[dict, Any]]:
-    """recipe -> (selection/<recipe>.json, selection/<recipe>.parquet as a DataFrame)."""
+def load_selections(ds: Dataset, sample: Sample | None = None) -> dict[str, tuple[dict, Any]]:
+    """recipe -> (selection/<recipe>.json, selection/<recipe>.parquet as a DataFrame: the rows of the sampled
+    shards only, when the report samples)."""
     import pyarrow.parquet as pq
 
     out = {}
@@ -65,7 +122,11 @@ def load_selections(ds: Dataset) -> dict[str, tuple[dict, Any]]:
         try:
             fs, path = fs_and_path(ds.sub("selection", f"{name}.parquet"))
             with fs.open(path, "rb") as f:
-                out[name] = (info, pq.read_table(f).to_pandas())
+                if sample is not None and sample.sampled:
+                    table = pq.read_table(f, filters=[("shard", "in", sample.shards)])
+                else:
+                    table = pq.read_table(f)
+                out[name] = (info, table.to_pandas())
         except OSError:
             log.warning("report: unreadable selection %s", p)
     return out
@@ -120,14 +181,27 @@ class ReportData:
     results: dict[str, dict] = field(default_factory=dict)
     thumbs: Thumbnails | None = None
     max_cards: int = 8
+    sample: Sample | None = None  # which scored shards `signals` and the selections' rows come from
 
     @classmethod
-    def load(cls, root: str, dataset: str, pipeline=None, max_cards: int = 8) -> ReportData:
+    def load(cls, root: str, dataset: str, pipeline=None, max_cards: int = 8,
+             sample_rows: int = SAMPLE_ROWS) -> ReportData:
         ds = Dataset(root, dataset)
+        sample = choose_sample(ds, sample_rows) if ds.exists() else None
         return cls(root=root, dataset=ds, name=getattr(pipeline, "name", "winnow"), pipeline=pipeline,
-                   manifests=find_manifests(root), signals=load_signals(ds) if ds.exists() else None,
-                   selections=load_selections(ds) if ds.exists() else {}, results=find_results(root),
-                   thumbs=Thumbnails(ds), max_cards=max_cards)
+                   manifests=find_manifests(root), signals=load_signals(ds, sample) if ds.exists() else None,
+                   selections=load_selections(ds, sample) if ds.exists() else {}, results=find_results(root),
+                   thumbs=Thumbnails(ds), max_cards=max_cards, sample=sample)
+
+    @property
+    def sampled(self) -> bool:
+        return self.sample is not None and self.sample.sampled
+
+    def sample_note(self) -> str:
+        """A paragraph saying the plots and grids were drawn from a sample ('' when the whole pool was read)."""
+        from pipeline.report.html import esc
+
+        return f"<p class='meta'>Plots and sample grids {esc(self.sample.note())}.</p>" if self.sampled else ""
 
     @property
     def manifest(self) -> dict:

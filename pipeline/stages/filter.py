@@ -176,7 +176,7 @@ def run(ctx: StageContext, cfg: FilterConfig) -> dict[str, Any]:
     pool = load_pool(ds, sorted(set(ALWAYS_READ) | recipe.requires()), "embedding" in recipe.requires())
     if recipe.requires() & caption_signals(ds):
         pool = with_captions(ds, pool, ctx.stage)
-    selection = apply_recipe(recipe, pool)
+    selection = apply_recipe(recipe, pool, release=True)
 
     sel_url = ds.sub("selection", f"{recipe.name}.parquet")
     with atomic_write(sel_url, "wb") as f:

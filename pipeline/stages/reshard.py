@@ -66,9 +66,12 @@ class ReshardConfig(StageConfig):
 CONFIG = ReshardConfig
 
 
-def read_kept(ds: Dataset, recipe: str) -> tuple[list[tuple[str, str, str]], dict[str, list[dict]] | None]:
-    """(uid, shard, key) of the kept samples, sorted by uid; and, for a selection that judged captions, each kept
-    uid's kept captions (best first), else None."""
+def read_kept(ds: Dataset, recipe: str):
+    """The kept samples as a table (uid, shard, key), sorted by uid (then shard, key), read column-wise: a
+    selection of millions never becomes a Python object per row; and, for a selection that judged captions, each
+    kept uid's kept captions (best first), else None."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     fs, path = fs_and_path(ds.sub("selection", f"{recipe}.parquet"))
@@ -79,47 +82,86 @@ def read_kept(ds: Dataset, recipe: str) -> tuple[list[tuple[str, str, str]], dic
         names = pq.read_schema(f).names
         f.seek(0)
         t = pq.read_table(f, columns=["uid", "shard", "key", "kept"] + (["captions"] if "captions" in names else []))
-    kept = t.column("kept").to_pylist()
-    rows = [(u, s, k) for u, s, k, keep in zip(*(t.column(c).to_pylist() for c in ("uid", "shard", "key")), kept,
-                                               strict=True) if keep]
+    t = t.filter(pc.fill_null(t.column("kept"), False))
     captions = None
     if "captions" in names:
-        captions = {u: [c for c in caps if c["kept"]] for u, caps, keep in
-                    zip(t.column("uid").to_pylist(), t.column("captions").to_pylist(), kept, strict=True) if keep}
-    return sorted(rows), captions
+        captions = {u: [c for c in caps if c["kept"]] for u, caps in
+                    zip(t.column("uid").to_pylist(), t.column("captions").to_pylist(), strict=True)}
+    kept = t.select(["uid", "shard", "key"])
+    order = pc.sort_indices(kept, sort_keys=[(c, "ascending") for c in ("uid", "shard", "key")])
+    return kept.take(order).combine_chunks() if kept.num_rows else pa.table(
+        {c: pa.array([], pa.string()) for c in ("uid", "shard", "key")}), captions
 
 
-def plan_shards(kept: list[tuple[str, str, str]], samples_per_shard: int, seed: int) -> list[list[tuple]]:
+class Plan:
+    """Which kept samples go to which output shard: `kept` (uid, shard, key, sorted by uid) and, per output shard,
+    row indices into it. Shards are materialised as tuples one at a time (`part`)."""
+
+    def __init__(self, kept, parts: list[np.ndarray]):
+        self.kept, self.parts = kept, parts
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def part(self, i: int) -> list[tuple[str, str, str]]:
+        import pyarrow as pa
+
+        t = self.kept.take(pa.array(self.parts[i]))
+        return list(zip(*(t.column(c).to_pylist() for c in ("uid", "shard", "key")), strict=True))
+
+    def sizes(self) -> list[int]:
+        return [len(p) for p in self.parts]
+
+    def source_keys(self, only: set[int] | None = None) -> dict[str, set[str]]:
+        """source shard -> the keys the output shards (`only`: those) read from it."""
+        import pyarrow as pa
+
+        rows = np.concatenate([p for i, p in enumerate(self.parts) if only is None or i in only] or [np.empty(0,
+                                                                                                      np.int64)])
+        t = self.kept.take(pa.array(rows, type=pa.int64())).select(["shard", "key"])
+        wanted: dict[str, set[str]] = defaultdict(set)
+        for shard, key in zip(t.column("shard").to_pylist(), t.column("key").to_pylist(), strict=True):
+            wanted[shard].add(key)
+        return wanted
+
+
+def plan_shards(kept, samples_per_shard: int, seed: int) -> Plan:
     """Shuffle (by seed, from uid order) and split into ceil(n / samples_per_shard) shards of near-equal size."""
-    if not kept:
-        return []
-    order = np.random.default_rng(seed).permutation(len(kept))
-    n_out = math.ceil(len(kept) / samples_per_shard)
-    return [[kept[i] for i in part] for part in np.array_split(order, n_out)]
+    n = kept.num_rows
+    if not n:
+        return Plan(kept, [])
+    order = np.random.default_rng(seed).permutation(n)
+    return Plan(kept, np.array_split(order, math.ceil(n / samples_per_shard)))
 
 
-def plan_hash(plan: list[list[tuple]], captions: dict[str, list[dict]] | None = None) -> str:
+def plan_hash(plan: Plan, captions: dict[str, list[dict]] | None = None) -> str:
+    """A digest of the plan: every output shard's uids in order (and, with judged captions, each one's kept
+    captions). Hashed from the uids' bytes shard by shard, no Python string per sample unless captions count."""
+    import pyarrow as pa
+
     h = hashlib.sha256()
-    for i, part in enumerate(plan):
+    uids = plan.kept.column("uid").combine_chunks() if plan.kept.num_rows else None
+    for i, part in enumerate(plan.parts):
         h.update(f"#{i}:".encode())
-        for uid, _, _ in part:
-            h.update(uid.encode())
-            for c in (captions or {}).get(uid, []):  # other kept captions are another output
-                h.update(f"|{c['source']}:{c['text']}".encode())
+        if captions:
+            for uid in uids.take(pa.array(part)).to_pylist():
+                h.update(uid.encode())
+                for c in captions.get(uid, []):  # other kept captions are another output
+                    h.update(f"|{c['source']}:{c['text']}".encode())
+            continue
+        taken = uids.take(pa.array(part))  # one contiguous buffer: the uids' UTF-8 bytes back to back
+        offsets = np.frombuffer(taken.buffers()[1], np.int32, len(taken) + 1, taken.offset * 4)
+        h.update(memoryview(taken.buffers()[2])[int(offsets[0]):int(offsets[-1])] if len(taken) else b"")
     return h.hexdigest()[:16]
 
 
-def index_sources(tars: dict[str, str], plan: list[list[tuple]], num_cpus: float, max_in_flight: int,
+def index_sources(tars: dict[str, str], wanted: dict[str, set[str]], num_cpus: float, max_in_flight: int,
                   retries: int) -> dict:
     """(source shard, key) -> {ext: MemberRange}, from the source tars' headers (`tars`: shard -> where its tar is
-    read), one Ray task per source shard."""
+    read; `wanted`: shard -> the keys to find), one Ray task per source shard."""
     from pipeline.core import shards
     from pipeline.execution.shard_tasks import map_bounded
 
-    wanted: dict[str, set[str]] = defaultdict(set)
-    for part in plan:
-        for _, shard, key in part:
-            wanted[shard].add(key)
     found = map_bounded(shards.index_samples, {s: (tars[s], wanted[s]) for s in sorted(wanted)},
                         num_cpus=num_cpus, max_in_flight=max_in_flight, retries=retries, label="reshard index")
     index: dict[tuple[str, str], dict] = {}
@@ -214,38 +256,47 @@ def caption_provenance_counts(captions: dict[str, list[dict]] | None) -> dict | 
     return {"images": len(captions), **dict(sorted(out.items()))}
 
 
+def plan_output(src: Dataset, cfg: ReshardConfig) -> tuple[Plan, dict | None, str, dict[str, int]]:
+    """The plan of an output (no source read, no Ray): (plan, kept captions or None, plan id, sizes by tar name).
+    Columnar throughout, so a selection of millions plans in seconds (bench/scale.py measures it)."""
+    kept, captions = read_kept(src, cfg.recipe_name)
+    if not kept.num_rows:
+        raise RuntimeError(f"reshard: recipe {cfg.recipe_name!r} kept no samples of {src.url}; nothing to write")
+    plan = plan_shards(kept, cfg.samples_per_shard, cfg.seed)
+    sizes = {f"{i:05d}.tar": n for i, n in enumerate(plan.sizes())}
+    return plan, captions, plan_hash(plan, captions), sizes
+
+
 def run(ctx: StageContext, cfg: ReshardConfig) -> dict[str, Any]:
+    import pyarrow.compute as pc
+
     from pipeline.execution.record import pending_shards
     from pipeline.execution.shard_tasks import run_shards
 
     t0 = time.time()
     src = ctx.dataset(cfg.input)
     out = ctx.dataset(ctx.output)
-    kept, captions = read_kept(src, cfg.recipe_name)
+    plan, captions, plan_id, sizes = plan_output(src, cfg)
     # damaged sources are reported, not half-copied; an ingested-in-place shard's tar is where it was ingested from
-    intact = src.intact_shards(sorted({shard for _, shard, _ in kept}))
+    intact = src.intact_shards(sorted(pc.unique(plan.kept.column("shard")).to_pylist()))
     tars = {s: src.shard_source(s, "tar", rec) for s, rec in intact.items()}
-    if not kept:
-        raise RuntimeError(f"reshard: recipe {cfg.recipe_name!r} kept no samples of {src.url}; nothing to write")
-    plan = plan_shards(kept, cfg.samples_per_shard, cfg.seed)
-    plan_id = plan_hash(plan, captions)
     discard_stale(out, plan_id, len(plan))
     names = [f"{i:05d}" for i in range(len(plan))]
     todo = set(pending_shards(out, names, stage=ctx.stage))  # a damaged shard loses its marker: redone below
     ctx.init_ray()
-    index = index_sources(tars, [p for n, p in zip(names, plan, strict=True) if n in todo], cfg.num_cpus,
+    index = index_sources(tars, plan.source_keys({i for i, n in enumerate(names) if n in todo}), cfg.num_cpus,
                           cfg.max_in_flight, cfg.retries)
-    jobs = [ShardJob(name, [(u, s, k, index.get((s, k), {}), (captions or {}).get(u)) for u, s, k in part]
-                     if name in todo else None) for name, part in zip(names, plan, strict=True)]
-    sizes = {f"{name}.tar": len(part) for name, part in zip(names, plan, strict=True)}
+    jobs = [ShardJob(name, [(u, s, k, index.get((s, k), {}), (captions or {}).get(u)) for u, s, k in plan.part(i)]
+                     if name in todo else None) for i, name in enumerate(names)]
     manifest = {"kind": "reshard", "source": cfg.input, "recipe": cfg.recipe_name, "seed": cfg.seed,
-                "samples_per_shard": cfg.samples_per_shard, "plan": plan_id, "kept": len(kept), "sizes": sizes,
-                "captions": caption_provenance_counts(captions),
+                "samples_per_shard": cfg.samples_per_shard, "plan": plan_id, "kept": plan.kept.num_rows,
+                "sizes": sizes, "captions": caption_provenance_counts(captions),
                 "config_hash": config_hash(cfg)}
     work = partial(write_shard, root=ctx.root, output=out.name, source=src.name, plan_id=plan_id)
     summary = run_shards(stage=ctx.stage, dataset=out, jobs=jobs, work=work, num_cpus=cfg.num_cpus,
                          max_in_flight=cfg.max_in_flight, retries=cfg.retries, manifest=manifest,
                          verify_done=False)  # verified just above
     write_json_atomic(out.sub("shards", "sizes.json"), sizes)
-    log.info("reshard: %d samples in %d shards at %s (%.1fs)", len(kept), len(plan), out.url, time.time() - t0)
+    log.info("reshard: %d samples in %d shards at %s (%.1fs)", plan.kept.num_rows, len(plan), out.url,
+             time.time() - t0)
     return {"dataset": out.url, **summary.as_dict(), "sizes": sizes}
