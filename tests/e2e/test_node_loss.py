@@ -1,7 +1,8 @@
 """A whole worker node lost mid-stage: on a real three-node Ray cluster (`ray start` head + two worker nodes on
 loopback, each with its own temp dir), a worker node's raylet and every process under it is SIGKILLed while
-download, score, caption and train-clip run; each stage finishes on the nodes left with every sample exactly once,
-training resumes from its last checkpoint with as many workers as still fit, and each says what it redid.
+download (on a local root and on an S3 root), score, caption and train-clip run; each stage finishes on the nodes
+left with every sample exactly once, training resumes from its last checkpoint with as many workers as still fit,
+and each says what it redid.
 
 One module-scoped cluster serves every test; a test that kills a node starts a replacement first. The head has no
 CPUs (as on large clusters), so every task, actor and training worker runs on a worker node that can be killed."""
@@ -91,6 +92,37 @@ def test_download_survives_a_lost_node_with_every_sample_once(pool) -> None:
     assert section["ok"] + sum(section["reasons"].values()) == POOL
     assert section["reasons"].get("timeout") == round(FAULTS["slow"] * POOL)
     assert "node_lost" in out  # the summary says what was redone
+
+
+def test_download_to_an_s3_root_survives_a_lost_node(cluster, s3_bucket, tmp_path) -> None:
+    """The same on a root in S3 (the moto server on loopback, whose endpoint every node's environment names):
+    what a lost node left half uploaded is redone, every sample once."""
+    from pipeline.core.layout import fs_and_path, join
+
+    root = join(s3_bucket, "run")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "name": "node-loss-s3", "root": root,
+        "synthetic": {"dir": str(tmp_path / "web"), "pool_size": POOL // 2, "hq_size": 10, "test_size": 20,
+                      "slow_seconds": 2.0, "faults": FAULTS},
+        "stages": {"download": {"source": "synthetic", "output": "pool", "image_size": 32,
+                                "resize_mode": "center_crop", "number_sample_per_shard": SHARD, "thread_count": 2,
+                                "timeout": 1}}}))
+    cluster.ensure_nodes(WORKERS)
+    proc = start_driver(cluster, cfg, "--stage", "download")
+    kill_node_running(cluster, "ray::_run_and_mark", proc)
+    out = finish(proc)
+    ds = Dataset(root, "pool")
+    section = ds.manifest()["stages"]["download"]
+    assert section["shards"]["failed"] == [] and section["shard_retry_reasons"].get("node_lost", 0) >= 1, out[-3000:]
+    tables = []
+    for url in ds.shard_files(ext="parquet"):
+        fs, path = fs_and_path(url)
+        with fs.open(path, "rb") as f:
+            tables.append(pq.read_table(f))
+    uids = pa.concat_tables(tables).column("uid").to_pylist()
+    assert len(uids) == len(set(uids)) == POOL // 2
+    assert section["ok"] + sum(section["reasons"].values()) == POOL // 2
 
 
 def model_stage_survives(cluster, run, pool, name: str, stage: dict, folder: str) -> tuple[pa.Table, dict, str]:
