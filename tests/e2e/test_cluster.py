@@ -4,6 +4,7 @@ a whole node lost: test_node_loss.py.)"""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -89,18 +90,19 @@ def test_killed_model_actor_is_replaced_and_every_uid_is_scored_once(cluster, po
     assert all(s is not None for s in scored.column("dfn_score").to_pylist())
 
 
-def train_stage(steps: int) -> dict:
+def train_stage(steps: int, workers: int = 1) -> dict:
     return {"kind": "train-clip", "input": "pool", "model": {"name": "tiny-sigmoid-vit"}, "objective": "siglip",
             "steps": steps, "log_every": 4, "checkpoint_every": 8, "seed": 3,
             "data": {"batch_size": 32, "loader_workers": 0, "shuffle_buffer": 64},
-            "scaling": {"num_workers": 1, "cpus_per_worker": 1, "max_failures": 2},
+            "scaling": {"num_workers": workers, "cpus_per_worker": 1, "max_failures": 2},
             "eval": {"max_samples": 60}}
 
 
 def test_killed_training_worker_resumes_and_ends_like_an_uninterrupted_run(cluster, pool) -> None:
     cfg, _ = pool
     base = yaml.safe_load(cfg.read_text())
-    base["stages"] = {"train_a": train_stage(32), "train_b": train_stage(32)}
+    # the uninterrupted reference trains in the driver: the same seed, data order and steps as one Ray Train worker
+    base["stages"] = {"train_a": train_stage(32, workers=0), "train_b": train_stage(32)}
     cfg.write_text(yaml.safe_dump(base))
     root = Path(base["root"])
 
@@ -120,6 +122,8 @@ def test_killed_training_worker_resumes_and_ends_like_an_uninterrupted_run(clust
     assert abs(a["metrics"]["loss"] - b["metrics"]["loss"]) < 0.25 * a["metrics"]["loss"]
     za, zb = a["eval"]["zeroshot"]["top1"], b["eval"]["zeroshot"]["top1"]
     assert abs(za - zb) <= 0.15, (za, zb)
+    with open(root / "train_b" / "metrics.csv") as f:  # one row per logged step: the resumed run continued the log
+        assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(4, 33, 4))
 
 
 def test_killed_driver_then_same_command_continues(cluster, tmp_path: Path) -> None:
