@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from local_cluster import LocalCluster, finish, kill_one, start_driver, wait_for
+from local_cluster import finish, kill_one, start_driver, wait_for
 
 from pipeline.core.layout import Dataset
 from training.engine.checkpoint import latest_checkpoint
@@ -23,15 +23,6 @@ POOL = 300
 # A few slow URLs (past the 1 s timeout) keep each download shard busy long enough to be killed mid-shard.
 FAULTS = {"http_404": 0.02, "http_500": 0.0, "slow": 0.04, "truncated": 0.0, "not_image": 0.01, "oversized": 0.0,
           "opt_out": 0.0}
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    c = LocalCluster(cpus_per_node=1).start()
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 def write_config(tmp: Path, stages: dict) -> Path:

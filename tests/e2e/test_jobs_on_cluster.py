@@ -10,21 +10,11 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
-from local_cluster import REPO, LocalCluster, wait_for
+from local_cluster import REPO, wait_for
 
 from pipeline.pipeline_config import load_pipeline_config
 
 DEMO_STEPS = 12  # each train-clip stage of the demo submitted as a job
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    c = LocalCluster(cpus_per_node=1).start()
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 def test_submit_the_demo_as_a_ray_job(cluster, tmp_path: Path) -> None:
