@@ -29,6 +29,7 @@ written shards are kept and it fails with the command that continues it.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import queue
@@ -130,7 +131,9 @@ class ModelStep:
 
 
 class TimedModel:
-    """The stage's model class as the actor: the same calls, each one's seconds spread over its rows (`MODEL_S`)."""
+    """The stage's model class as the actor: the same calls, each one's seconds spread over its rows (`MODEL_S`).
+    Built through `timed(cls)`, which names it after the model, so process titles and Ray's dashboard still say
+    `MapBatches(DFNScorer)`, not the wrapper's name."""
 
     def __init__(self, cls: type, kwargs: dict):
         self.model = cls(**kwargs)
@@ -141,6 +144,13 @@ class TimedModel:
         n = len(next(iter(out.values())))
         out[MODEL_S] = np.full(n, (time.perf_counter() - t0) / max(n, 1), dtype=np.float64)
         return out
+
+
+@functools.cache
+def timed(cls: type) -> type:
+    """A TimedModel subclass carrying `cls`'s name (Ray Data names the actors' operator and processes by it)."""
+    return type(cls.__name__, (TimedModel,), {"__qualname__": cls.__name__, "__module__": __name__,
+                                              "__doc__": f"{cls.__name__}, timed (see TimedModel)."})
 
 
 def _tagged(cols: dict, shard: str, end: bool, rows: int, info: str) -> dict:
@@ -230,7 +240,7 @@ def build_dataset(items: list[dict], read: ReadStep, model: ModelStep | None, bl
     data = data.map_batches(read_shards, batch_size=1, num_cpus=read.num_cpus, memory=read.memory_mb * 1024 * 1024,
                             fn_kwargs={"read": read.fn, "kwargs": read.kwargs})
     if model is not None:
-        data = data.map_batches(TimedModel, fn_constructor_kwargs={"cls": model.cls, "kwargs": model.kwargs},
+        data = data.map_batches(timed(model.cls), fn_constructor_kwargs={"cls": model.cls, "kwargs": model.kwargs},
                                 compute=ray.data.ActorPoolStrategy(size=model.actors), num_cpus=model.num_cpus,
                                 num_gpus=model.num_gpus or None, batch_size=model.batch_size, batch_format="numpy")
     if block_bytes:

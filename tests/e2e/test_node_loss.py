@@ -125,13 +125,14 @@ def test_download_to_an_s3_root_survives_a_lost_node(cluster, s3_bucket, tmp_pat
     assert section["ok"] + sum(section["reasons"].values()) == POOL // 2
 
 
-def model_stage_survives(cluster, run, pool, name: str, stage: dict, folder: str) -> tuple[pa.Table, dict, str]:
+def model_stage_survives(cluster, run, pool, name: str, stage: dict, folder: str,
+                         actor: str) -> tuple[pa.Table, dict, str]:
     cfg, base = run
     ds, _ = pool
     cluster.ensure_nodes(WORKERS)
     set_stage(cfg, base, name, stage)
     proc = start_driver(cluster, cfg, "--stage", name)
-    kill_node_running(cluster, "ray::MapWorker(MapBatches(TimedModel))", proc)
+    kill_node_running(cluster, f"ray::MapWorker(MapBatches({actor}))", proc)  # the model actor's node
     out = finish(proc)
     return rows(ds, folder), ds.manifest()["stages"][name], out
 
@@ -143,7 +144,7 @@ def ok_uids(ds: Dataset) -> set[str]:
 
 def test_score_survives_a_lost_node_with_every_uid_once(cluster, run, pool) -> None:
     stage = {"input": "pool", "model": {"name": "tiny-clip-vit"}, "batch_size": 8, "chunk_rows": 8}
-    scored, section, out = model_stage_survives(cluster, run, pool, "score", stage, "signals")
+    scored, section, out = model_stage_survives(cluster, run, pool, "score", stage, "signals", "DFNScorer")
     uids = scored.column("uid").to_pylist()
     assert len(uids) == len(set(uids)) and set(uids) == ok_uids(pool[0])
     assert all(s is not None for s in scored.column("dfn_score").to_pylist())
@@ -153,7 +154,8 @@ def test_score_survives_a_lost_node_with_every_uid_once(cluster, run, pool) -> N
 
 def test_caption_survives_a_lost_node_with_every_uid_once(cluster, run, pool, capfilt_models) -> None:  # noqa: F811
     stage = {"kind": "caption", **stage_cfg(capfilt_models)}
-    captions, section, out = model_stage_survives(cluster, run, pool, "caption", stage, "captions")
+    captions, section, out = model_stage_survives(cluster, run, pool, "caption", stage, "captions",
+                                                 "CaptionAndJudge")
     uids = captions.column("uid").to_pylist()
     assert len(uids) == len(set(uids)) and set(uids) == ok_uids(pool[0])
     assert section["shards"]["failed"] == [], out[-3000:]
