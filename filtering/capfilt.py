@@ -185,8 +185,11 @@ class CaptionJudge:
 
             self.scorer = DFNScorer(self.spec.model_spec(), device, num_threads)
 
-    def scores(self, pixels: np.ndarray, caption_sets: list[list[str]]) -> list[np.ndarray]:
-        """Per image (uint8 (B, H, W, 3) crops), the scores of its captions, in order."""
+    def scores(self, pixels: np.ndarray, caption_sets: list[list[str]],
+               embeddings: np.ndarray | None = None) -> list[np.ndarray]:
+        """Per image (uint8 (B, H, W, 3) crops), the scores of its captions, in order. `embeddings` (clip backend):
+        (B, D) unit-norm image embeddings this judge already computed (the score stage's, same weights); a row of
+        NaN is encoded from its crop as usual."""
         rows = np.asarray([i for i, caps in enumerate(caption_sets) for _ in caps], dtype=np.int64)
         texts = [c for caps in caption_sets for c in caps]
         if not texts:
@@ -194,20 +197,29 @@ class CaptionJudge:
         if self.spec.backend == "blip":
             flat = self.itm.scores(pixels[rows], texts)
         else:
-            flat = self._cosines(pixels, rows, texts)
+            flat = self._cosines(pixels, rows, texts, embeddings)
         bounds = np.cumsum([0] + [len(c) for c in caption_sets])
         return [np.asarray(flat[bounds[i]:bounds[i + 1]], np.float32) for i in range(len(caption_sets))]
 
-    def _cosines(self, pixels: np.ndarray, rows: np.ndarray, texts: list[str]) -> np.ndarray:
+    def _cosines(self, pixels: np.ndarray, rows: np.ndarray, texts: list[str],
+                 embeddings: np.ndarray | None = None) -> np.ndarray:
         import torch
 
         from filtering.preprocess import normalize_batch
 
         s = self.scorer
+        known = np.zeros(len(pixels), dtype=bool) if embeddings is None else np.isfinite(embeddings).all(axis=1)
         with torch.inference_mode():
-            x = normalize_batch(torch.from_numpy(np.ascontiguousarray(pixels)).to(s.device), s.mean, s.std)
-            img = s.model.encode_image(x.to(s.dtype), normalize=True)  # (B, D), each image once
             txt = s.model.encode_text(s.tokenizer(texts).to(s.device), normalize=True)  # (T, D)
+            img = torch.zeros((len(pixels), txt.shape[1]), dtype=txt.dtype, device=s.device)
+            if known.any():  # stored as float16: normalised again, so a cosine stays a cosine
+                given = torch.from_numpy(np.asarray(embeddings[known], dtype=np.float32)).to(s.device)
+                img[torch.from_numpy(known).to(s.device)] = torch.nn.functional.normalize(given, dim=1).to(txt.dtype)
+            if not known.all():
+                todo = np.ascontiguousarray(pixels[~known])
+                x = normalize_batch(torch.from_numpy(todo).to(s.device), s.mean, s.std)
+                img[torch.from_numpy(~known).to(s.device)] = s.model.encode_image(x.to(s.dtype), normalize=True) \
+                    .to(txt.dtype)  # each image once
             cos = (img[torch.from_numpy(rows).to(s.device)] * txt).sum(dim=1)  # (T,)
         return cos.float().cpu().numpy()
 
@@ -223,7 +235,8 @@ class CaptionAndJudge:
     score and match probability for its web caption and each synthetic caption.
 
     Batch in: `pixels` (the captioner's crops), optional `judge_pixels` (the judge's, when its preprocessing
-    differs), `caption`, `decodable`, `held_out`, `uid`. Out: `synthetic_captions`, `reason`, `web_score`,
+    differs), optional `judge_embedding` (the judge's image embeddings from the score stage, NaN rows where there
+    are none), `caption`, `decodable`, `held_out`, `uid`. Out: `synthetic_captions`, `reason`, `web_score`,
     `web_probability`, `synthetic_scores`, `synthetic_probabilities` (no pixels)."""
 
     def __init__(self, captioner: dict, decoding: dict, judge: dict, calibration: dict | None = None,
@@ -245,17 +258,21 @@ class CaptionAndJudge:
         del batch["synthetic_captions_reason"]
         crops = batch.pop("judge_pixels") if "judge_pixels" in batch else batch["pixels"]
         del batch["pixels"]
+        stored = batch.pop("judge_embedding", None)
         web = [str(c).strip() for c in batch["caption"]]
         n = len(ok)
         web_s, syn_s = np.full(n, np.nan, np.float32), [[] for _ in range(n)]
         idx = np.flatnonzero(ok)
         if len(idx):
             sets = [([web[i]] if web[i] else []) + list(batch["synthetic_captions"][i]) for i in idx]
-            for i, s in zip(idx, self.judge.scores(crops[idx], sets), strict=True):
+            given = None if stored is None else np.asarray(stored)[idx]
+            for i, s in zip(idx, self.judge.scores(crops[idx], sets, given), strict=True):
                 if web[i]:
                     web_s[i], s = s[0], s[1:]
                 syn_s[i] = [float(v) for v in s]
         backend = self.judge.spec.backend
+        reused = np.zeros(n, dtype=bool) if stored is None else np.isfinite(np.asarray(stored)).all(axis=1) & ok
+        batch["judge_embedding_reused"] = reused  # counted per shard by the writer, not stored
         batch["web_score"] = web_s
         batch["web_probability"] = probability(web_s, self.calibration, backend).astype(np.float32)
         batch["synthetic_scores"] = object_column(syn_s)

@@ -164,3 +164,19 @@ def open_clip_folder(directory: str | Path, name: str = "tiny-clip-rn", seed: in
     save_config_for_hf(model, folder / "open_clip_config.json", model_config=open_clip.get_model_config(name))
     torch.save(model.state_dict(), folder / HF_WEIGHTS_NAME)  # what save_for_hf writes without safetensors
     return str(folder)
+
+
+def small_pipeline(root: str | Path, synthetic: dict, eval_test_set: bool = True) -> dict:
+    """A pipeline config body of download from the loopback web -> a 4-step tiny CLIP on the pool -> score with it:
+    the shortest run of the chain that still trains and scores (tests add stages after `score`)."""
+    train = {"kind": "train-clip", "input": "pool", "model": {"name": "tiny-clip-vit-s"}, "objective": "clip",
+             "steps": 4, "checkpoint_every": 4, "log_every": 4,
+             "data": {"batch_size": 16, "shuffle_buffer": 8, "loader_workers": 1}, "scaling": {"num_workers": 0}}
+    if not eval_test_set:
+        train["eval"] = {"synthetic_test": False}
+    return {"root": str(root), "ray": {"num_cpus": 2, "object_store_mb": 512}, "synthetic": synthetic,
+            "stages": {"download": {"source": "synthetic", "output": "pool", "image_size": 32,
+                                    "resize_mode": "center_crop", "number_sample_per_shard": 80, "thread_count": 16,
+                                    "timeout": 1},
+                       "train_filter": train,
+                       "score": {"input": "pool", "model_from": "train_filter", "batch_size": 32}}}

@@ -270,6 +270,7 @@ def print_stage_summary(stage: str, summary: StageSummary, section: dict) -> Non
         rows.append(("start-up", f"{section['startup_seconds']:.1f}s (to the first sample back)"))
     if section.get("bottleneck"):
         rows.append(("time split", TimeSplit(section["time_split"]).text()))
+    rows += [(label, value) for label, value in section.get("summary_rows") or []]  # a stage's own lines
     for reason, n in list(summary.reasons.items())[:12]:
         rows.append((f"  {reason}", n))
     for reason, n in (section.get("shard_retry_reasons") or {}).items():

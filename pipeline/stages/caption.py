@@ -15,6 +15,10 @@ judge's training stage (`holdout:`) is an evaluation pair and is never captioned
 redone when its input tar, the captioner, the decoding or the judge changed. Weights come from a path or from a
 train-clip stage of the pipeline (`captioner_from`: it must train a CoCa; `caption_filter_from`); missing or
 incompatible weights, or a judge that is the captioner, fail before any work.
+
+When the input was scored with the judge's own weights and config (`score: {model_from: train_filter}` and
+`caption_filter_from: train_filter`), the judge reads the score stage's stored image embeddings instead of encoding
+the images again (`reuse_score_embeddings`; float16, so its cosines move by up to ~1e-3); the summary counts them.
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ class CaptionConfig(StageConfig, ActorPoolConfig):
     calibration: str | None = Field(None, description="a holdout.json whose Platt fit turns the judge's cosine into "
                                                       "P(match); default: the caption_filter_from stage's")
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="bigger images are a decode error")
+    reuse_score_embeddings: bool = Field(
+        True, description="when the input's score stage scored with the judge's own weights and preprocessing, the "
+                          "judge reads its stored image embeddings (float16) instead of encoding every image again")
 
     @model_validator(mode="after")
     def _sources(self) -> CaptionConfig:
@@ -220,9 +227,11 @@ def caption_signals(ds: Dataset) -> set[str]:
 
 
 def read_shard(item: dict, chunk_rows: int, max_pixels: int, captioner_pre: dict, judge_pre: dict | None,
-               splits: list):
+               splits: list, embed_dim: int | None = None):
     """Read function of the actor-pool runner: one shard's rows with the captioner's crops (and the judge's when
-    its preprocessing differs), whether each is held out, then the shard's end."""
+    its preprocessing differs), whether each is held out, then the shard's end. With `embed_dim` every row also
+    carries `judge_embedding`: the score stage's stored embedding where `item` names one (`embeddings`, row-aligned
+    with the `signals` parquet's keys), else NaN; a row that has one needs no judge crop."""
     from filtering.preprocess import Preprocessor
     from filtering.signals import decode_crops, sample_identity
     from pipeline.core.sample import image_member
@@ -233,25 +242,50 @@ def read_shard(item: dict, chunk_rows: int, max_pixels: int, captioner_pre: dict
     pre = Preprocessor(captioner_pre)
     judge = Preprocessor(judge_pre) if judge_pre is not None else None
     report, shard, rows, split = ReadReport(), str(item["shard"]), [], TimeSplit()
+    with split.part("reading"):
+        stored = stored_embeddings(item) if embed_dim else {}
     for key, files in split.timed(read_samples(str(item["url"]), report), "reading"):
         uid, _, caption = sample_identity(key, files, shard)
-        # one decode, at the size the larger of the two models needs, serves both crops
+        emb = stored.get(key)
+        # one decode, at the size the larger of the two models needs, serves both crops (the judge's is made even
+        # when its stored embedding replaces it: the decode's scale, so the captioner's crop, must not change)
         with split.part("decoding"):
             info, _, (pixels, *crop) = decode_crops(image_member(files)[1], max_pixels,
                                                     [pre, *([judge] if judge else [])])
+        if emb is not None:
+            crop = []
         row = {"uid": uid, "key": key, "shard": shard, "caption": caption, "decodable": info.decodable,
                "decode_error": info.decode_error}
-        rows.append((row, pixels if info.decodable else None, crop[0] if crop and info.decodable else None))
+        rows.append((row, pixels if info.decodable else None, crop[0] if crop and info.decodable else None, emb))
         if len(rows) >= chunk_rows:
-            yield _columns(rows, pre, judge, splits)
+            yield _columns(rows, pre, judge, splits, embed_dim)
             rows = []
     if rows:
-        yield _columns(rows, pre, judge, splits)
-    blank = ({"uid": "", "key": "", "shard": shard, "caption": "", "decodable": False, "decode_error": ""}, None, None)
-    yield ShardEnd({**report.as_dict(), "time_split": split.as_dict()}, _columns([blank], pre, judge, []))
+        yield _columns(rows, pre, judge, splits, embed_dim)
+    blank = ({"uid": "", "key": "", "shard": shard, "caption": "", "decodable": False, "decode_error": ""}, None, None,
+             None)
+    yield ShardEnd({**report.as_dict(), "time_split": split.as_dict()}, _columns([blank], pre, judge, [], embed_dim))
 
 
-def _columns(rows: list[tuple], pre, judge, splits: list) -> dict[str, np.ndarray]:
+def stored_embeddings(item: dict) -> dict[str, np.ndarray]:
+    """key -> the score stage's image embedding (float16) of a shard (`item["embeddings"]`, `item["signals"]`);
+    empty when the item names none. Undecodable rows were stored as zeros: they are left out."""
+    import pyarrow.parquet as pq
+
+    if not item.get("embeddings"):
+        return {}
+    fs, path = fs_and_path(str(item["signals"]))
+    with fs.open(path, "rb") as f:
+        keys = pq.read_table(f, columns=["key"]).column("key").to_pylist()
+    fs, path = fs_and_path(str(item["embeddings"]))
+    with fs.open(path, "rb") as f:
+        emb = np.load(f)
+    if len(keys) != len(emb):  # not the pair the marker promised: encode every image instead
+        return {}
+    return {k: e for k, e in zip(keys, emb, strict=True) if np.any(e)}
+
+
+def _columns(rows: list[tuple], pre, judge, splits: list, embed_dim: int | None = None) -> dict[str, np.ndarray]:
     from filtering.capfilt import object_column
 
     cols = {k: object_column([str(r[0][k] or "") for r in rows]) for k in ("uid", "key", "shard", "caption",
@@ -265,7 +299,43 @@ def _columns(rows: list[tuple], pre, judge, splits: list) -> dict[str, np.ndarra
                 if r[i] is not None:
                     batch[j] = r[i]
             cols[name] = batch
+    if embed_dim:  # every chunk of every shard has the column (Ray Data concatenates chunks of several shards)
+        emb = np.full((len(rows), embed_dim), np.nan, dtype=np.float32)
+        for j, r in enumerate(rows):
+            if r[3] is not None and r[0]["decodable"]:
+                emb[j] = r[3]
+        cols["judge_embedding"] = emb
     return cols
+
+
+def score_embeddings(ds: Dataset, models: dict, inputs: dict) -> dict:
+    """What the judge can reuse: `{"dim": D, "shards": {shard: {"embeddings": url, "signals": url}}}` for the
+    shards a score stage scored with the judge's own weights (content id) and model config from the same input tar,
+    keeping embeddings; empty when there are none (or the judge is BLIP's, which has no image embedding to reuse)."""
+    from pipeline.stages.score import model_weights_id
+
+    judge = models["judge"]
+    if judge.backend != "clip":
+        return {}
+    spec = judge.model_spec()
+    key, weights = config_hash(spec), model_weights_id(spec)
+    shards = {}
+    for shard, mark in ds.done_shards("signals").items():
+        tar_sha = (inputs.get(shard, {}).get("files") or {}).get(f"shards/{shard}.tar", {}).get("sha256")
+        if (shard in inputs and mark.get("model") == key and mark.get("model_id") == weights == models["judge_id"]
+                and f"embeddings/{shard}.npy" in (mark.get("files") or {}) and mark.get("input_sha256") == tar_sha):
+            shards[shard] = {"embeddings": ds.shard_file(shard, "npy", "embeddings"),
+                             "signals": ds.shard_file(shard, "parquet", "signals")}
+    for where in shards.values():  # the width from a header: (rows, D) (an empty shard's array may be 1-D)
+        fs, path = fs_and_path(where["embeddings"])
+        with fs.open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape = read_header(f)[0]
+        if len(shape) == 2 and shape[1]:
+            return {"dim": int(shape[1]), "shards": shards}
+    return {}
 
 
 def write_caption_shard(ds: Dataset, shard: str, cols: dict, info: dict, ident: dict) -> dict:
@@ -286,8 +356,10 @@ def write_caption_shard(ds: Dataset, shard: str, cols: dict, info: dict, ident: 
         reasons[f"member:{why}"] += n
     if info.get("error"):
         reasons["tar_error"] += 1
+    reused = int(np.asarray(cols.get("judge_embedding_reused", []), dtype=bool).sum())
     return {"samples": table.num_rows, "ok": table.num_rows - sum(v for k, v in reasons.items()
                                                                    if k in ("undecodable", "held_out")),
+            "judge_embeddings_reused": reused,
             "reasons": dict(reasons), "files": {f"{FOLDER}/{shard}.parquet": file_record(*fs_and_path(url))},
             **{k: ident[k] for k in ("key", "calibrated")}, "input_sha256": ident["input_sha"].get(shard)}
 
@@ -303,6 +375,7 @@ def run(ctx: StageContext, cfg: CaptionConfig) -> dict[str, Any]:
         raise ConfigError(f"{ctx.config_path or 'config'}: stages.{ctx.stage}: dataset {ds.url} has no complete "
                           "shards to caption (run the download stage first)")
     models = resolve(ctx, cfg)
+    reuse = score_embeddings(ds, models, inputs) if cfg.reuse_score_embeddings else {}
     decoding = decoding_record(cfg.decoding.model_dump())
     ident = {"captioner_id": models["captioner_id"], "judge_id": models["judge_id"], "decoding": decoding,
              "calibrated": models["calibration"] is not None or models["judge"].backend == "blip",
@@ -320,7 +393,8 @@ def run(ctx: StageContext, cfg: CaptionConfig) -> dict[str, Any]:
         cap_pre, judge_pre = models["captioner"].preprocess_cfg(), models["judge"].preprocess_cfg()
         read = ReadStep(read_shard, {"chunk_rows": cfg.chunk_rows, "max_pixels": cfg.max_image_pixels,
                                      "captioner_pre": cap_pre, "splits": models["splits"],
-                                     "judge_pre": None if judge_pre == cap_pre else judge_pre},
+                                     "judge_pre": None if judge_pre == cap_pre else judge_pre,
+                                     "embed_dim": reuse.get("dim")},
                         num_cpus=resources["read_cpus"], memory_mb=cfg.read_memory_mb)
         model = ModelStep(CaptionAndJudge, {"captioner": models["captioner"].model_dump(),
                                             "decoding": cfg.decoding.model_dump(),
@@ -330,11 +404,17 @@ def run(ctx: StageContext, cfg: CaptionConfig) -> dict[str, Any]:
                           actors=resources["actors"], num_cpus=resources["actor_cpus"],
                           num_gpus=resources["actor_gpus"], batch_size=cfg.batch_size)
         row_bytes = 4096 + int(np.prod(cap_pre["size"])) * 6
-        run_actor_pool(record, [{"shard": s, "url": ds.shard_source(s, "tar", inputs[s])} for s in todo],
+        run_actor_pool(record, [{"shard": s, "url": ds.shard_source(s, "tar", inputs[s]),
+                                 **reuse.get("shards", {}).get(s, {})} for s in todo],
                        lambda s, cols, info: write_caption_shard(ds, s, cols, info, ident), read, model,
                        block_bytes=max(1 << 20, cfg.chunk_rows * row_bytes), retries=cfg.retries,
                        stall_s=cfg.stall_timeout)
+    done = ds.done_shards(FOLDER)
+    reused = sum(int(done.get(s, {}).get("judge_embeddings_reused") or 0) for s in inputs)
     summary = record.finish({
+        "judge_embeddings_reused": reused,
+        "summary_rows": [("judge images", f"{reused} embeddings reused from the score stage (same weights), the "
+                                          "rest encoded")] if reuse else [],
         "kind": "caption", "captioner": models["captioner"].model_dump(), "captioner_id": models["captioner_id"],
         "caption_filter": models["judge"].model_dump(), "caption_filter_id": models["judge_id"],
         "decoding": cfg.decoding.model_dump(), "calibration": models["calibration"],

@@ -93,6 +93,19 @@ def model_key(cfg: ScoreConfig) -> str | None:
     return config_hash(cfg.model) if cfg.model else None
 
 
+def model_weights_id(spec: ModelSpec | None) -> str | None:
+    """The scoring weights' content id (`sha256:...` of the checkpoint, or `tag:name/tag`; None without a model):
+    a filter retrained in place has a new id, so its shards are scored again, and a caption judge knows whether
+    these embeddings are its own (`pipeline.stages.caption`)."""
+    from filtering.capfilt import weights_id
+    from pipeline.core.model_files import local_dir
+
+    if spec is None:
+        return None
+    files = spec.pretrained or local_dir(spec.name)
+    return weights_id(files, spec.name) if files else f"random:{spec.name}"
+
+
 def read_shard(item: dict, chunk_rows: int, max_pixels: int, preprocess_cfg: dict | None, phash_decode: str = "full"):
     """Read function of the actor-pool runner: one shard's signal chunks (with crops for the model), then its end."""
     from filtering.preprocess import Preprocessor
@@ -110,7 +123,7 @@ def read_shard(item: dict, chunk_rows: int, max_pixels: int, preprocess_cfg: dic
 
 
 def write_scored_shard(ds: Dataset, shard: str, cols: dict, info: dict, cfg: ScoreConfig,
-                       input_sha: str | None) -> dict:
+                       input_sha: str | None, model_id: str | None = None) -> dict:
     """Write one shard's signals (+ embeddings); return its record (the runner writes it as the marker)."""
     import pyarrow.parquet as pq
 
@@ -144,7 +157,8 @@ def write_scored_shard(ds: Dataset, shard: str, cols: dict, info: dict, cfg: Sco
     if info.get("error"):
         reasons["tar_error"] += 1
     return {"samples": table.num_rows, "ok": int(decodable.sum()), "reasons": dict(reasons), "files": files,
-            "model": model_key(cfg), "phash_decode": cfg.phash_decode, "input_sha256": input_sha, "read": info}
+            "model": model_key(cfg), "model_id": model_id, "phash_decode": cfg.phash_decode,
+            "input_sha256": input_sha, "read": info}
 
 
 def _input_sha(marker: dict, shard: str) -> str | None:
@@ -177,10 +191,10 @@ def run(ctx: StageContext, cfg: ScoreConfig) -> dict[str, Any]:
     cfg = resolve_model(ctx, cfg)
     ds = ctx.dataset(cfg.input)
     inputs = ds.done_shards("shards")
-    key = model_key(cfg)
+    key, model_id = model_key(cfg), model_weights_id(cfg.model)
     # startup_seconds stays None (in the manifest) when every shard is already done and no model starts
     record = StageRecord(ctx.stage, ds, sorted(inputs), folder="signals", timings={"startup_seconds": None})
-    todo = record.pending(current=lambda s, mark: mark.get("model") == key
+    todo = record.pending(current=lambda s, mark: mark.get("model") == key and mark.get("model_id") == model_id
                           and mark.get("phash_decode", "full") == cfg.phash_decode
                           and mark.get("input_sha256") == _input_sha(inputs[s], s))
     ds.intact_shards(todo)  # a download shard damaged on disk is reported here, not half-scored
@@ -193,13 +207,14 @@ def run(ctx: StageContext, cfg: ScoreConfig) -> dict[str, Any]:
         resources = plan_resources(cfg, ctx.init_ray(), cfg.model is not None, ctx.stage)
         read, model, block_bytes = pipeline_steps(cfg, resources, preprocess_cfg)
         run_actor_pool(record, [{"shard": s, "url": ds.shard_source(s, "tar", inputs[s])} for s in todo],
-                       lambda s, cols, info: write_scored_shard(ds, s, cols, info, cfg, _input_sha(inputs[s], s)),
+                       lambda s, cols, info: write_scored_shard(ds, s, cols, info, cfg, _input_sha(inputs[s], s),
+                                                                model_id),
                        read, model, block_bytes=block_bytes, retries=cfg.retries,
                        stall_s=cfg.stall_timeout)
     summary = record.finish({
         "kind": "score",
         "model": cfg.model.model_dump() if cfg.model else None,
-        "model_key": key,
+        "model_key": key, "model_id": model_id,
         "signals": signals_schema(cfg.model is not None).names,
         "embeddings": bool(cfg.model is not None and cfg.keep_embeddings),
         "resources": resources,

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from curation_testdata import small_pipeline
 
 from pipeline.cli.run import run_pipeline
 from pipeline.core.layout import Dataset
@@ -21,19 +22,9 @@ FIXTURE = str(Path(__file__).resolve().parents[2] / "data" / "fashion_small.npz"
 @pytest.mark.timeout(240)
 def test_download_train_and_score_run_on_the_fashion_world(ray_local, tmp_path):
     root = tmp_path / "run"
-    body = {
-        "name": "fashion", "root": str(root), "ray": {"num_cpus": 2, "object_store_mb": 512},
-        "synthetic": {"world": "fashion", "fashion_data": FIXTURE, "pool_size": 160, "hq_size": 0, "test_size": 50,
-                      "slow_seconds": 3.0},
-        "stages": {
-            "download": {"source": "synthetic", "output": "pool", "image_size": 32, "resize_mode": "center_crop",
-                         "number_sample_per_shard": 80, "thread_count": 16, "timeout": 1},
-            "train_filter": {"kind": "train-clip", "input": "pool", "model": {"name": "tiny-clip-vit-s"},
-                             "objective": "clip", "steps": 4, "checkpoint_every": 4, "log_every": 4,
-                             "data": {"batch_size": 16, "shuffle_buffer": 8, "loader_workers": 1},
-                             "scaling": {"num_workers": 0}},
-            "score": {"input": "pool", "model_from": "train_filter", "batch_size": 32},
-        }}
+    body = {"name": "fashion", **small_pipeline(root, {
+        "world": "fashion", "fashion_data": FIXTURE, "pool_size": 160, "hq_size": 0, "test_size": 50,
+        "slow_seconds": 3.0})}
     path = tmp_path / "fashion.yaml"
     path.write_text(yaml.safe_dump(body, sort_keys=False))
     out = run_pipeline(load_pipeline_config(path))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from curation_testdata import small_pipeline
 
 from pipeline.cli.run import run_pipeline
 from pipeline.core.layout import Dataset
@@ -23,18 +24,8 @@ WEB = {"pool_size": 240, "hq_size": 0, "test_size": 0, "slow_seconds": 3.0,
 
 def run_once(tmp: Path, name: str) -> Path:
     root = tmp / name
-    body = {
-        "name": "repro", "root": str(root), "ray": {"num_cpus": 2, "object_store_mb": 512}, "synthetic": WEB,
-        "stages": {
-            "download": {"source": "synthetic", "output": "pool", "image_size": 32, "resize_mode": "center_crop",
-                         "number_sample_per_shard": 80, "thread_count": 16, "timeout": 1},
-            "train_filter": {"kind": "train-clip", "input": "pool", "model": {"name": "tiny-clip-vit-s"},
-                             "objective": "clip", "steps": 4, "checkpoint_every": 4, "log_every": 4,
-                             "data": {"batch_size": 16, "shuffle_buffer": 8, "loader_workers": 1},
-                             "scaling": {"num_workers": 0}, "eval": {"synthetic_test": False}},
-            "score": {"input": "pool", "model_from": "train_filter", "batch_size": 32},
-            "filter": {"input": "pool", "recipe": "dfn_synthetic"},
-        }}
+    body = {"name": "repro", **small_pipeline(root, WEB, eval_test_set=False)}
+    body["stages"]["filter"] = {"input": "pool", "recipe": "dfn_synthetic"}
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(body, sort_keys=False))  # stage order matters
     run_pipeline(load_pipeline_config(path))

@@ -189,3 +189,42 @@ def test_a_probability_cut_needs_a_calibrated_filter_before_any_work(tmp_path, c
         else:
             with pytest.raises(RecipeError, match=r"capfilt: needs 'caption_calibrated'.*caption stage"):
                 filter_stage.preflight(ctx, cfg)
+
+
+def test_a_judge_with_the_scorers_weights_reuses_the_score_stages_embeddings(ray_local, tmp_path, capfilt_models):
+    """Start once: when the pool was scored by the judge's own weights and config, the caption stage's judge reads
+    the stored image embeddings instead of encoding every image again; captions are the same, scores agree to the
+    float16 the embeddings are stored in, and an image without a stored embedding (here: a shard the score stage
+    did not see) is encoded as before."""
+    from pipeline.stages import score
+
+    shards = [[sample(700 + 6 * s + i) for i in range(6)] for s in range(2)]
+    shards[0].append(Sample(b"\xff\xd8 not a jpeg", "a broken image", "http://web.test/broken2.jpg"))
+    judge = stage_cfg(capfilt_models)["caption_filter"]
+    scorer = {"input": "pool", "model": {"name": judge["name"], "pretrained": judge["weights"],
+                                         "config_file": judge["config_file"]}, "batch_size": 8, "chunk_rows": 6}
+    runs = {}
+    for name, scored, reuse in (("pool", True, True), ("plain", False, True), ("off", True, False)):
+        root = tmp_path / name
+        ds = write_pool(root, "pool", shards)
+        if scored:
+            score.run(*ctx_for(root, {"score": scorer}, "score"))
+            # the score stage's marker of shard 00001 goes: that shard's judge must encode its images itself
+            if name == "pool":
+                os.remove(ds.sub("signals", "_done", "00001"))
+        res = caption.run(*ctx_for(root, {"caption": stage_cfg(capfilt_models, reuse_score_embeddings=reuse)},
+                                   "caption"))
+        runs[name] = ({r["uid"]: r for r in rows_of(ds)}, res, ds.manifest()["stages"]["caption"])
+    rows, res, section = runs["pool"]
+    assert res["ok"] == 12 and section["judge_embeddings_reused"] == 6  # shard 00000's decodable images only
+    assert runs["plain"][2]["judge_embeddings_reused"] == 0 and runs["off"][2]["judge_embeddings_reused"] == 0
+    for other in ("plain", "off"):
+        theirs = runs[other][0]
+        assert rows.keys() == theirs.keys()
+        for uid, r in rows.items():
+            assert (r["synthetic_captions"], r["reason"]) == (theirs[uid]["synthetic_captions"], theirs[uid]["reason"])
+            if r["reason"] is None:
+                assert r["web_score"] == pytest.approx(theirs[uid]["web_score"], abs=2e-3)
+                assert r["synthetic_scores"] == pytest.approx(theirs[uid]["synthetic_scores"], abs=2e-3)
+    moved = [abs(r["web_score"] - runs["off"][0][u]["web_score"]) for u, r in rows.items() if r["reason"] is None]
+    assert max(moved) > 0  # the reused rows really came from the stored float16 embeddings
