@@ -71,7 +71,7 @@ def test_killed_download_worker_is_retried_and_every_sample_is_there_once(pool) 
 def test_killed_model_actor_is_replaced_and_every_uid_is_scored_once(cluster, pool) -> None:
     cfg, ds = pool
     proc = start_driver(cluster, cfg, "--stage", "score")
-    kill_one(cluster, "ray::MapWorker(MapBatches(DFNScorer))")  # the scorer, timed
+    kill_one(cluster, "ray::MapWorker(MapBatches(DFNScorer))")  # the scorer (the timed wrapper carries its name)
     finish(proc)
     scored = rows(ds, "signals")
     uids = scored.column("uid").to_pylist()
