@@ -156,7 +156,8 @@ def read_calibration(path: str) -> dict:
         raise CapFiltError(f"calibration {path}: no Platt fit (`platt: {{a, b}}`) in it; it should be the "
                            "holdout.json of a train-clip stage with `holdout:` set")
     return {"a": float(platt["a"]), "b": float(platt["b"]), "threshold_score": platt.get("threshold_score"),
-            "source": path, "estimated_auroc": found.get("estimated_auroc")}
+            "source": path, "estimated_auroc": found.get("estimated_auroc"), "cut": found.get("cut"),
+            "near_misses": found.get("near_misses_counted")}
 
 
 def probability(scores: np.ndarray, calibration: dict | None, backend: str) -> np.ndarray:
@@ -301,10 +302,14 @@ def decoding_record(decoding: dict) -> str:
 
 
 class CapFiltParams(StrictModel):
-    """The `capfilt` recipe op: which captions of an image to keep. One rule; none given = BLIP's P(match) >= 0.5."""
+    """The `capfilt` recipe op: which captions of an image to keep. One rule; none given = BLIP's P(match) >= 0.5.
+    `min_probability: auto` cuts at the probability that best separated the judge's held-out positives from its
+    negatives (`filtering.holdout.best_cut`: shuffled captions, and near misses when the judge's `holdout` counts
+    them), read from the calibration the caption stage used."""
 
-    min_probability: float | None = Field(None, ge=0, le=1, description="keep captions with calibrated P(match) >= "
-                                                                        "this (BLIP's ITM threshold is 0.5)")
+    min_probability: float | Literal["auto"] | None = Field(
+        None, description="keep captions with calibrated P(match) >= this (BLIP's ITM threshold is 0.5); auto: the "
+                          "judge's best cut on its held-out pairs")
     top_fraction: float | None = Field(None, gt=0, le=1, description="keep the best-scoring fraction of all the "
                                                                      "pool's candidate captions")
     min_score: float | None = Field(None, description="keep captions whose raw judge score (cosine) is >= this")
@@ -313,6 +318,8 @@ class CapFiltParams(StrictModel):
 
     @model_validator(mode="after")
     def _one_rule(self):
+        if isinstance(self.min_probability, float | int) and not 0 <= self.min_probability <= 1:
+            raise ValueError(f"min_probability must be within [0, 1] or auto (got {self.min_probability})")
         given = [k for k in ("min_probability", "top_fraction", "min_score") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"give one of min_probability, top_fraction, min_score (got {', '.join(given)})")
@@ -323,6 +330,25 @@ class CapFiltParams(StrictModel):
     @property
     def by_probability(self) -> bool:
         return self.min_probability is not None
+
+    @property
+    def auto(self) -> bool:
+        return self.min_probability == "auto"
+
+
+def auto_cut(calibration: dict | None) -> dict:
+    """The probability cut `min_probability: auto` uses: the held-out best cut of the judge's calibration (what
+    `read_calibration` read from its holdout.json), with where it came from. Raises when there is none."""
+    cut = (calibration or {}).get("cut") or {}
+    if cut.get("probability") is None:
+        where = f" ({calibration['source']})" if calibration and calibration.get("source") else ""
+        raise CapFiltError("capfilt: min_probability: auto needs the judge's best cut on its held-out pairs (a "
+                           f"holdout.json written by a train-clip stage with `holdout:`); the caption stage's "
+                           f"calibration{where} has none: rerun the filter's training stage, or give a number")
+    return {"rule": "auto", "probability": float(cut["probability"]), "score": cut.get("score"),
+            "balanced_accuracy": cut.get("balanced_accuracy"),
+            "balanced_accuracy_at_half": cut.get("balanced_accuracy_at_half"),
+            "near_misses": calibration.get("near_misses"), "source": calibration.get("source")}
 
 
 def candidates(web: np.ndarray, web_s: np.ndarray, web_p: np.ndarray, syn: np.ndarray, syn_s: np.ndarray,
@@ -343,13 +369,16 @@ def candidates(web: np.ndarray, web_s: np.ndarray, web_p: np.ndarray, syn: np.nd
     return out
 
 
-def judge_captions(params: CapFiltParams, rows: list[list[tuple[str, str, float, float]]], judge: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+def judge_captions(params: CapFiltParams, rows: list[list[tuple[str, str, float, float]]], judge: np.ndarray,
+                   calibration: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Keep or drop each candidate caption. Returns (any caption kept (N,), the row's best value (N,), per row the
-    verdicts `[{text, source, score, probability, judge, kept, drop_op}]` (kept first, best first), threshold)."""
+    verdicts `[{text, source, score, probability, judge, kept, drop_op}]` (kept first, best first), threshold).
+    `calibration` (the caption stage's) gives `min_probability: auto` its cut."""
     by_p = params.by_probability
     value = (lambda c: c[3]) if by_p else (lambda c: c[2])
-    if params.top_fraction is not None:
+    if params.auto:
+        cut = auto_cut(calibration)["probability"]
+    elif params.top_fraction is not None:
         from filtering.ops import top_fraction_threshold
 
         pool = np.asarray([c[2] for row in rows for c in row], dtype=np.float64)
