@@ -92,6 +92,14 @@ def names_truth(caption: str, colour, shape, world) -> bool:
         named(caption, world.shapes) == [shape]
 
 
+def recipe_name(root: str) -> str:
+    """The recipe the config's filter stage applies (its selection file's name)."""
+    import json
+
+    with open(os.path.join(root, "pool", "manifest.json")) as f:
+        return json.load(f)["stages"]["filter"]["recipe"]
+
+
 def judged(root: str, world_name: str):
     """Every candidate caption of every decodable pool image: uid, source, text, judge score, kept, right."""
     import pandas as pd
@@ -104,8 +112,8 @@ def judged(root: str, world_name: str):
     truth = pd.read_parquet(os.path.join(root, "web", "truth.parquet")).set_index("uid")
     caps = read_captions(Dataset(root, "pool")).to_pandas()
     caps = caps[caps["decodable"] & caps["reason"].isna()]
-    sel = pd.read_parquet(os.path.join(root, "pool", "selection", "capfilt.parquet"), columns=["uid", "kept",
-                                                                                               "captions"])
+    sel = pd.read_parquet(os.path.join(root, "pool", "selection", f"{recipe_name(root)}.parquet"),
+                          columns=["uid", "kept", "captions"])
     verdict = {(r.uid, c["source"], c["text"]): bool(c["kept"] and r.kept) for r in sel.itertuples()
                for c in r.captions}
     rows = []
@@ -151,6 +159,10 @@ def quality(root: str, world: str) -> dict:
     web, syn, kept = df[df["source"] == "web"], df[df["source"] == "synthetic"], df[df["kept"]]
     with open(os.path.join(root, "train_filter", "holdout.json")) as f:
         check = json.load(f)
+    with open(os.path.join(root, "pool", "selection", f"{recipe_name(root)}.json")) as f:
+        cut = json.load(f).get("capfilt_cut") or {}
+    auto = (check.get("cut") or {}).get("probability")
+    levels = sorted({0.5, 0.7, 0.9, 0.95} | ({round(auto, 3)} if auto is not None else set()))
     return {
         "images": web["uid"].nunique(), "noise_before": 1 - web["right"].mean(),
         "noise_after": 1 - kept["right"].mean(), "kept_captions": len(kept),
@@ -159,8 +171,13 @@ def quality(root: str, world: str) -> dict:
         "rejected": {s: 1 - df[df["source"] == s]["kept"].mean() for s in ("web", "synthetic")},
         "noise_after_by_source": {s: 1 - kept[kept["source"] == s]["right"].mean() for s in ("web", "synthetic")},
         "true_auroc": auroc(df["score"], df["right"]), "true_auroc_web": auroc(web["score"], web["right"]),
+        "true_auroc_synthetic": auroc(syn["score"], syn["right"]),
         "estimated_auroc": check["estimated_auroc"], "estimate_step": check["step"],
-        "examples": examples(df), "sweep": threshold_sweep(df),
+        "estimated_auroc_shuffled": check.get("auroc_shuffled", float("nan")),
+        "estimated_auroc_near_miss": check.get("auroc_near_miss", float("nan")),
+        "near_misses": check.get("near_misses"), "near_misses_counted": check.get("near_misses_counted"),
+        "cut": cut.get("threshold"), "cut_rule": cut.get("rule") or cut.get("op"), "auto_cut": auto,
+        "examples": examples(df), "sweep": threshold_sweep(df, levels),
         "colour_right": syn["colour_right"].dropna().astype(bool).mean() if w.colours else float("nan"),
         "shape_right": syn["shape_right"].dropna().astype(bool).mean(),
         "chance": {"colour": 1 / len(w.colours) if w.colours else float("nan"), "shape": 1 / len(w.shapes)},
@@ -189,8 +206,12 @@ def run_world(world: str, root: str, sets: list[str], seeds: list[int]) -> dict:
         extra = ""
         if stage == "train_filter" and res.get("holdout"):
             extra = f"  estimated AUROC {res['holdout']['estimated_auroc']:.3f} (step {res['holdout']['step']})"
+        if stage == "train_filter" and res.get("holdout", {}).get("auroc_near_miss") is not None:
+            extra += f", vs near misses {res['holdout']['auroc_near_miss']:.3f}"
         if stage == "filter":
             extra = f"  kept {res['kept']} of {res['samples']} images"
+            if res.get("capfilt_cut"):
+                extra += f" (cut P(match) >= {res['capfilt_cut']['threshold']:.3f}, {res['capfilt_cut'].get('rule')})"
         print(f"  {stage:16s} {time.time() - t:6.1f}s{extra}", flush=True)
     q = quality(root, world)
     top1: dict[str, list[float]] = {"capfilt": [], "web": []}
@@ -224,6 +245,11 @@ def report(world: str, r: dict) -> list[str]:
              f"| images keeping >= 1 caption | {r['images_kept']} ({r['images_kept'] / r['images']:.1%}) |",
              f"| filter AUROC: estimated (no labels, step {r['estimate_step']}) / true (all captions) / true "
              f"(web) | {r['estimated_auroc']:.3f} / {r['true_auroc']:.3f} / {r['true_auroc_web']:.3f} |",
+             f"| estimated vs shuffled / vs {r['near_misses']} near misses (counted: {r['near_misses_counted']}) "
+             f"| {r['estimated_auroc_shuffled']:.3f} / {r['estimated_auroc_near_miss']:.3f} |",
+             f"| true AUROC on synthetic captions | {r['true_auroc_synthetic']:.3f} |",
+             f"| cut used ({r['cut_rule']}) / held-out best cut | P(match) >= {r['cut']} / "
+             f"{'-' if r['auto_cut'] is None else format(r['auto_cut'], '.3f')} |",
              f"| zero-shot top-1 CapFilt, per seed | {', '.join(f'{v:.1f}' for v in r['top1']['capfilt'])} |",
              f"| zero-shot top-1 web only, per seed | {', '.join(f'{v:.1f}' for v in r['top1']['web'])} |",
              f"| CapFilt | {spread(r['top1']['capfilt'])} |", f"| web only | {spread(r['top1']['web'])} |",

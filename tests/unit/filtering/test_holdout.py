@@ -104,7 +104,8 @@ def test_junk_images_are_noise_flat_and_gradients():
 
 
 def test_near_misses_swap_one_word_for_another_captions_word_in_the_same_template_slot():
-    caps = ["a small red circle in the centre", "a large blue square in the centre", "a small green star in the centre",
+    caps = ["a small red circle in the centre", "a large blue square in the centre",
+            "a small green star in the centre",
             "a photo of a shirt", "a photo of a sneaker", "a photo of an orange", "the only one of its kind"]
     out = near_miss(caps, 0)
     for before, after in zip(caps[:6], out[:6], strict=True):
