@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -76,22 +75,6 @@ class Runner:
             raise
 
 
-def named(caption: str, names) -> list[str]:
-    """The names a caption says, as whole words ("shirt" is not found in "t-shirt"; "ankle boot" is one name). The
-    captioner's detokenizer writes "t - shirt": spaces around a hyphen are closed first."""
-    text = re.sub(r"\s*-\s*", "-", caption.lower())
-    return [n for n in names if re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", text)]
-
-
-def names_truth(caption: str, colour, shape, world) -> bool:
-    """A synthetic caption is right when it names the image's colour and shape, and no other colour or shape (a
-    world without colours, fashion: its class, and no other)."""
-    if shape is None or (colour is None and world.colours) or not caption:
-        return False
-    return named(caption, world.colours) == ([colour] if world.colours else []) and \
-        named(caption, world.shapes) == [shape]
-
-
 def recipe_name(root: str) -> str:
     """The recipe the config's filter stage applies (its selection file's name)."""
     import json
@@ -106,6 +89,7 @@ def judged(root: str, world_name: str):
 
     from pipeline.core.layout import Dataset
     from pipeline.stages.caption import read_captions
+    from pipeline.synthetic.caption_truth import names_each, names_truth
     from pipeline.synthetic.worlds import get_world
 
     world = get_world(world_name)
@@ -123,18 +107,10 @@ def judged(root: str, world_name: str):
                      verdict.get((r.uid, "web", r.caption), False), t["noise"] in CLEAN, None, None))
         for text, score, p in zip(r.synthetic_captions, r.synthetic_scores, r.synthetic_probabilities, strict=True):
             rows.append((r.uid, "synthetic", text, score, p, verdict.get((r.uid, "synthetic", text), False),
-                         names_truth(text, t["colour"], t["shape"], world), *names_each(text, t, world)))
+                         names_truth(text, t["colour"], t["shape"], world),
+                         *names_each(text, t["colour"], t["shape"], world)))
     return pd.DataFrame(rows, columns=["uid", "source", "text", "score", "probability", "kept", "right",
                                        "colour_right", "shape_right"])
-
-
-def names_each(caption: str, truth, world) -> tuple[bool | None, bool | None]:
-    """Whether a synthetic caption names the image's colour (alone; None in a world without colours), and its
-    shape or class (alone); None for junk images."""
-    if truth["shape"] is None or (truth["colour"] is None and world.colours):
-        return None, None
-    return (named(caption, world.colours) == [truth["colour"]] if world.colours else None,
-            named(caption, world.shapes) == [truth["shape"]])
 
 
 def threshold_sweep(df, levels=(0.5, 0.7, 0.9, 0.95)) -> list[tuple[float, float, int]]:
@@ -152,10 +128,16 @@ def quality(root: str, world: str) -> dict:
     import json
 
     from filtering.holdout import auroc
-    from pipeline.synthetic.worlds import get_world
+    from pipeline.core.layout import Dataset
+    from pipeline.stages.caption import caption_quality
+    from pipeline.synthetic.caption_truth import attribute_names, caption_accuracy, read_truth
 
     df = judged(root, world)
-    w = get_world(world)
+    w, truth = read_truth(os.path.join(root, "web"))
+    captioner = caption_quality(None, Dataset(root, "pool"))  # the counts; the accuracy below, with the truth
+    caps = df[df["source"] == "synthetic"].groupby("uid", sort=False)["text"].apply(list)
+    attrs = caption_accuracy(caps.items(), w, truth)["attributes"]
+    shape_name = attribute_names(w)[1]
     web, syn, kept = df[df["source"] == "web"], df[df["source"] == "synthetic"], df[df["kept"]]
     with open(os.path.join(root, "train_filter", "holdout.json")) as f:
         check = json.load(f)
@@ -178,9 +160,11 @@ def quality(root: str, world: str) -> dict:
         "near_misses": check.get("near_misses"), "near_misses_counted": check.get("near_misses_counted"),
         "cut": cut.get("threshold"), "cut_rule": cut.get("rule") or cut.get("op"), "auto_cut": auto,
         "examples": examples(df), "sweep": threshold_sweep(df, levels),
-        "colour_right": syn["colour_right"].dropna().astype(bool).mean() if w.colours else float("nan"),
-        "shape_right": syn["shape_right"].dropna().astype(bool).mean(),
-        "chance": {"colour": 1 / len(w.colours) if w.colours else float("nan"), "shape": 1 / len(w.shapes)},
+        "colour_right": attrs["colour"]["accuracy"] if w.colours else float("nan"),
+        "shape_right": attrs[shape_name]["accuracy"],
+        "chance": {"colour": attrs["colour"]["chance"] if w.colours else float("nan"),
+                   "shape": attrs[shape_name]["chance"]},
+        "distinct_captions": captioner["distinct_captions"], "images_captioned": captioner["images_captioned"],
     }
 
 
@@ -234,6 +218,8 @@ def report(world: str, r: dict) -> list[str]:
              f"| decodable pool images | {r['images']} |",
              f"| caption noise before (web captions) | {r['noise_before']:.1%} |",
              f"| synthetic captions right before filtering | {r['synthetic_right']:.1%} |",
+             f"| distinct synthetic captions / images captioned | {r['distinct_captions']} / "
+             f"{r['images_captioned']} |",
              f"|   naming the right colour / the right shape or class (chance) | {pct(r['colour_right'])} "
              f"({pct(r['chance']['colour'])}) / {r['shape_right']:.1%} ({r['chance']['shape']:.1%}) |",
              f"| caption noise after CapFilt (kept captions) | **{r['noise_after']:.1%}** |",

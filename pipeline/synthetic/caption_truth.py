@@ -57,7 +57,7 @@ def caption_accuracy(captions: Iterable[tuple[str, list[str]]], world=None,
     texts, images, right = Counter(), 0, []
     per: dict[str, list[bool]] = {"colour": [], "shape": []}
     for uid, caps in captions:
-        caps = [str(c) for c in caps or [] if c]
+        caps = [str(c) for c in caps or [] if c is not None]
         images += bool(caps)
         texts.update(caps)
         if truth is None or world is None or uid not in truth:
