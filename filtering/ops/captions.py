@@ -6,7 +6,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from filtering.capfilt import CALIBRATED, CAPTION_SIGNALS, CapFiltParams, auto_cut, candidates, judge_captions
+from filtering.capfilt import CALIBRATED, CAPTION_SIGNALS
+from filtering.capfilt_rule import CapFiltParams, auto_cut, candidates, judge_captions
 from filtering.ops.base import Drops, Op, no_drops, outside
 
 

@@ -359,24 +359,20 @@ def read_captions(ds: Dataset):
 
 
 def caption_quality(pipeline, ds: Dataset) -> dict | None:
-    """What the captioner wrote on `ds` (`pipeline.synthetic.caption_truth.caption_accuracy`): images captioned,
+    """What the captioner wrote on `ds` (`pipeline.synthetic.caption_truth.table_accuracy`): images captioned,
     distinct captions and, where the pipeline's web is synthetic and built, per attribute the share of captions
     naming what the image shows against chance. None when nothing is captioned."""
-    from pipeline.synthetic.caption_truth import caption_accuracy, read_truth
+    from pipeline.synthetic.caption_truth import table_accuracy
 
     if not ds.done_shards(FOLDER):
         return None
-    caps = read_captions(ds).select(["uid", "decodable", "reason", "synthetic_captions"]).to_pydict()
-    rows = [(u, c) for u, d, r, c in zip(caps["uid"], caps["decodable"], caps["reason"], caps["synthetic_captions"],
-                                         strict=True) if d and not r]
-    found = None
+    web = None
     if pipeline is not None and pipeline.synthetic is not None:
         try:
-            found = read_truth(pipeline.synthetic_dir())
+            web = pipeline.synthetic_dir()
         except ConfigError:  # a web that cannot live where the config says: no truth to check against
-            found = None
-    world, truth = found if found else (None, None)
-    return caption_accuracy(rows, world, truth)
+            web = None
+    return table_accuracy(read_captions(ds), web)
 
 
 def evaluate(ctx: StageContext, cfg: CaptionConfig, out: str | None = None) -> dict[str, Any]:

@@ -98,6 +98,16 @@ def read_truth(web_dir: str) -> tuple[object, dict[str, tuple[str | None, str | 
     return world, {u: (c, s) for u, c, s in zip(t["uid"], t["colour"], t["shape"], strict=True)}
 
 
+def table_accuracy(captions, web_dir: str | None = None) -> dict:
+    """`caption_accuracy` of a caption stage's table (uid, decodable, reason, synthetic_captions: the images it
+    captioned), checked against the truth of the web in `web_dir` where there is one."""
+    cols = captions.select(["uid", "decodable", "reason", "synthetic_captions"]).to_pydict()
+    rows = [(u, c) for u, d, r, c in zip(cols["uid"], cols["decodable"], cols["reason"], cols["synthetic_captions"],
+                                         strict=True) if d and not r]
+    found = read_truth(web_dir) if web_dir else None
+    return caption_accuracy(rows, *(found or (None, None)))
+
+
 def accuracy_line(acc: dict) -> str:
     """One line: per attribute, accuracy (chance); then distinct captions of images captioned."""
     parts = [f"{name} {a['accuracy']:.1%} (chance {a['chance']:.1%})" for name, a in

@@ -6,7 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from filtering.capfilt import CapFiltError, CapFiltParams, check_distinct, probability, weights_id
+from filtering.capfilt import CapFiltError, check_distinct, probability, weights_id
+from filtering.capfilt_rule import CapFiltParams
 from filtering.ops import Pool
 from filtering.recipe import RecipeError, parse_recipe
 from filtering.select import apply_recipe
