@@ -173,6 +173,11 @@ def captioned_pool(root: str, rows: list[tuple[str, str | None, str | None, list
     ident = {"captioner_id": "sha256:coca", "judge_id": "sha256:clip", "decoding": "{}", "key": "k",
              "calibrated": True, "input_sha": {}}
     ds.write_marker("00000", write_caption_shard(ds, "00000", cols, {}, ident), FOLDER)
+    signals = Path(ds.shard_file("00000", "parquet", "signals"))  # as a score stage with no model writes them
+    signals.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({k: [str(v) for v in cols[k]] for k in ("uid", "shard", "key", "caption")} | {
+        "decodable": [True] * n, "decode_error": pa.array([None] * n, pa.string())}), signals)
+    ds.write_marker("00000", {"samples": n, "ok": n}, "signals")
     cfg = parse_pipeline_config({"root": str(root), "synthetic": {"world": world}, "stages": {
         "caption": {"kind": "caption", "input": "pool", "captioner": {"name": "tiny-coca", "weights": "x.pt"},
                     "caption_filter": {"name": "tiny-clip-rn", "weights": "y.pt"}}}}, "t.yaml")
