@@ -157,7 +157,7 @@ def quality(root: str, world: str) -> dict:
         "estimated_auroc": check["estimated_auroc"], "estimate_step": check["step"],
         "estimated_auroc_shuffled": check.get("auroc_shuffled", float("nan")),
         "estimated_auroc_near_miss": check.get("auroc_near_miss", float("nan")),
-        "near_misses": check.get("near_misses"), "near_misses_counted": check.get("near_misses_counted"),
+        "near_misses": check.get("near_miss_pairs"), "near_misses_counted": check.get("near_misses_counted"),
         "cut": cut.get("threshold"), "cut_rule": cut.get("rule") or cut.get("op"), "auto_cut": auto,
         "examples": examples(df), "sweep": threshold_sweep(df, levels),
         "colour_right": attrs["colour"]["accuracy"] if w.colours else float("nan"),

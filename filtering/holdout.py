@@ -341,10 +341,10 @@ class HoldoutProbe:
             out["auroc_junk"] = auroc(s[(kind == 0) | (kind == 2)], label[(kind == 0) | (kind == 2)] == 1)
             out["junk_mean"] = float(s[kind == 2].mean())
         near = (kind == 0) | (kind == 3)
-        out["near_misses"] = int((kind == 3).sum())
+        out["near_miss_pairs"] = int((kind == 3).sum())
         out["near_misses_counted"] = self.near_misses
         out["auroc_near_miss"] = auroc(s[near], label[near] == 1)
-        out["near_miss_mean"] = float(s[kind == 3].mean()) if out["near_misses"] else float("nan")
+        out["near_miss_mean"] = float(s[kind == 3].mean()) if out["near_miss_pairs"] else float("nan")
         platt = fit_platt(s[counted & (label == 1)], s[counted & (label == 0)])
         out["platt"] = platt.as_dict()
         cut = best_cut(s[counted], kind[counted])

@@ -149,8 +149,8 @@ def holdout_rows(check: dict | None) -> list[tuple[str, Any]]:
                         f"{check.get('negatives', '?')} {kinds} (step {check['step']} chosen; last step "
                         f"{check['last_step_auroc']:.3f})")]
     if check.get("auroc_near_miss") is not None:
-        rows.append(("  near misses", f"AUROC {check['auroc_near_miss']:.3f} vs {check.get('near_misses')} one-word "
-                                      f"swaps (shuffled: {check['auroc_shuffled']:.3f})"))
+        rows.append(("  near misses", f"AUROC {check['auroc_near_miss']:.3f} vs {check.get('near_miss_pairs')} "
+                                      f"one-word swaps (shuffled: {check['auroc_shuffled']:.3f})"))
     if check.get("platt"):
         rows.append(("  calibration", f"p(match) = 0.5 at cosine {check['platt']['threshold_score']:.3f}"))
     cut = check.get("cut")

@@ -149,13 +149,13 @@ def test_near_misses_are_measured_always_and_count_in_the_estimate_and_the_calib
                          zip(images, captions, strict=True)])
 
     reported = HoldoutProbe(HoldoutSplit(0.1), images, caps).evaluate(colour_only)
-    assert reported["near_misses"] > 10 and reported["near_misses_counted"] is False
+    assert reported["near_miss_pairs"] > 10 and reported["near_misses_counted"] is False
     # a shuffled caption mostly has another colour: the estimate looks fine (0.9: some share the image's colour)
     assert reported["negatives"] == 20 and reported["estimated_auroc"] == reported["auroc_shuffled"] >= 0.9
     assert reported["auroc_near_miss"] < 0.85  # the shape swaps fool a colour-only filter: the near misses show it
     assert 0 < reported["near_miss_mean"] < 1 and reported["positive_mean"] == 1.0
     counted = HoldoutProbe(HoldoutSplit(0.1), images, caps, near_misses=True).evaluate(colour_only)
-    assert counted["negatives"] == 20 + counted["near_misses"] and counted["near_misses_counted"] is True
+    assert counted["negatives"] == 20 + counted["near_miss_pairs"] and counted["near_misses_counted"] is True
     assert counted["estimated_auroc"] < reported["estimated_auroc"]
     # calibrated on near misses, a positive-looking score is less sure to be a match
     p_match = {name: Platt(r["platt"]["a"], r["platt"]["b"]).probability(1.0)
