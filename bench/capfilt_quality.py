@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -76,20 +75,12 @@ class Runner:
             raise
 
 
-def named(caption: str, names) -> list[str]:
-    """The names a caption says, as whole words ("shirt" is not found in "t-shirt"; "ankle boot" is one name). The
-    captioner's detokenizer writes "t - shirt": spaces around a hyphen are closed first."""
-    text = re.sub(r"\s*-\s*", "-", caption.lower())
-    return [n for n in names if re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", text)]
+def recipe_name(root: str) -> str:
+    """The recipe the config's filter stage applies (its selection file's name)."""
+    import json
 
-
-def names_truth(caption: str, colour, shape, world) -> bool:
-    """A synthetic caption is right when it names the image's colour and shape, and no other colour or shape (a
-    world without colours, fashion: its class, and no other)."""
-    if shape is None or (colour is None and world.colours) or not caption:
-        return False
-    return named(caption, world.colours) == ([colour] if world.colours else []) and \
-        named(caption, world.shapes) == [shape]
+    with open(os.path.join(root, "pool", "manifest.json")) as f:
+        return json.load(f)["stages"]["filter"]["recipe"]
 
 
 def judged(root: str, world_name: str):
@@ -98,14 +89,15 @@ def judged(root: str, world_name: str):
 
     from pipeline.core.layout import Dataset
     from pipeline.stages.caption import read_captions
+    from pipeline.synthetic.caption_truth import names_each, names_truth
     from pipeline.synthetic.worlds import get_world
 
     world = get_world(world_name)
     truth = pd.read_parquet(os.path.join(root, "web", "truth.parquet")).set_index("uid")
     caps = read_captions(Dataset(root, "pool")).to_pandas()
     caps = caps[caps["decodable"] & caps["reason"].isna()]
-    sel = pd.read_parquet(os.path.join(root, "pool", "selection", "capfilt.parquet"), columns=["uid", "kept",
-                                                                                               "captions"])
+    sel = pd.read_parquet(os.path.join(root, "pool", "selection", f"{recipe_name(root)}.parquet"),
+                          columns=["uid", "kept", "captions"])
     verdict = {(r.uid, c["source"], c["text"]): bool(c["kept"] and r.kept) for r in sel.itertuples()
                for c in r.captions}
     rows = []
@@ -115,18 +107,10 @@ def judged(root: str, world_name: str):
                      verdict.get((r.uid, "web", r.caption), False), t["noise"] in CLEAN, None, None))
         for text, score, p in zip(r.synthetic_captions, r.synthetic_scores, r.synthetic_probabilities, strict=True):
             rows.append((r.uid, "synthetic", text, score, p, verdict.get((r.uid, "synthetic", text), False),
-                         names_truth(text, t["colour"], t["shape"], world), *names_each(text, t, world)))
+                         names_truth(text, t["colour"], t["shape"], world),
+                         *names_each(text, t["colour"], t["shape"], world)))
     return pd.DataFrame(rows, columns=["uid", "source", "text", "score", "probability", "kept", "right",
                                        "colour_right", "shape_right"])
-
-
-def names_each(caption: str, truth, world) -> tuple[bool | None, bool | None]:
-    """Whether a synthetic caption names the image's colour (alone; None in a world without colours), and its
-    shape or class (alone); None for junk images."""
-    if truth["shape"] is None or (truth["colour"] is None and world.colours):
-        return None, None
-    return (named(caption, world.colours) == [truth["colour"]] if world.colours else None,
-            named(caption, world.shapes) == [truth["shape"]])
 
 
 def threshold_sweep(df, levels=(0.5, 0.7, 0.9, 0.95)) -> list[tuple[float, float, int]]:
@@ -144,13 +128,23 @@ def quality(root: str, world: str) -> dict:
     import json
 
     from filtering.holdout import auroc
-    from pipeline.synthetic.worlds import get_world
+    from pipeline.core.layout import Dataset
+    from pipeline.stages.caption import caption_quality
+    from pipeline.synthetic.caption_truth import attribute_names, caption_accuracy, read_truth
 
     df = judged(root, world)
-    w = get_world(world)
+    w, truth = read_truth(os.path.join(root, "web"))
+    captioner = caption_quality(None, Dataset(root, "pool"))  # the counts; the accuracy below, with the truth
+    caps = df[df["source"] == "synthetic"].groupby("uid", sort=False)["text"].apply(list)
+    attrs = caption_accuracy(caps.items(), w, truth)["attributes"]
+    shape_name = attribute_names(w)[1]
     web, syn, kept = df[df["source"] == "web"], df[df["source"] == "synthetic"], df[df["kept"]]
     with open(os.path.join(root, "train_filter", "holdout.json")) as f:
         check = json.load(f)
+    with open(os.path.join(root, "pool", "selection", f"{recipe_name(root)}.json")) as f:
+        cut = json.load(f).get("capfilt_cut") or {}
+    auto = (check.get("cut") or {}).get("probability")
+    levels = sorted({0.5, 0.7, 0.9, 0.95} | ({round(auto, 3)} if auto is not None else set()))
     return {
         "images": web["uid"].nunique(), "noise_before": 1 - web["right"].mean(),
         "noise_after": 1 - kept["right"].mean(), "kept_captions": len(kept),
@@ -159,11 +153,18 @@ def quality(root: str, world: str) -> dict:
         "rejected": {s: 1 - df[df["source"] == s]["kept"].mean() for s in ("web", "synthetic")},
         "noise_after_by_source": {s: 1 - kept[kept["source"] == s]["right"].mean() for s in ("web", "synthetic")},
         "true_auroc": auroc(df["score"], df["right"]), "true_auroc_web": auroc(web["score"], web["right"]),
+        "true_auroc_synthetic": auroc(syn["score"], syn["right"]),
         "estimated_auroc": check["estimated_auroc"], "estimate_step": check["step"],
-        "examples": examples(df), "sweep": threshold_sweep(df),
-        "colour_right": syn["colour_right"].dropna().astype(bool).mean() if w.colours else float("nan"),
-        "shape_right": syn["shape_right"].dropna().astype(bool).mean(),
-        "chance": {"colour": 1 / len(w.colours) if w.colours else float("nan"), "shape": 1 / len(w.shapes)},
+        "estimated_auroc_shuffled": check.get("auroc_shuffled", float("nan")),
+        "estimated_auroc_near_miss": check.get("auroc_near_miss", float("nan")),
+        "near_misses": check.get("near_miss_pairs"), "near_misses_counted": check.get("near_misses_counted"),
+        "cut": cut.get("threshold"), "cut_rule": cut.get("rule") or cut.get("op"), "auto_cut": auto,
+        "examples": examples(df), "sweep": threshold_sweep(df, levels),
+        "colour_right": attrs["colour"]["accuracy"] if w.colours else float("nan"),
+        "shape_right": attrs[shape_name]["accuracy"],
+        "chance": {"colour": attrs["colour"]["chance"] if w.colours else float("nan"),
+                   "shape": attrs[shape_name]["chance"]},
+        "distinct_captions": captioner["distinct_captions"], "images_captioned": captioner["images_captioned"],
     }
 
 
@@ -189,8 +190,12 @@ def run_world(world: str, root: str, sets: list[str], seeds: list[int]) -> dict:
         extra = ""
         if stage == "train_filter" and res.get("holdout"):
             extra = f"  estimated AUROC {res['holdout']['estimated_auroc']:.3f} (step {res['holdout']['step']})"
+        if stage == "train_filter" and res.get("holdout", {}).get("auroc_near_miss") is not None:
+            extra += f", vs near misses {res['holdout']['auroc_near_miss']:.3f}"
         if stage == "filter":
             extra = f"  kept {res['kept']} of {res['samples']} images"
+            if res.get("capfilt_cut"):
+                extra += f" (cut P(match) >= {res['capfilt_cut']['threshold']:.3f}, {res['capfilt_cut'].get('rule')})"
         print(f"  {stage:16s} {time.time() - t:6.1f}s{extra}", flush=True)
     q = quality(root, world)
     top1: dict[str, list[float]] = {"capfilt": [], "web": []}
@@ -213,6 +218,8 @@ def report(world: str, r: dict) -> list[str]:
              f"| decodable pool images | {r['images']} |",
              f"| caption noise before (web captions) | {r['noise_before']:.1%} |",
              f"| synthetic captions right before filtering | {r['synthetic_right']:.1%} |",
+             f"| distinct synthetic captions / images captioned | {r['distinct_captions']} / "
+             f"{r['images_captioned']} |",
              f"|   naming the right colour / the right shape or class (chance) | {pct(r['colour_right'])} "
              f"({pct(r['chance']['colour'])}) / {r['shape_right']:.1%} ({r['chance']['shape']:.1%}) |",
              f"| caption noise after CapFilt (kept captions) | **{r['noise_after']:.1%}** |",
@@ -224,6 +231,11 @@ def report(world: str, r: dict) -> list[str]:
              f"| images keeping >= 1 caption | {r['images_kept']} ({r['images_kept'] / r['images']:.1%}) |",
              f"| filter AUROC: estimated (no labels, step {r['estimate_step']}) / true (all captions) / true "
              f"(web) | {r['estimated_auroc']:.3f} / {r['true_auroc']:.3f} / {r['true_auroc_web']:.3f} |",
+             f"| estimated vs shuffled / vs {r['near_misses']} near misses (counted: {r['near_misses_counted']}) "
+             f"| {r['estimated_auroc_shuffled']:.3f} / {r['estimated_auroc_near_miss']:.3f} |",
+             f"| true AUROC on synthetic captions | {r['true_auroc_synthetic']:.3f} |",
+             f"| cut used ({r['cut_rule']}) / held-out best cut | P(match) >= {r['cut']} / "
+             f"{'-' if r['auto_cut'] is None else format(r['auto_cut'], '.3f')} |",
              f"| zero-shot top-1 CapFilt, per seed | {', '.join(f'{v:.1f}' for v in r['top1']['capfilt'])} |",
              f"| zero-shot top-1 web only, per seed | {', '.join(f'{v:.1f}' for v in r['top1']['web'])} |",
              f"| CapFilt | {spread(r['top1']['capfilt'])} |", f"| web only | {spread(r['top1']['web'])} |",

@@ -3,7 +3,7 @@ each synthetic caption of the image; keep the captions the filter says match.
 
     CaptionAndJudge (the caption stage's actor): crops -> Captioner -> synthetic captions
                                                  -> CaptionJudge scores the web caption and every synthetic one
-    the `capfilt` recipe op (filtering.ops) -> keep / drop per caption with `judge_captions`
+    the `capfilt` recipe op (filtering.ops) -> keep / drop per caption (`filtering.capfilt_rule`)
 
 The judge is an open_clip model (`clip` backend: a CLIP, SigLIP or CoCa checkpoint; its score is the image-caption
 cosine) or BLIP's image-text matching head (`blip` backend: its score is already P(match)). A cosine becomes a
@@ -156,7 +156,8 @@ def read_calibration(path: str) -> dict:
         raise CapFiltError(f"calibration {path}: no Platt fit (`platt: {{a, b}}`) in it; it should be the "
                            "holdout.json of a train-clip stage with `holdout:` set")
     return {"a": float(platt["a"]), "b": float(platt["b"]), "threshold_score": platt.get("threshold_score"),
-            "source": path, "estimated_auroc": found.get("estimated_auroc")}
+            "source": path, "estimated_auroc": found.get("estimated_auroc"), "cut": found.get("cut"),
+            "near_misses": found.get("near_misses_counted")}
 
 
 def probability(scores: np.ndarray, calibration: dict | None, backend: str) -> np.ndarray:
@@ -315,79 +316,6 @@ def decoding_record(decoding: dict) -> str:
     """The decoding settings as the JSON string stored with each caption row (device and batch left out)."""
     return json.dumps({k: v for k, v in sorted(decoding.items()) if k not in ("device", "batch_size")},
                       sort_keys=True)
-
-
-class CapFiltParams(StrictModel):
-    """The `capfilt` recipe op: which captions of an image to keep. One rule; none given = BLIP's P(match) >= 0.5."""
-
-    min_probability: float | None = Field(None, ge=0, le=1, description="keep captions with calibrated P(match) >= "
-                                                                        "this (BLIP's ITM threshold is 0.5)")
-    top_fraction: float | None = Field(None, gt=0, le=1, description="keep the best-scoring fraction of all the "
-                                                                     "pool's candidate captions")
-    min_score: float | None = Field(None, description="keep captions whose raw judge score (cosine) is >= this")
-    sources: list[Literal["web", "synthetic"]] = Field(["web", "synthetic"], min_length=1,
-                                                       description="which captions are candidates")
-
-    @model_validator(mode="after")
-    def _one_rule(self):
-        given = [k for k in ("min_probability", "top_fraction", "min_score") if getattr(self, k) is not None]
-        if len(given) > 1:
-            raise ValueError(f"give one of min_probability, top_fraction, min_score (got {', '.join(given)})")
-        if not given:
-            self.min_probability = 0.5
-        return self
-
-    @property
-    def by_probability(self) -> bool:
-        return self.min_probability is not None
-
-
-def candidates(web: np.ndarray, web_s: np.ndarray, web_p: np.ndarray, syn: np.ndarray, syn_s: np.ndarray,
-               syn_p: np.ndarray, sources: list[str]) -> list[list[tuple[str, str, float, float]]]:
-    """Per row, its candidate captions as (text, source, score, probability): the web caption first."""
-    out = []
-    for i in range(len(web)):
-        row = []
-        if "web" in sources and web[i] and np.isfinite(web_s[i]):
-            row.append((str(web[i]), "web", float(web_s[i]), float(web_p[i])))
-        if "synthetic" in sources:
-            texts, scores, probs = (list(v) if v is not None else [] for v in (syn[i], syn_s[i], syn_p[i]))
-            for j, text in enumerate(texts):
-                if text and j < len(scores) and scores[j] is not None and np.isfinite(scores[j]):
-                    p = probs[j] if j < len(probs) and probs[j] is not None else float("nan")
-                    row.append((str(text), "synthetic", float(scores[j]), float(p)))
-        out.append(row)
-    return out
-
-
-def judge_captions(params: CapFiltParams, rows: list[list[tuple[str, str, float, float]]], judge: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Keep or drop each candidate caption. Returns (any caption kept (N,), the row's best value (N,), per row the
-    verdicts `[{text, source, score, probability, judge, kept, drop_op}]` (kept first, best first), threshold)."""
-    by_p = params.by_probability
-    value = (lambda c: c[3]) if by_p else (lambda c: c[2])
-    if params.top_fraction is not None:
-        from filtering.ops import top_fraction_threshold
-
-        pool = np.asarray([c[2] for row in rows for c in row], dtype=np.float64)
-        cut = top_fraction_threshold(pool, params.top_fraction)
-    else:
-        cut = params.min_probability if by_p else params.min_score
-    n = len(rows)
-    kept_any, best = np.zeros(n, bool), np.full(n, np.nan)
-    verdicts = np.empty(n, dtype=object)
-    for i, row in enumerate(rows):
-        out = []
-        for c in row:
-            v = value(c)
-            keep = bool(np.isfinite(v) and v >= cut)
-            out.append({"text": c[0], "source": c[1], "score": c[2], "probability": None if c[3] != c[3] else c[3],
-                        "judge": judge[i], "kept": keep, "drop_op": None if keep else "capfilt"})
-        vals = [value(c) for c in row if np.isfinite(value(c))]
-        best[i] = max(vals) if vals else np.nan
-        kept_any[i] = any(v["kept"] for v in out)
-        verdicts[i] = sorted(out, key=lambda v: (not v["kept"], -v["score"]))
-    return kept_any, best, verdicts, float(cut)
 
 
 def caption_counts(selection: pa.Table) -> dict | None:

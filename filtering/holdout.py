@@ -8,13 +8,21 @@ is then measured on them:
     positives   the held-out pairs as they are (image, its own caption)
     negatives   the same images with the captions shuffled across images (a derangement: no image keeps its own
                 caption text), and, for the DFN, junk images (noise, flat colour, gradients) with real captions
+    near misses the same images with their own caption, one word swapped for another held-out caption's word at
+                the same place ("a red circle" -> "a blue circle"): what a captioner's fluent mistakes look like.
+                Always measured (`auroc_near_miss`); with `near_misses` on they are negatives of the estimate, of
+                the Platt fit and of the threshold too (the CapFilt filter's check)
 
 The estimated AUROC is P(score of a positive > score of a negative). It needs no labels beyond "these pairs were
 clean", so a bootstrap reports it, chooses its filter's checkpoint by it, and warns when it is low. The same scores
 fit a Platt calibration (logistic regression of match / no match on the cosine), which turns a cosine into a match
 probability: CapFilt keeps a caption with p >= 0.5, as BLIP keeps its ITM head's p(match) >= 0.5.
 
-A shuffled caption can still fit its image (two images of one class), so the estimate errs low, not high.
+A shuffled caption can still fit its image (two images of one class), so the estimate errs low, not high. A
+shuffled caption mostly differs from the truth in every attribute at once, so a filter that reads one attribute
+only (colour, not shape) still ranks it well: the near misses are what show that. The same scores also choose a
+cut (`best_cut`): the score, and its probability, that best separates positives from negatives (Youden's J, each
+negative kind weighing the same), which CapFilt can use instead of a fixed 0.5 (`capfilt: {min_probability: auto}`).
 """
 
 from __future__ import annotations
@@ -170,6 +178,86 @@ def derangement(captions: list[str], seed: int) -> np.ndarray:
     return perm
 
 
+# Words never swapped in or out for a near miss: a caption with "a" swapped for "the" still describes its image.
+FUNCTION_WORDS = frozenset("a an the of on in at with and or to for by from is this one its".split())
+KINDS = {0: "positive", 1: "shuffled", 2: "junk", 3: "near_miss"}
+
+
+def _word(token: str) -> str:
+    return token.strip(".,;:!?\"'()").lower()
+
+
+def _skeleton(words: list[str]) -> tuple:
+    """A caption's template as far as its words show it: its length and where its function words are ("an" is
+    "a": the article follows the next word, not the template)."""
+    return tuple(("a" if _word(w) == "an" else _word(w)) if _word(w) in FUNCTION_WORDS else "_" for w in words)
+
+
+def near_miss(captions: list[str], seed: int) -> list[str | None]:
+    """Per caption, the caption with exactly one word swapped for a different word that another caption of the
+    same template has at the same position: the same length with the same function words in the same places
+    ("a small red circle in the centre" and "a large blue square in the centre" give "a small blue circle in the
+    centre", "a small red square in the centre", ...); None where no swap changes the text. Function words ("a",
+    "of", ...) are neither swapped nor swapped in, and "a" / "an" before the swapped word follows it.
+    Deterministic from `seed`."""
+    rng = np.random.default_rng([seed, 79])
+    split = [c.split() for c in captions]
+    slots: dict[tuple, set[str]] = {}  # (template, position) -> the words seen there
+    for words in split:
+        skeleton = _skeleton(words)
+        for k, w in enumerate(words):
+            if skeleton[k] == "_" and _word(w):
+                slots.setdefault((skeleton, k), set()).add(w)
+    out: list[str | None] = []
+    for words in split:
+        skeleton = _skeleton(words)
+        swaps = sorted((k, v) for k, w in enumerate(words) if skeleton[k] == "_"
+                       for v in slots.get((skeleton, k), ()) if _word(v) != _word(w))
+        if not swaps:
+            out.append(None)
+            continue
+        k, v = swaps[int(rng.integers(len(swaps)))]
+        new = list(words)
+        new[k] = v
+        if k > 0 and new[k - 1].lower() in ("a", "an"):
+            article = "an" if _word(v)[:1] in tuple("aeiou") else "a"
+            new[k - 1] = article.capitalize() if new[k - 1][0].isupper() else article
+        out.append(" ".join(new))
+    return out
+
+
+def best_cut(scores, kind) -> dict | None:
+    """The score cut (keep >= cut) with the highest balanced accuracy: the mean of the positives' kept rate and
+    the negatives' rejected rate, each negative kind (`kind` > 0) weighing the same (Youden's J = 2 x balanced
+    accuracy - 1). The cut is midway between two neighbouring scores; None without positives or negatives."""
+    s = np.asarray(scores, dtype=np.float64)
+    kind = np.asarray(kind)
+    ok = np.isfinite(s)
+    s, kind = s[ok], kind[ok]
+    kinds = [k for k in sorted(set(kind.tolist())) if k != 0]
+    if not (kind == 0).any() or not kinds:
+        return None
+    values = np.unique(s)
+    cuts = np.concatenate([[values[0] - 1e-6], (values[:-1] + values[1:]) / 2, [values[-1] + 1e-6]])
+    balanced, tpr, tnr = balanced_accuracy(s, kind, cuts)
+    i = int(np.argmax(balanced))
+    return {"score": float(cuts[i]), "balanced_accuracy": float(balanced[i]), "true_positive_rate": float(tpr[i]),
+            "true_negative_rate": {KINDS.get(k, str(k)): float(v[i]) for k, v in tnr.items()}}
+
+
+def balanced_accuracy(scores: np.ndarray, kind: np.ndarray, cuts) -> tuple[np.ndarray, np.ndarray, dict]:
+    """At each cut (keep >= cut): balanced accuracy, the positives' kept rate, and each negative kind's rejected
+    rate (the kinds weigh the same)."""
+    cuts = np.atleast_1d(np.asarray(cuts, dtype=np.float64))
+    pos = np.sort(scores[kind == 0])
+    tpr = 1 - np.searchsorted(pos, cuts, side="left") / len(pos)
+    tnr = {}
+    for k in sorted(set(kind.tolist()) - {0}):
+        neg = np.sort(scores[kind == k])
+        tnr[k] = np.searchsorted(neg, cuts, side="left") / len(neg)
+    return (tpr + np.mean(list(tnr.values()), axis=0)) / 2, tpr, tnr
+
+
 @dataclass
 class HoldoutProbe:
     """The held-out pairs of a training run and how to measure a filter on them (`evaluate`).
@@ -183,14 +271,15 @@ class HoldoutProbe:
     uids: list[str] = field(default_factory=list)
     junk: bool = False  # add junk images with real captions to the negatives (the DFN's check)
     warn_below: float = WARN_BELOW
+    near_misses: bool = False  # near misses are negatives of the estimate, the Platt fit and the cut (else reported)
 
     @classmethod
     def from_shards(cls, shards: list[str], split: HoldoutSplit, max_pairs: int = 500, junk: bool = False,
-                    warn_below: float = WARN_BELOW) -> HoldoutProbe:
+                    warn_below: float = WARN_BELOW, near_misses: bool = False) -> HoldoutProbe:
         """The first `max_pairs` held-out samples (shard order) whose image decodes and that have a caption."""
         from pipeline.core.shards import ReadReport, read_samples
 
-        probe = cls(split, junk=junk, warn_below=warn_below)
+        probe = cls(split, junk=junk, warn_below=warn_below, near_misses=near_misses)
         for url in shards:
             for key, files in read_samples(url, ReadReport()):
                 uid = sample_uid(files, key)
@@ -215,7 +304,8 @@ class HoldoutProbe:
         return len(self.images)
 
     def pairs(self) -> tuple[list[Image.Image], list[str], np.ndarray, np.ndarray]:
-        """(images, captions, label 1/0, kind 0 positive / 1 shuffled / 2 junk) of every pair evaluated."""
+        """(images, captions, label 1/0, kind 0 positive / 1 shuffled / 2 junk / 3 near miss) of every pair
+        evaluated (near misses always: whether they count is `evaluate`'s business)."""
         imgs = [open_rgb(b) for b in self.images]
         perm = derangement(self.captions, self.split.seed)
         images = imgs + imgs
@@ -226,6 +316,11 @@ class HoldoutProbe:
             images += junk_images(len(imgs), self.split.seed, size)
             captions += list(self.captions)
             kind += [2] * len(imgs)
+        for im, text in zip(imgs, near_miss(self.captions, self.split.seed), strict=True):
+            if text is not None:
+                images.append(im)
+                captions.append(text)
+                kind.append(3)
         kind = np.asarray(kind)
         return images, captions, (kind == 0).astype(np.int8), kind
 
@@ -237,14 +332,27 @@ class HoldoutProbe:
                                "holdout.fraction or add high-quality data)"}
         images, captions, label, kind = self.pairs()
         s = np.asarray(score(images, captions), dtype=np.float64)
-        out = {"pairs": len(self), "negatives": int((label == 0).sum()),
-               "estimated_auroc": auroc(s, label == 1),
-               "auroc_shuffled": auroc(s[kind != 2], label[kind != 2] == 1),
+        counted = kind != 3 if not self.near_misses else np.ones(len(kind), bool)  # the estimate's pairs
+        out = {"pairs": len(self), "negatives": int((label[counted] == 0).sum()),
+               "estimated_auroc": auroc(s[counted], label[counted] == 1),
+               "auroc_shuffled": auroc(s[kind <= 1], label[kind <= 1] == 1),
                "positive_mean": float(s[kind == 0].mean()), "shuffled_mean": float(s[kind == 1].mean())}
         if self.junk:
-            out["auroc_junk"] = auroc(s[kind != 1], label[kind != 1] == 1)
+            out["auroc_junk"] = auroc(s[(kind == 0) | (kind == 2)], label[(kind == 0) | (kind == 2)] == 1)
             out["junk_mean"] = float(s[kind == 2].mean())
-        out["platt"] = fit_platt(s[label == 1], s[label == 0]).as_dict()
+        near = (kind == 0) | (kind == 3)
+        out["near_miss_pairs"] = int((kind == 3).sum())
+        out["near_misses_counted"] = self.near_misses
+        out["auroc_near_miss"] = auroc(s[near], label[near] == 1)
+        out["near_miss_mean"] = float(s[kind == 3].mean()) if out["near_miss_pairs"] else float("nan")
+        platt = fit_platt(s[counted & (label == 1)], s[counted & (label == 0)])
+        out["platt"] = platt.as_dict()
+        cut = best_cut(s[counted], kind[counted])
+        if cut is not None:
+            p = float(platt.probability(cut["score"])) if platt.a > 0 else None
+            at_half = balanced_accuracy(s[counted], kind[counted], [platt.threshold])[0][0] if platt.a > 0 else None
+            out["cut"] = {**cut, "probability": p, "balanced_accuracy_at_half": None if at_half is None
+                          else float(at_half)}
         out["warning"] = warning(out["estimated_auroc"], len(self), self.warn_below)
         return out
 

@@ -138,3 +138,47 @@ def stage_cfg(models: dict, **extra) -> dict:
     return {"input": "pool", "captioner": {"name": "tiny-coca", "weights": models["coca"]}, "decoding": GREEDY,
             "caption_filter": {"name": TINY_MODEL, "weights": models["clip"], "config_file": models["clip_config"]},
             "calibration": models["calibration"], "batch_size": 8, "chunk_rows": 6, **extra}
+
+
+def captioned_pool(root: str, rows: list[tuple[str, str | None, str | None, list[str]]], world: str = "shapes"):
+    """A run root with a synthetic web's truth (`web/web.json`, `web/truth.parquet`: uid -> colour, shape) and a
+    dataset `pool` whose caption stage wrote `rows` (uid, colour, shape, synthetic captions; None shape: a junk
+    image), one shard, with its done marker; returns the pipeline config (synthetic web at `root/web`) and the
+    dataset."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.stages.caption import FOLDER, write_caption_shard
+
+    web = Path(root, "web")
+    web.mkdir(parents=True, exist_ok=True)
+    (web / "web.json").write_text(json.dumps({"world": world}))
+    pq.write_table(pa.table({"uid": [r[0] for r in rows], "colour": [r[1] for r in rows],
+                             "shape": [r[2] for r in rows]}), web / "truth.parquet")
+    ds = Dataset(root, "pool")
+    n = len(rows)
+
+    def obj(values):
+        out = np.empty(len(values), dtype=object)
+        out[:] = values
+        return out
+
+    cols = {"uid": obj([r[0] for r in rows]), "key": obj([f"{i:09d}" for i in range(n)]),
+            "shard": obj(["00000"] * n), "caption": obj(["a web caption"] * n), "decodable": np.ones(n, bool),
+            "reason": obj([""] * n), "synthetic_captions": obj([list(r[3]) for r in rows]),
+            "web_score": np.zeros(n, np.float32), "web_probability": np.full(n, 0.5, np.float32),
+            "synthetic_scores": obj([[0.1] * len(r[3]) for r in rows]),
+            "synthetic_probabilities": obj([[0.5] * len(r[3]) for r in rows])}
+    ident = {"captioner_id": "sha256:coca", "judge_id": "sha256:clip", "decoding": "{}", "key": "k",
+             "calibrated": True, "input_sha": {}}
+    ds.write_marker("00000", write_caption_shard(ds, "00000", cols, {}, ident), FOLDER)
+    signals = Path(ds.shard_file("00000", "parquet", "signals"))  # as a score stage with no model writes them
+    signals.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({k: [str(v) for v in cols[k]] for k in ("uid", "shard", "key", "caption")} | {
+        "decodable": [True] * n, "decode_error": pa.array([None] * n, pa.string())}), signals)
+    ds.write_marker("00000", {"samples": n, "ok": n}, "signals")
+    cfg = parse_pipeline_config({"root": str(root), "synthetic": {"world": world}, "stages": {
+        "caption": {"kind": "caption", "input": "pool", "captioner": {"name": "tiny-coca", "weights": "x.pt"},
+                    "caption_filter": {"name": "tiny-clip-rn", "weights": "y.pt"}}}}, "t.yaml")
+    return cfg, ds

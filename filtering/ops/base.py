@@ -12,13 +12,16 @@ from pydantic import BaseModel
 
 
 class Pool:
-    """The scored pool as columns (a pyarrow table) plus optional row-aligned image embeddings (N, D)."""
+    """The scored pool as columns (a pyarrow table) plus optional row-aligned image embeddings (N, D), and
+    `context`: what holds for the whole pool rather than a row (`caption_calibration`: the caption stage's judge
+    calibration, whose held-out best cut `capfilt: {min_probability: auto}` uses)."""
 
-    def __init__(self, table: pa.Table, embeddings: np.ndarray | None = None):
+    def __init__(self, table: pa.Table, embeddings: np.ndarray | None = None, context: dict | None = None):
         if embeddings is not None and len(embeddings) != table.num_rows:
             raise ValueError(f"embeddings have {len(embeddings)} rows, signals {table.num_rows}")
         self.table = table
         self.embeddings = embeddings
+        self.context = dict(context or {})
         self.n = table.num_rows
         self._cache: dict[str, np.ndarray] = {}
 

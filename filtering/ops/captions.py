@@ -6,7 +6,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from filtering.capfilt import CALIBRATED, CAPTION_SIGNALS, CapFiltParams, candidates, judge_captions
+from filtering.capfilt import CALIBRATED, CAPTION_SIGNALS
+from filtering.capfilt_rule import CapFiltParams, auto_cut, candidates, judge_captions
 from filtering.ops.base import Drops, Op, no_drops, outside
 
 
@@ -81,7 +82,9 @@ class CapFilt(Op):
                           pool.strings("synthetic_captions"), pool.strings("synthetic_scores"),
                           pool.strings("synthetic_probabilities"), self.params.sources)
         judge = pool.strings("caption_filter") if "caption_filter" in pool.signals else np.full(pool.n, None)
-        kept, best, verdicts, self.cut = judge_captions(self.params, rows, judge)
+        calibration = pool.context.get("caption_calibration")
+        self.rule = auto_cut(calibration) if self.params.auto else None  # the filter stage records it
+        kept, best, verdicts, self.cut = judge_captions(self.params, rows, judge, calibration)
         detail = np.array([None if k else f"no caption kept of {len(r)}" for k, r in zip(kept, rows, strict=True)],
                           dtype=object)
         return Drops(alive & ~kept, best, detail, verdicts)

@@ -2,7 +2,9 @@
 
 Every stage whose kind can be evaluated (its module has `evaluate`; train-clip: zero-shot and retrieval of the
 encoder) is evaluated from its final weights on its configured sets, or on the synthetic web's held-out set;
-results go to the stage's output directory (`eval.json`) and a table is printed, one row per stage.
+results go to the stage's output directory (`eval.json`) and a table is printed, one row per stage. A caption stage
+is evaluated on what it wrote: distinct captions per images captioned and, on a synthetic web, per attribute how
+often a caption names what its image shows against chance (`<input dataset>/captions_eval.json`).
 """
 
 from __future__ import annotations

@@ -436,3 +436,43 @@ def read_captions(ds: Dataset):
         with fs.open(path, "rb") as f:
             tables.append(pq.read_table(f))
     return pa.concat_tables(tables) if tables else CAPTIONS_SCHEMA.empty_table()
+
+
+def caption_quality(pipeline, ds: Dataset) -> dict | None:
+    """What the captioner wrote on `ds` (`pipeline.synthetic.caption_truth.table_accuracy`): images captioned,
+    distinct captions and, where the pipeline's web is synthetic and built, per attribute the share of captions
+    naming what the image shows against chance. None when nothing is captioned."""
+    from pipeline.synthetic.caption_truth import table_accuracy
+
+    if not ds.done_shards(FOLDER):
+        return None
+    web = None
+    if pipeline is not None and pipeline.synthetic is not None:
+        try:
+            web = pipeline.synthetic_dir()
+        except ConfigError:  # a web that cannot live where the config says: no truth to check against
+            web = None
+    return table_accuracy(read_captions(ds), web)
+
+
+def evaluate(ctx: StageContext, cfg: CaptionConfig, out: str | None = None) -> dict[str, Any]:
+    """`winnow eval`: how well the captions on the input say what its images show (`caption_quality`); writes
+    `<input dataset>/captions_eval.json` unless `out` names another file."""
+    from pipeline.core.layout import write_json_atomic
+
+    ds = ctx.dataset(cfg.input)
+    result = caption_quality(ctx.pipeline, ds)
+    if result is None:
+        raise ConfigError(f"stages.{ctx.stage}: no captions on {ds.url}; run the stage first")
+    write_json_atomic(out or ds.sub("captions_eval.json"), result)
+    return result
+
+
+def eval_row(cfg: CaptionConfig, res: dict) -> dict[str, str]:
+    """This stage's row in `winnow eval`'s table: per attribute accuracy (chance), distinct captions."""
+    row = {"captions": f"{res['distinct_captions']} distinct / {res['images_captioned']} images"}
+    for name, a in (res.get("attributes") or {}).items():
+        row[name] = "-" if a["accuracy"] is None else f"{a['accuracy']:.1%} (chance {a['chance']:.1%})"
+    if res.get("right") is not None:
+        row["all right"] = f"{res['right']:.1%}"
+    return row

@@ -145,7 +145,16 @@ def with_captions(ds: Dataset, pool, stage: str):
     table = pool.table
     for name in CAPTION_SIGNALS:
         table = table.append_column(name, caps.column(name).take(take))
-    return Pool(table, pool.embeddings)
+    judges = set(caps.column("caption_filter").unique().to_pylist()) if caps.num_rows else set()
+    return Pool(table, pool.embeddings, {**pool.context, "caption_calibration": caption_calibration(ds, judges)})
+
+
+def caption_calibration(ds: Dataset, judges: set[str]) -> dict | None:
+    """The calibration (Platt fit and held-out best cut) the caption stage on `ds` judged with, from its manifest
+    section; of several caption stages, the one whose judge wrote the captions on disk."""
+    found = [sec for sec in ds.manifest().get("stages", {}).values() if sec.get("kind") == "caption"]
+    matching = [sec for sec in found if sec.get("caption_filter_id") in judges] or found
+    return matching[-1].get("calibration") if matching else None
 
 
 def run(ctx: StageContext, cfg: FilterConfig) -> dict[str, Any]:
@@ -177,6 +186,8 @@ def run(ctx: StageContext, cfg: FilterConfig) -> dict[str, Any]:
     if recipe.requires() & caption_signals(ds):
         pool = with_captions(ds, pool, ctx.stage)
     selection = apply_recipe(recipe, pool, release=True)
+    cuts = [{"op": op.label(), "threshold": op.cut, **(getattr(op, "rule", None) or {})} for op in recipe.ops
+            if op.name == "capfilt" and getattr(op, "cut", None) is not None]
 
     sel_url = ds.sub("selection", f"{recipe.name}.parquet")
     with atomic_write(sel_url, "wb") as f:
@@ -188,6 +199,7 @@ def run(ctx: StageContext, cfg: FilterConfig) -> dict[str, Any]:
         "kept_fraction": round(kept / pool.n, 4) if pool.n else 0.0,
         "selection": f"selection/{recipe.name}.parquet", "file": file_record(*fs_and_path(sel_url)),
         **({"captions": counts} if (counts := caption_counts(selection.table)) else {}),
+        **({"capfilt_cut": cuts[-1]} if cuts else {}),
     }
     write_json_atomic(ds.sub("selection", f"{recipe.name}.json"), info)
     wall = time.time() - t0
@@ -202,11 +214,15 @@ def run(ctx: StageContext, cfg: FilterConfig) -> dict[str, Any]:
     for source in ("web", "synthetic") if counts else ():
         c = counts[source]
         rows.append((f"  {source} captions", f"{c['kept']} of {c['judged']} kept"))
+    if cuts and cuts[-1].get("rule") == "auto":
+        c = cuts[-1]
+        rows.append(("  capfilt cut", f"P(match) >= {c['probability']:.3f}, chosen on the judge's held-out pairs "
+                                      f"(balanced accuracy {c['balanced_accuracy']:.3f})"))
     rows += [("kept", f"{kept} of {pool.n} ({info['kept_fraction']:.1%})"), ("selection", sel_url),
              ("wall time", fmt_seconds(wall))]
     print_summary(f"stage {ctx.stage}: recipe {recipe.name}", rows)
     return {"dataset": ds.url, "selection": sel_url, "recipe": recipe.name, "kept": kept, "samples": pool.n,
-            "funnel": selection.funnel}
+            "funnel": selection.funnel, **({"capfilt_cut": cuts[-1]} if cuts else {})}
 
 
 def read_selection_info(ds: Dataset) -> dict[str, dict]:

@@ -132,7 +132,7 @@ def holdout_probe(ctx: StageContext, cfg, shards: list[str]):
 
     h = cfg.holdout
     probe = HoldoutProbe.from_shards(shards, HoldoutSplit(h.fraction, h.seed), h.max_pairs, h.junk_images,
-                                     h.warn_below)
+                                     h.warn_below, h.near_misses)
     if len(probe) < 2:
         raise ConfigError(f"stages.{ctx.stage}.holdout: {len(probe)} held-out pairs with a decodable image and a "
                           f"caption in {len(shards)} shards; raise holdout.fraction or add data")
@@ -143,12 +143,21 @@ def holdout_rows(check: dict | None) -> list[tuple[str, Any]]:
     """The summary's lines on the filter check."""
     if not check:
         return []
+    kinds = "shuffled/junk" + ("/near-miss" if check.get("near_misses_counted") else "")
     rows: list[tuple[str, Any]] = [(
         "filter check", f"estimated AUROC {check['estimated_auroc']:.3f} on {check['pairs']} held-out pairs vs "
-                        f"{check.get('negatives', '?')} shuffled/junk (step {check['step']} chosen; last step "
+                        f"{check.get('negatives', '?')} {kinds} (step {check['step']} chosen; last step "
                         f"{check['last_step_auroc']:.3f})")]
+    if check.get("auroc_near_miss") is not None:
+        rows.append(("  near misses", f"AUROC {check['auroc_near_miss']:.3f} vs {check.get('near_miss_pairs')} "
+                                      f"one-word swaps (shuffled: {check['auroc_shuffled']:.3f})"))
     if check.get("platt"):
         rows.append(("  calibration", f"p(match) = 0.5 at cosine {check['platt']['threshold_score']:.3f}"))
+    cut = check.get("cut")
+    if cut and cut.get("probability") is not None:
+        rows.append(("  best cut", f"P(match) >= {cut['probability']:.3f} (cosine {cut['score']:.3f}): balanced "
+                                   f"accuracy {cut['balanced_accuracy']:.3f}, at 0.5: "
+                                   f"{cut.get('balanced_accuracy_at_half') or float('nan'):.3f}"))
     if check.get("warning"):
         rows.append(("  WARNING", check["warning"]))
     return rows

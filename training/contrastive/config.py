@@ -93,11 +93,13 @@ class EvalConfig(StrictModel):
 class HoldoutConfig(StrictModel):
     """Hold back part of the training set and measure the model as a filter there, without ground truth
     (`filtering.holdout`): held-out clean pairs against the same pairs with captions shuffled across images (and
-    junk images, for a DFN). The estimate is in the summary, train.json and the report; the checkpoint with the best
+    junk images, for a DFN), and near misses (the caption with one word swapped for another held-out caption's
+    word at the same place), which are always measured and, with `near_misses`, count in the estimate, the Platt
+    fit and the best cut. The estimate is in the summary, train.json and the report; the checkpoint with the best
     estimate becomes model.pt.
 
-        holdout: {fraction: 0.1, seed: 0}                 # CapFilt's filter
-        holdout: {fraction: 0.1, junk_images: true}       # a DFN filtering network
+        holdout: {fraction: 0.1, seed: 0, near_misses: true}   # CapFilt's filter: calibrated on near misses
+        holdout: {fraction: 0.1, junk_images: true}             # a DFN filtering network
     """
 
     fraction: float = Field(0.1, gt=0, le=0.5, description="share of the training samples held out (by uid hash)")
@@ -105,6 +107,10 @@ class HoldoutConfig(StrictModel):
     max_pairs: int = Field(500, ge=2, description="held-out pairs evaluated (the first found, in shard order)")
     junk_images: bool = Field(False, description="add junk images (noise, flat, gradients) with real captions to "
                                                  "the negatives: what a DFN must reject")
+    near_misses: bool = Field(False, description="count the near misses (one-word swaps) as negatives of the "
+                                                 "estimate, the Platt fit (P(match)) and the best cut, as a caption "
+                                                 "filter must reject a captioner's near misses; off: only reported "
+                                                 "(auroc_near_miss)")
     every_steps: int = Field(100, ge=1, description="estimate every N steps (unless eval.every_steps is set)")
     choose_checkpoint: bool = Field(True, description="export the evaluated weights with the best estimate as "
                                                       "model.pt, not the last")

@@ -76,7 +76,7 @@ class HoldoutTracker:
                "last_step_auroc": float(final["estimated_auroc"]),
                "history": [{"step": s, "estimated_auroc": round(e, 4)} for s, e in sorted(self.history)],
                "fraction": self.cfg.fraction, "seed": self.cfg.seed, "warn_below": self.cfg.warn_below,
-               "junk_images": self.cfg.junk_images}
+               "junk_images": self.cfg.junk_images, "near_misses": self.cfg.near_misses}
         return out
 
     def state(self) -> dict[str, torch.Tensor]:

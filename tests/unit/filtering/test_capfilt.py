@@ -6,7 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from filtering.capfilt import CapFiltError, CapFiltParams, check_distinct, probability, weights_id
+from filtering.capfilt import CapFiltError, check_distinct, probability, weights_id
+from filtering.capfilt_rule import CapFiltParams
 from filtering.ops import Pool
 from filtering.recipe import RecipeError, parse_recipe
 from filtering.select import apply_recipe
@@ -109,3 +110,29 @@ def test_the_judge_may_not_be_the_captioner(tmp_path):
     with pytest.raises(CapFiltError, match=r"rejected 8% of them.*same weights"):
         check_distinct(weights_id(str(a)), weights_id(str(copy)), str(a), str(copy))
     assert weights_id("openai", "ViT-B-32") == "tag:ViT-B-32/openai"
+
+
+def test_auto_cuts_at_the_judges_held_out_best_cut_and_says_so():
+    cal = {"a": 20.0, "b": -4.0, "source": "runs/x/train_filter/holdout.json", "near_misses": True,
+           "cut": {"score": 0.23, "probability": 0.65, "balanced_accuracy": 0.91, "balanced_accuracy_at_half": 0.88}}
+    p = pool()
+    p.context["caption_calibration"] = cal
+    r = recipe({"capfilt": {"min_probability": "auto"}})
+    sel = apply_recipe(r, p)
+    step = sel.funnel[-1]
+    assert step["threshold"] == 0.65 and step["signal"] == "caption_probability" and "auto" in step["label"]
+    kept = {c["text"] for row in sel.table.to_pylist() for c in row["captions"] if c["kept"]}
+    assert kept == {"a red circle", "a red circle on grey", "a small blue cross"}  # 0.60 is under 0.65 now
+    assert r.ops[0].rule == {"rule": "auto", "probability": 0.65, "score": 0.23, "balanced_accuracy": 0.91,
+                             "balanced_accuracy_at_half": 0.88, "near_misses": True,
+                             "source": "runs/x/train_filter/holdout.json"}
+    # a calibration without a held-out cut (an old holdout.json, or none): refused, with what to do
+    for missing in (None, {"a": 20.0, "b": -4.0, "source": "old/holdout.json"}):
+        p = pool()
+        p.context["caption_calibration"] = missing
+        with pytest.raises(CapFiltError, match="min_probability: auto needs the judge's best cut"):
+            apply_recipe(recipe({"capfilt": {"min_probability": "auto"}}), p)
+    with pytest.raises(RecipeError, match="within"):
+        recipe({"capfilt": {"min_probability": 1.5}})
+    with pytest.raises(RecipeError):
+        recipe({"capfilt": {"min_probability": "best"}})

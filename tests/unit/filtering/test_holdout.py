@@ -10,7 +10,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from filtering.holdout import HoldoutProbe, HoldoutSplit, auroc, derangement, fit_platt, held_out, junk_images, warning
+from filtering.holdout import (
+    HoldoutProbe,
+    HoldoutSplit,
+    Platt,
+    auroc,
+    best_cut,
+    derangement,
+    fit_platt,
+    held_out,
+    junk_images,
+    near_miss,
+    warning,
+)
 
 
 def test_the_split_is_a_stable_fraction_that_moves_with_the_seed():
@@ -89,3 +101,64 @@ def test_junk_images_are_noise_flat_and_gradients():
     assert imgs[0].std(axis=(0, 1)).min() > 50 and imgs[1].std(axis=(0, 1)).max() == 0  # noise, flat
     assert np.all(np.diff(imgs[2][:, 0, :].mean(axis=1)) * np.sign(imgs[2][-1, 0].mean() - imgs[2][0, 0].mean())
                   >= 0)  # a ramp from top to bottom
+
+
+def test_near_misses_swap_one_word_for_another_captions_word_in_the_same_template_slot():
+    caps = ["a small red circle in the centre", "a large blue square in the centre",
+            "a small green star in the centre",
+            "a photo of a shirt", "a photo of a sneaker", "a photo of an orange", "the only one of its kind"]
+    out = near_miss(caps, 0)
+    for before, after in zip(caps[:6], out[:6], strict=True):
+        diff = [(b, a) for b, a in zip(before.split(), after.split(), strict=True) if b != a and b not in ("a", "an")]
+        assert len(after.split()) == len(before.split()) and len(diff) == 1  # exactly one word swapped
+        pos = before.split().index(diff[0][0])
+        # ... for a word another caption of the same template has at that place
+        assert any(len(c.split()) == len(before.split()) and c.split()[pos] == diff[0][1] for c in caps)
+    assert out[6] is None  # no other caption of its template: no swap changes it
+    assert near_miss(["a red circle", "a red circle"], 0) == [None, None]  # nothing different to swap in
+    assert "a photo of an orange" in near_miss(caps[3:6] * 4, 3)  # the article follows the swapped word
+    assert out == near_miss(caps, 0) and any(near_miss(caps * 3, s) != near_miss(caps * 3, 0) for s in (1, 2, 3))
+    # function words are never swapped: "a photo" / "the photo" is no near miss
+    assert near_miss(["a photo of a shirt", "the photo of a shirt"], 0) == [None, None]
+
+
+def test_best_cut_maximises_balanced_accuracy_with_each_negative_kind_weighing_the_same():
+    pos = [0.9, 0.8, 0.7, 0.6]
+    shuffled = [0.1, 0.2, 0.3, 0.0] * 5  # many, easy
+    near = [0.55, 0.58, 0.65, 0.3]  # few, hard: they still weigh half of the negatives
+    cut = best_cut(pos + shuffled + near, [0] * 4 + [1] * 20 + [3] * 4)
+    assert cut["score"] == pytest.approx(0.59)  # between the last near miss under a positive and that positive
+    assert cut["balanced_accuracy"] == pytest.approx((1.0 + (1.0 + 0.75) / 2) / 2)
+    assert cut["true_positive_rate"] == 1.0 and cut["true_negative_rate"] == {"shuffled": 1.0, "near_miss": 0.75}
+    # with the near misses pooled into the 20 easy negatives they would weigh 4/24, not 1/2
+    pooled = best_cut(pos + shuffled + near, [0] * 4 + [1] * 24)
+    assert pooled["balanced_accuracy"] == pytest.approx((1.0 + 23 / 24) / 2)
+    assert best_cut([0.5, 0.4], [0, 0]) is None
+
+
+def test_near_misses_are_measured_always_and_count_in_the_estimate_and_the_calibration_when_asked():
+    colours = ["red", "green", "blue", "yellow"]
+    rgb = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}
+    shapes = ["circle", "square", "star", "ring", "cross"]
+    caps = [f"a {c} {shapes[i % 5]}" for i, c in enumerate(colours * 5)]
+    images = [_png(rgb[c]) for c in colours * 5]
+
+    def colour_only(images, captions):  # reads the colour, blind to the shape (like the tiny filter on shapes)
+        names = {v: k for k, v in rgb.items()}
+        return np.array([float(str(names.get(im.getpixel((8, 8)))) in cap) for im, cap in
+                         zip(images, captions, strict=True)])
+
+    reported = HoldoutProbe(HoldoutSplit(0.1), images, caps).evaluate(colour_only)
+    assert reported["near_miss_pairs"] > 10 and reported["near_misses_counted"] is False
+    # a shuffled caption mostly has another colour: the estimate looks fine (0.9: some share the image's colour)
+    assert reported["negatives"] == 20 and reported["estimated_auroc"] == reported["auroc_shuffled"] >= 0.9
+    assert reported["auroc_near_miss"] < 0.85  # the shape swaps fool a colour-only filter: the near misses show it
+    assert 0 < reported["near_miss_mean"] < 1 and reported["positive_mean"] == 1.0
+    counted = HoldoutProbe(HoldoutSplit(0.1), images, caps, near_misses=True).evaluate(colour_only)
+    assert counted["negatives"] == 20 + counted["near_miss_pairs"] and counted["near_misses_counted"] is True
+    assert counted["estimated_auroc"] < reported["estimated_auroc"]
+    # calibrated on near misses, a positive-looking score is less sure to be a match
+    p_match = {name: Platt(r["platt"]["a"], r["platt"]["b"]).probability(1.0)
+               for name, r in (("reported", reported), ("counted", counted))}
+    assert p_match["counted"] < p_match["reported"]
+    assert counted["cut"]["probability"] is not None and 0 <= counted["cut"]["balanced_accuracy"] <= 1

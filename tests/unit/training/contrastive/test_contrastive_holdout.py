@@ -45,8 +45,13 @@ def test_the_summary_reports_the_estimate_and_model_pt_is_the_best_checkpoint(tr
     assert check["step"] == max(history, key=history.get)
     assert check["estimated_auroc"] == pytest.approx(history[check["step"]], abs=1e-4)
     assert check["pairs"] >= 100 and check["negatives"] == 2 * check["pairs"]  # shuffled + junk
+    # near misses are measured beside them, not counted (a DFN's check: holdout.near_misses off)
+    assert check["near_miss_pairs"] > 0.5 * check["pairs"] and check["near_misses_counted"] is False
+    assert 0 <= check["auroc_near_miss"] <= 1 and check["near_misses"] is False  # the config's switch
     with open(os.path.join(out, "holdout.json")) as f:
-        assert json.load(f)["step"] == check["step"]
+        saved = json.load(f)
+    assert saved["step"] == check["step"] and saved["near_misses"] is False  # the config's switch, recorded
+    assert 0 < saved["cut"]["probability"] < 1 and 0.5 <= saved["cut"]["balanced_accuracy"] <= 1
     manifest = json.load(open(os.path.join(out, "manifest.json")))["stages"]["train_filter"]
     assert manifest["estimated_auroc"] == check["estimated_auroc"] and manifest["holdout_step"] == check["step"]
     from pipeline.report.capfilt import checks_section
