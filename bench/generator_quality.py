@@ -205,7 +205,8 @@ def run_seed(world: str, data: dict, seed: int, args) -> list[dict]:
     if cfg.data.resolution != args.resolution:
         raise SystemExit(f"the generator trains at {cfg.data.resolution} px; run with --resolution "
                          f"{cfg.data.resolution} so that the judge sees what it generates")
-    out = os.path.join(data["root"], f"generator-{config_hash(args.sets)[:8]}-{seed}")
+    trained_as = config_hash(cfg.model_dump(mode="json", exclude={"sample", "eval", "encoder"}))[:8]
+    out = os.path.join(data["root"], f"generator-{trained_as}")  # --reuse: sampling keys may change, not training
     train_s, loss = float("nan"), float("nan")
     if not (args.reuse and os.path.exists(os.path.join(out, WEIGHTS))):
         shutil.rmtree(out, ignore_errors=True)  # a fresh run, never a resumed one
