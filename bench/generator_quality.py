@@ -304,7 +304,7 @@ def main() -> None:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     print("\n| world | guidance | judge on real: class / colour / shape | class acc. (chance) | colour acc. (chance) "
-          "| shape acc. (chance) | FD (real halves) | prompt spread | train s |")
+          "| shape acc. (chance) | FD (real halves) | prompt spread | train s (0: reused) |")
     print("|---|---:|---|---|---|---|---|---|---:|")
     for (world, guidance), rs in rows.items():
         real, r0 = rs[0]["real"], rs[0]
@@ -312,7 +312,7 @@ def main() -> None:
               f"{fmt([r['both'] for r in rs])} % ({r0['both_chance']:.1%}) | {fmt([r['colour'] for r in rs])} % "
               f"({r0['colour_chance']:.1%}) | {fmt([r['shape'] for r in rs])} % ({r0['shape_chance']:.1%}) | "
               f"{fmt([r['fd'] for r in rs], False)} ({r0['fd_floor']:.3f}) | {fmt([r['spread'] for r in rs], False)} "
-              f"| {statistics.fmean(r['train_s'] for r in rs):.0f} |")
+              f"| {statistics.fmean([r['train_s'] for r in rs if r['train_s'] == r['train_s']] or [0]):.0f} |")
     # the RESULT: the config's own guidance (the first scale asked for)
     first = {world: rs for (world, guidance), rs in rows.items() if guidance == (args.guidance or [guidance])[0]}
     if "fashion" in first:
