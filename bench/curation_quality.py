@@ -19,11 +19,18 @@ encoder is evaluated zero-shot on the web's held-out test set (30 classes; fashi
 Runs are deterministic: the same seed and config give the same numbers (the download stage writes shards in key
 order), so the spread shown is over seeds.
 
+Side by side, per seed, open_clip's own trainer (`open_clip_train.main`, as a user runs it) trains the same tiny model
+on the raw pool's shards and on the curated shards (`--open-clip raw,curated`, the default; `''` skips it) with the
+final encoder's steps, batch, learning rate, warmup + cosine schedule, AdamW settings, grad clip and torch threads,
+and is scored by the same evaluator on the same held-out set, classnames and templates.
+
 AUROC: `dfn_score` of every downloaded, decodable pool sample against truth.parquet. Clean: noise in {none,
 exact_duplicate, near_duplicate} (the caption describes the served image); corrupted: noise in
 {mismatched_caption, generic_caption, junk_image, tiny_image}. Last lines:
 RESULT dfn_auroc_min_over_worlds=... target>=0.9
 RESULT curation_gain_min_over_worlds=<the smaller world's mean gain, points> target>=8
+RESULT shipped_raw_vs_open_clip_train=<winnow's raw top-1 minus open_clip_train's, mean over seeds, the smallest
+    world's, points> target>=0
 """
 
 from __future__ import annotations
@@ -187,6 +194,40 @@ def train_arm(run: Runner, arm: str, seed: int, *sets: str, tag: str = "") -> fl
     return 100 * res["eval"]["zeroshot"]["top1"]
 
 
+def open_clip_arm(run: Runner, arm: str, seed: int) -> float:
+    """open_clip's own trainer (`open_clip_train.main`, in a subprocess) on dataset `arm`'s shards, with the final
+    encoder's model, steps, batch, AdamW and warmup + cosine schedule and torch threads; zero-shot top-1 (%) on the
+    same held-out set through winnow's evaluator (same classnames, templates and eval preprocessing). Its data order
+    is open_clip's (`--dataset-resampled`: shards drawn with replacement, samples shuffled in a 5,000 buffer). A kept
+    workdir's finished run is reused."""
+    import shutil
+
+    from bench.train_clip import open_clip_args, run_open_clip_train
+    from training.contrastive.config import EvalConfig, ZeroShotConfig
+    from training.contrastive.eval import run_eval
+
+    cfg = run.config()
+    train, test = cfg.stages["train"], os.path.join(cfg.synthetic_dir(), "test")
+    o = train.optim
+    out = os.path.join(run.root, f"open_clip_{arm}_seed{seed}")
+    ckpt = os.path.join(out, "peer", "checkpoints", "epoch_1.pt")
+    if not os.path.exists(ckpt):
+        shutil.rmtree(out, ignore_errors=True)  # open_clip_train refuses an existing experiment
+        shards = sorted(glob.glob(os.path.join(run.root, arm, "shards", "*.tar")))
+        args = open_clip_args(shards, out, model=train.model.name, steps=train.steps, batch=train.data.batch_size,
+                              lr=o.lr, warmup=o.warmup_steps, log_every=max(10, train.steps // 10), seed=seed)
+        args += ["--dataset-resampled", "--save-frequency", "1", "--wd", str(o.weight_decay), "--beta1",
+                 str(o.beta1), "--beta2", str(o.beta2), "--eps", str(o.eps), "--accum-freq", str(o.accum_steps)]
+        if o.grad_clip:
+            args += ["--grad-clip-norm", str(o.grad_clip)]
+        threads = train.scaling.torch_threads or max(1, int(train.scaling.cpus_per_worker))
+        with open(run.log, "a") as f:
+            f.write(run_open_clip_train(args, threads))
+    zeroshot = ZeroShotConfig(shards=os.path.join(test, "*.tar"), classnames=os.path.join(test, "classnames.json"))
+    res = run_eval(EvalConfig(zeroshot=zeroshot), train.model.name, ckpt, device="cpu")
+    return 100 * res["zeroshot"]["top1"]
+
+
 @dataclass
 class WorldResult:
     world: str
@@ -197,9 +238,15 @@ class WorldResult:
     def gains(self) -> list[float]:
         return [c - r for c, r in zip(self.top1["curated"], self.top1["raw"], strict=True)]
 
+    @property
+    def vs_open_clip(self) -> list[float]:
+        """winnow's final encoder minus open_clip_train's, both on the raw pool, per seed (points)."""
+        return [w - o for w, o in zip(self.top1["raw"], self.top1.get("open_clip_raw", []), strict=False)]
 
-def run_world(world: str, root: str, sets: list[str], seeds: list[int]) -> WorldResult:
-    """The shipped bootstrap on one world: download, filtering network, AUROC, both arms, the final encoders."""
+
+def run_world(world: str, root: str, sets: list[str], seeds: list[int], peers: list[str] = ()) -> WorldResult:
+    """The shipped bootstrap on one world: download, filtering network, AUROC, both arms, the final encoders, and
+    `open_clip_train` on the `peers` arms' shards."""
     from pipeline.core.layout import read_json
 
     run = Runner(root, [f"synthetic.world={world}", *sets])
@@ -215,22 +262,31 @@ def run_world(world: str, root: str, sets: list[str], seeds: list[int]) -> World
     auc, auc_lines = auroc_table(pool)
     print("\nfiltering network vs ground truth (downloaded, decodable pool samples):\n" + "\n".join(auc_lines))
     kept = {arm: clean_fraction(root, name, pool) for arm, name in arms.items()}
-    out = WorldResult(world, auc, {arm: [] for arm in arms})
+    out = WorldResult(world, auc, {arm: [] for arm in [*arms, *(f"open_clip_{p}" for p in peers)]})
     classes = len(read_json(os.path.join(root, "web", "web.json"))["classnames"])
     print(f"\nfinal encoder, zero-shot top-1 on the held-out set (chance {100 / classes:.1f}%):", flush=True)
     for seed in seeds:
         t = time.time()
         for arm in arms:  # interleaved: load from elsewhere on the machine hits both arms alike
             out.top1[arm].append(train_arm(run, arm, seed))
+        for arm in peers:
+            out.top1[f"open_clip_{arm}"].append(open_clip_arm(run, arm, seed))
+        peer = "".join(f"  open_clip_train {arm} {out.top1[f'open_clip_{arm}'][-1]:5.1f}" for arm in peers)
         print(f"  seed {seed}: curated {out.top1['curated'][-1]:5.1f}  raw {out.top1['raw'][-1]:5.1f}  "
-              f"gain {out.gains[-1]:+5.1f} points  [{time.time() - t:.0f}s]", flush=True)
-    print("\n| arm | recipe | samples | clean | zero-shot top-1 per seed | mean ± sd (points) |\n"
-          "|---|---|---:|---:|---|---|")
-    for arm in arms:
-        n, frac = kept[arm]
-        print(f"| {arm} | {arms[arm]} | {n} | {frac:.1%} | {', '.join(f'{v:.1f}' for v in out.top1[arm])} | "
-              f"{spread(out.top1[arm])} |")
-    print(f"| **gain** | | | | {', '.join(f'{g:+.1f}' for g in out.gains)} | **{spread(out.gains)}** |", flush=True)
+              f"gain {out.gains[-1]:+5.1f} points{peer}  [{time.time() - t:.0f}s]", flush=True)
+    print("\n| arm | trainer | recipe | samples | clean | zero-shot top-1 per seed | mean ± sd (points) |\n"
+          "|---|---|---|---:|---:|---|---|")
+    for arm in out.top1:
+        data = arm.removeprefix("open_clip_")
+        n, frac = kept[data]
+        trainer = "open_clip_train" if arm != data else "winnow"
+        print(f"| {data} | {trainer} | {arms[data]} | {n} | {frac:.1%} | "
+              f"{', '.join(f'{v:.1f}' for v in out.top1[arm])} | {spread(out.top1[arm])} |")
+    print(f"| **gain** (winnow) | | | | | {', '.join(f'{g:+.1f}' for g in out.gains)} | **{spread(out.gains)}** |")
+    if out.vs_open_clip:
+        print(f"| **raw: winnow - open_clip_train** | | | | | {', '.join(f'{g:+.1f}' for g in out.vs_open_clip)} | "
+              f"**{spread(out.vs_open_clip)}** |")
+    sys.stdout.flush()
     return out
 
 
@@ -253,7 +309,10 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key of configs/dfn_bootstrap.yaml (repeatable)")
     ap.add_argument("--workdir", default=None, help="run root to keep (default: a temp dir, removed)")
+    ap.add_argument("--open-clip", default="raw,curated", metavar="ARMS",
+                    help="datasets open_clip_train also trains on, per seed, comma-separated ('' = none)")
     args = ap.parse_args()
+    peers = [a.strip() for a in args.open_clip.split(",") if a.strip()]
     seeds = list(range(args.seeds or (3 if args.full else 1)))
     worlds = [w.strip() for w in args.worlds.split(",") if w.strip()]
     for world in worlds:
@@ -271,15 +330,23 @@ def main() -> None:
               f"filtering network {filt.model.name} {filt.steps} steps; recipe {cfg.stages['filter'].recipe}; final "
               f"encoder {train.model.name} ({train.objective}) {train.steps} steps x batch {train.data.batch_size}; "
               f"worlds {', '.join(worlds)}; seeds {seeds}", flush=True)
-        results = [run_world(w, os.path.join(base, w), sets, seeds) for w in worlds]
-        print("\n| world | filter AUROC | curated top-1 | raw top-1 | gain (points) |\n|---|---:|---:|---:|---:|")
+        results = [run_world(w, os.path.join(base, w), sets, seeds, peers) for w in worlds]
+        head = "".join(f" open_clip_train {p} top-1 |" for p in peers)
+        print(f"\n| world | filter AUROC | curated top-1 | raw top-1 | gain (points) |{head}"
+              f"{' raw: winnow - open_clip_train |' if 'raw' in peers else ''}\n"
+              f"|---|---:|---:|---:|---:|{'---:|' * (len(peers) + ('raw' in peers))}")
         for r in results:
+            cells = "".join(f" {spread(r.top1[f'open_clip_{p}'])} |" for p in peers)
+            cells += f" **{spread(r.vs_open_clip)}** |" if "raw" in peers else ""
             print(f"| {r.world} | {r.auroc:.3f} | {spread(r.top1['curated'])} | {spread(r.top1['raw'])} | "
-                  f"**{spread(r.gains)}** |")
+                  f"**{spread(r.gains)}** |{cells}")
         print(f"\nwall time {time.time() - t0:.0f}s; {load_line()}")
         print(result_line("dfn_auroc_min_over_worlds", min(r.auroc for r in results), ">=", AUROC_TARGET))
         print(result_line("curation_gain_min_over_worlds", min(mean_sd(r.gains)[0] for r in results), ">=",
                           GAIN_TARGET))
+        if "raw" in peers:  # the smallest world's mean over seeds
+            print(result_line("shipped_raw_vs_open_clip_train", min(mean_sd(r.vs_open_clip)[0] for r in results),
+                              ">=", 0.0))
     finally:
         end_embedded_run(base, keep=bool(args.workdir))
 

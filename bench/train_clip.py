@@ -58,21 +58,35 @@ def winnow_rate(shards: list[str], out: str, steps: int, batch: int, threads: in
     return sum(rates[1:]) / len(rates[1:])
 
 
-def open_clip_rate(shards: list[str], out: str, steps: int, batch: int, threads: int, log_every: int) -> float:
-    pattern = os.path.join(os.path.dirname(shards[0]), f"{{00000..{len(shards) - 1:05d}}}.tar")
-    args = ["--train-data", pattern, "--train-num-samples", str(steps * batch), "--dataset-type", "webdataset",
-            "--model", MODEL, "--siglip", "--batch-size", str(batch), "--precision", "fp32", "--workers", "1",
-            "--epochs", "1", "--lr", "5e-4", "--warmup", "20", "--wd", "0.1", "--beta2", "0.98", "--eps", "1e-6",
-            "--save-frequency", "0", "--report-to", "", "--log-every-n-steps", str(log_every), "--logs", out,
-            "--name", "peer", "--device", "cpu", "--seed", "0"]
+def open_clip_args(shards: list[str], out: str, *, model: str, steps: int, batch: int, lr: float, warmup: int,
+                   log_every: int, seed: int = 0) -> list[str]:
+    """`open_clip_train.main` arguments for `steps` x `batch` on `shards` in fp32 on the CPU, one loader worker,
+    AdamW (wd 0.1, beta2 0.98, eps 1e-6) on warmup + cosine; logs under `<out>/peer`."""
+    return ["--train-data", "::".join(shards), "--train-num-samples", str(steps * batch), "--dataset-type",
+            "webdataset", "--model", model, "--batch-size", str(batch), "--precision", "fp32", "--workers", "1",
+            "--epochs", "1", "--lr", str(lr), "--warmup", str(warmup), "--wd", "0.1", "--beta2", "0.98", "--eps",
+            "1e-6", "--report-to", "", "--log-every-n-steps", str(log_every), "--logs", out, "--name", "peer",
+            "--device", "cpu", "--seed", str(seed)]
+
+
+def run_open_clip_train(args: list[str], threads: int) -> str:
+    """Run `open_clip_train.main` as a user runs it, in a subprocess (winnow's model configs registered, `threads`
+    torch threads); its log text."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     proc = subprocess.run([sys.executable, "-c", PEER, *args], env=env, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f"open_clip_train failed:\n{proc.stderr[-3000:]}")
+    return proc.stderr + proc.stdout
+
+
+def open_clip_rate(shards: list[str], out: str, steps: int, batch: int, threads: int, log_every: int) -> float:
+    args = open_clip_args(shards, out, model=MODEL, steps=steps, batch=batch, lr=5e-4, warmup=20,
+                          log_every=log_every)
+    log = run_open_clip_train([*args, "--siglip", "--save-frequency", "0"], threads)
     # "Batch (t): 0.184, 347.2/s, ..." : the average batch time of each log window
-    times = [float(t) for t in re.findall(r"Batch \(t\): ([0-9.]+)", proc.stderr + proc.stdout)]
+    times = [float(t) for t in re.findall(r"Batch \(t\): ([0-9.]+)", log)]
     if len(times) < 2:
-        raise RuntimeError(f"no throughput lines in open_clip_train's log:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"no throughput lines in open_clip_train's log:\n{log[-3000:]}")
     return sum(batch / t for t in times[1:]) / len(times[1:])
 
 
