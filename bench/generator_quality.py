@@ -17,7 +17,8 @@ the stage's `eval.prompt`) with the stage's sampler and guidance; the j-th image
 noise (seed 10,000 + j).
 
 The judge is a small CNN trained (in torch, 1 thread) on `--judge-images` other real images of the world (fashion:
-train-split photos; rendered worlds: another seed), never on the test images: printed with its own accuracy on the
+train-split photos in another seed's order, ~5 % of them also among the generator's; rendered worlds: another seed),
+never on the test images: printed with its own accuracy on the
 600 real test images (what a perfect generator would score) and chance. Samples take the real images' path to it
 (8 bits, the generator's resolution). Scores per seed: class accuracy (fashion) or colour, shape and both (rendered
 worlds), the Frechet distance in the judge's penultimate features (samples vs the test images, with two real halves
