@@ -204,27 +204,24 @@ def test_a_judge_with_the_scorers_weights_reuses_the_score_stages_embeddings(ray
     scorer = {"input": "pool", "model": {"name": judge["name"], "pretrained": judge["weights"],
                                          "config_file": judge["config_file"]}, "batch_size": 8, "chunk_rows": 6}
     runs = {}
-    for name, scored, reuse in (("pool", True, True), ("plain", False, True), ("off", True, False)):
+    for name, scored in (("pool", True), ("plain", False)):
         root = tmp_path / name
         ds = write_pool(root, "pool", shards)
         if scored:
             score.run(*ctx_for(root, {"score": scorer}, "score"))
             # the score stage's marker of shard 00001 goes: that shard's judge must encode its images itself
-            if name == "pool":
-                os.remove(ds.sub("signals", "_done", "00001"))
-        res = caption.run(*ctx_for(root, {"caption": stage_cfg(capfilt_models, reuse_score_embeddings=reuse)},
-                                   "caption"))
+            os.remove(ds.sub("signals", "_done", "00001"))
+        res = caption.run(*ctx_for(root, {"caption": stage_cfg(capfilt_models)}, "caption"))
         runs[name] = ({r["uid"]: r for r in rows_of(ds)}, res, ds.manifest()["stages"]["caption"])
     rows, res, section = runs["pool"]
     assert res["ok"] == 12 and section["judge_embeddings_reused"] == 6  # shard 00000's decodable images only
-    assert runs["plain"][2]["judge_embeddings_reused"] == 0 and runs["off"][2]["judge_embeddings_reused"] == 0
-    for other in ("plain", "off"):
-        theirs = runs[other][0]
-        assert rows.keys() == theirs.keys()
-        for uid, r in rows.items():
-            assert (r["synthetic_captions"], r["reason"]) == (theirs[uid]["synthetic_captions"], theirs[uid]["reason"])
-            if r["reason"] is None:
-                assert r["web_score"] == pytest.approx(theirs[uid]["web_score"], abs=2e-3)
-                assert r["synthetic_scores"] == pytest.approx(theirs[uid]["synthetic_scores"], abs=2e-3)
-    moved = [abs(r["web_score"] - runs["off"][0][u]["web_score"]) for u, r in rows.items() if r["reason"] is None]
+    assert runs["plain"][2]["judge_embeddings_reused"] == 0
+    theirs = runs["plain"][0]  # the same pool, never scored: every image encoded by the judge
+    assert rows.keys() == theirs.keys()
+    for uid, r in rows.items():
+        assert (r["synthetic_captions"], r["reason"]) == (theirs[uid]["synthetic_captions"], theirs[uid]["reason"])
+        if r["reason"] is None:
+            assert r["web_score"] == pytest.approx(theirs[uid]["web_score"], abs=2e-3)
+            assert r["synthetic_scores"] == pytest.approx(theirs[uid]["synthetic_scores"], abs=2e-3)
+    moved = [abs(r["web_score"] - theirs[u]["web_score"]) for u, r in rows.items() if r["reason"] is None]
     assert max(moved) > 0  # the reused rows really came from the stored float16 embeddings
