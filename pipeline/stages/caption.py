@@ -264,12 +264,12 @@ def run(ctx: StageContext, cfg: CaptionConfig) -> dict[str, Any]:
         raise ConfigError(f"{ctx.config_path or 'config'}: stages.{ctx.stage}: dataset {ds.url} has no complete "
                           "shards to caption (run the download stage first)")
     models = resolve(ctx, cfg)
-    reuse = score_embeddings(ds, models, inputs) if cfg.reuse_score_embeddings else {}
     decoding = decoding_record(cfg.decoding.model_dump())
     ident = {"captioner_id": models["captioner_id"], "judge_id": models["judge_id"], "decoding": decoding,
              "calibrated": models["calibration"] is not None or models["judge"].backend == "blip",
              "input_sha": {s: (m.get("files") or {}).get(f"shards/{s}.tar", {}).get("sha256")
                            for s, m in inputs.items()}}
+    reuse = score_embeddings(ds, models, ident["input_sha"]) if cfg.reuse_score_embeddings else {}
     ident["key"] = config_hash({k: ident[k] for k in ("captioner_id", "judge_id", "decoding")} |
                                {"calibration": models["calibration"], "splits": [repr(s) for s in models["splits"]]})
     record = StageRecord(ctx.stage, ds, sorted(inputs), folder=FOLDER, timings={"startup_seconds": None})

@@ -16,7 +16,7 @@ def read_shard(item: dict, chunk_rows: int, max_pixels: int, captioner_pre: dict
     """Read function of the actor-pool runner: one shard's rows with the captioner's crops (and the judge's when
     its preprocessing differs), whether each is held out, then the shard's end. With `embed_dim` every row also
     carries `judge_embedding`: the score stage's stored embedding where `item` names one (`embeddings`, row-aligned
-    with the `signals` parquet's keys), else NaN; a row that has one needs no judge crop."""
+    with the `signals` parquet's keys), else NaN; a row that has one leaves its judge crop out of the batch."""
     from filtering.preprocess import Preprocessor
     from filtering.signals import decode_crops, sample_identity
     from pipeline.core.sample import image_member
@@ -93,22 +93,20 @@ def _columns(rows: list[tuple], pre, judge, splits: list, embed_dim: int | None 
     return cols
 
 
-def score_embeddings(ds: Dataset, models: dict, inputs: dict) -> dict:
+def score_embeddings(ds: Dataset, models: dict, input_sha: dict[str, str | None]) -> dict:
     """What the judge can reuse: `{"dim": D, "shards": {shard: {"embeddings": url, "signals": url}}}` for the
-    shards a score stage scored with the judge's own weights (content id) and model config from the same input tar,
-    keeping embeddings; empty when there are none (or the judge is BLIP's, which has no image embedding to reuse)."""
-    from pipeline.stages.score import model_weights_id
-
+    shards a score stage scored with the judge's own weights (content id: `models["judge_id"]`, the score stage's
+    `model_weights_id`) and model config from the same input tar (`input_sha`: shard -> its tar's sha256), keeping
+    embeddings; empty when there are none (or the judge is BLIP's, which has no image embedding to reuse)."""
     judge = models["judge"]
     if judge.backend != "clip":
         return {}
-    spec = judge.model_spec()
-    key, weights = config_hash(spec), model_weights_id(spec)
+    key = config_hash(judge.model_spec())
     shards = {}
     for shard, mark in ds.done_shards("signals").items():
-        tar_sha = (inputs.get(shard, {}).get("files") or {}).get(f"shards/{shard}.tar", {}).get("sha256")
-        if (shard in inputs and mark.get("model") == key and mark.get("model_id") == weights == models["judge_id"]
-                and f"embeddings/{shard}.npy" in (mark.get("files") or {}) and mark.get("input_sha256") == tar_sha):
+        if (shard in input_sha and mark.get("model") == key and mark.get("model_id") == models["judge_id"]
+                and f"embeddings/{shard}.npy" in (mark.get("files") or {})
+                and mark.get("input_sha256") == input_sha[shard]):
             shards[shard] = {"embeddings": ds.shard_file(shard, "npy", "embeddings"),
                              "signals": ds.shard_file(shard, "parquet", "signals")}
     for where in shards.values():  # the width from a header: (rows, D) (an empty shard's array may be 1-D)
