@@ -31,7 +31,8 @@ def test_submit_the_demo_as_a_ray_job(cluster, tmp_path: Path) -> None:
                      f"{name}.eval.max_samples=30", f"{name}.data.batch_size=16", f"{name}.scaling.num_workers=0"]
         if stage.kind == "train-diffusion":
             sets += [f"{name}.steps=4", f"{name}.sample.grid_every=4", f"{name}.eval.frechet_samples=8",
-                     f"{name}.eval.attribute_seeds=1", f"{name}.data.batch_size=16",
+                     f"{name}.eval.attribute_seeds=1", f"{name}.eval.likelihood.samples=2",
+                     f"{name}.data.batch_size=16",
                      f"{name}.scaling.num_workers=0"]
     env = cluster.env
     cmd = [sys.executable, "-m", "pipeline", "submit", "--address", cluster.dashboard_url, "configs/demo.yaml",
