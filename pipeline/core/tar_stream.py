@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 import tarfile
 from collections.abc import Iterator
+from zlib import adler32
 
 BLOCK = 512
 _ZERO = bytes(BLOCK)
@@ -33,8 +34,9 @@ _GNU = frozenset((b"L", b"K", b"S"))
 _EXTENDED = frozenset((b"x", b"X", b"g", b"L", b"K"))  # headers that describe the next one
 # The number fields as tarfile and GNU tar write them (zero-padded octal, NUL-ended); anything else takes tarfile's
 # own parser, so odd but valid headers (spaces, base-256 sizes) read as tarfile reads them.
-_PLAIN_NUMBERS = re.compile(rb"(?:[0-7]{7}\x00){3}[0-7]{11}[\x00 ][0-7]{11}[\x00 ][0-7]{6}\x00", re.S)
-_PLAIN_DEVICES = re.compile(rb"(?:[0-7]{7}\x00|\x00{8}){2}", re.S)
+# (mode, uid, gid, size, mtime, checksum; type, link name, magic, user and group names; device numbers)
+_PLAIN_NUMBERS = re.compile(rb"(?:[0-7]{7}\x00){3}[0-7]{11}[\x00 ][0-7]{11}[\x00 ][0-7]{6}\x00.{173}"
+                            rb"(?:[0-7]{7}\x00|\x00{8}){2}", re.S)
 _PAX_RECORD = re.compile(rb"(\d+) ([^=]+)=")  # tarfile's rule: "%d %s=%s\n", length counting itself
 _PAX_CHARSET = re.compile(rb"\d+ hdrcharset=([^\n]+)\n")
 
@@ -173,9 +175,9 @@ class TarReader:
 
     def _numbers(self, h: bytes, start: int) -> int:
         """The header's size, after tarfile's checks (checksum, every number field readable)."""
-        if _PLAIN_NUMBERS.match(h, 100, 156) and _PLAIN_DEVICES.match(h, 329, 345):
+        if _PLAIN_NUMBERS.match(h, 100, 345):
             chksum, size = int(h[148:154], 8), int(h[124:135], 8)
-            if chksum != 256 + sum(h) - sum(h[148:156]) and chksum not in tarfile.calc_chksums(h):
+            if chksum != _unsigned_checksum(h) and chksum not in tarfile.calc_chksums(h):
                 raise TarFormatError(f"bad checksum at offset {start}")
             return size
         try:
@@ -218,7 +220,8 @@ class TarReader:
                             size = int(records[b"size"].decode("utf-8", "surrogateescape"))
                         except ValueError:
                             size = 0  # tarfile's rule for an unreadable pax number
-                    sparse = sparse or any(k.startswith(b"GNU.sparse.") for k in records)
+                    if b"GNU.sparse." in body:
+                        sparse = sparse or any(k.startswith(b"GNU.sparse.") for k in records)
             elif typ == b"L" and name is None:
                 name, long_name = _nts(body), True
             start = self.src.pos
@@ -244,6 +247,12 @@ class TarReader:
         data = self.src.pos
         self._skip = _padded(size) if (typ in _REGULAR or typ not in _SUPPORTED) else 0
         return Member(name, typ, size, start, data, sparse)
+
+
+def _unsigned_checksum(h: bytes) -> int:
+    """tarfile's unsigned header checksum (the checksum field counted as spaces), at C speed: adler32's low half is
+    1 + the byte sum mod 65521, exact for 256 bytes (at most 65,280); `sum(h)` costs ten times as much."""
+    return (adler32(h[:256]) & 0xFFFF) + (adler32(h[256:]) & 0xFFFF) - 2 - sum(h[148:156]) + 256
 
 
 def _pax_records(body: bytes) -> dict[bytes, bytes]:
