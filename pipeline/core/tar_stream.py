@@ -189,7 +189,7 @@ class TarReader:
         """The member whose header (or chain of extended headers) starts with block `h` at `start`."""
         name = size = None  # set by extended headers; the first in the chain wins, as in tarfile
         long_name = sparse = False
-        depth = 0
+        depth, first = 0, start  # a chain's member starts at its first extended header, as tarfile's offset
         while True:
             typ, hsize = h[156:157], self._numbers(h, start)
             if typ not in _EXTENDED and typ != b"S":
@@ -224,6 +224,8 @@ class TarReader:
                         sparse = sparse or any(k.startswith(b"GNU.sparse.") for k in records)
             elif typ == b"L" and name is None:
                 name, long_name = _nts(body), True
+            if typ == b"g" and first == start:
+                first = self.src.pos  # tarfile gives no member a global header's offset
             start = self.src.pos
             h = self.src.read(BLOCK)
             if len(h) < BLOCK or h == _ZERO:
@@ -246,7 +248,7 @@ class TarReader:
             raise TarFormatError(f"negative size at offset {start}")
         data = self.src.pos
         self._skip = _padded(size) if (typ in _REGULAR or typ not in _SUPPORTED) else 0
-        return Member(name, typ, size, start, data, sparse)
+        return Member(name, typ, size, first, data, sparse)
 
 
 def _unsigned_checksum(h: bytes) -> int:

@@ -112,6 +112,11 @@ def test_every_writers_tars_read_as_tarfile_reads_them(tmp_path, writer):
     path = WRITERS[writer](str(tmp_path / "a.tar"), 0)
     samples, fast, ref = read_both(path)
     assert fast.error is None and ref.error is None and len(samples) >= 10
+    with open(path, "rb") as f, tarfile.open(path) as tf:  # every member's name, type, size and offsets as tarfile's
+        reader = TarReader(f, 1 << 16, 8)
+        assert [(m.name, m.type, m.size, m.offset, m.offset_data) for m in reader] == \
+            [(m.name, m.type, m.size, m.offset, m.offset_data) for m in tf.getmembers()]
+        assert reader.error is None
     if writer != "webdataset":
         assert {"unsafe_name", "link_member", "device_member", "special_member", "no_extension", "repeated_key",
                 "repeated_member"} <= set(fast.skipped), fast.skipped
