@@ -164,8 +164,8 @@ class TarReader:
                 if h == _ZERO:
                     return  # end of archive
                 yield self._member(h, start)
-        except TarFormatError as err:
-            self.error = f"TarFormatError: {err}"[:300]
+        except (TarFormatError, OSError, EOFError) as err:  # damage, or the storage failing under the read
+            self.error = f"{type(err).__name__}: {err}"[:300]
 
     def read_data(self, member: Member) -> bytes:
         """The member's bytes (short when the file ends early: the caller reports the truncation)."""

@@ -259,6 +259,22 @@ def test_a_stream_is_read_in_large_chunks_and_never_seeked(tmp_path):
     assert len(stream.reads) <= 4, stream.reads  # the 512-byte sniff, then 1 MiB reads: not one per member
 
 
+def test_a_storage_error_mid_shard_ends_it_with_the_samples_before(tmp_path):
+    """An OSError from the file (a dropped connection) is the shard's error, as it was with tarfile, not a crash."""
+    raw = open(write_webdataset(str(tmp_path / "a.tar"), 5), "rb").read()
+
+    class Failing(io.BytesIO):
+        def read(self, n: int = -1) -> bytes:
+            if self.tell() > len(raw) // 2:
+                raise OSError("connection reset")
+            return super().read(min(n, 4096) if n and n > 0 else 4096)  # small reads: the failure lands mid-shard
+
+    report = ReadReport()
+    samples = list(shards.iter_samples(Failing(raw), report))
+    assert 0 < len(samples) < 20 and report.samples == len(samples)
+    assert report.error == "OSError: connection reset"
+
+
 def test_the_reader_alone_reports_members_and_offsets():
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
