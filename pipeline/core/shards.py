@@ -6,13 +6,17 @@ someone did extract them — absolute paths, `..` components, links, devices, fi
 oversized members and repeated names. A truncated or corrupt tar ends the shard early with an error recorded; the
 samples read before the damage are still returned.
 
-Headers are capped too: Python's tarfile reads a GNU long-name or pax header whole, before any member check, so one
-claiming gigabytes would be read into memory; such a header (over `MAX_HEADER_BYTES`, or more than a few chained)
-ends the read with an error. A shard is a plain tar: gzip, bzip2, xz, zstd or zip input is refused (it could expand
-without bound), and so is anything else that is not a tar.
+Headers are capped too: a GNU long-name or pax header is read whole, before any member check, so one claiming
+gigabytes would be read into memory; such a header (over `MAX_HEADER_BYTES`, or more than a few chained) ends the
+read with an error, before it is read. A shard is a plain tar: gzip, bzip2, xz, zstd or zip input is refused (it
+could expand without bound), and so is anything else that is not a tar.
 
 Samples are grouped the way webdataset groups them: consecutive members with the same key
 (`dir/000123.jpg`, `dir/000123.txt` -> key `dir/000123`, extensions `jpg`, `txt`).
+
+The tar is parsed by `tar_stream.TarReader` (tarfile's rules at a fraction of its cost per member; a damaged header
+is an error there where tarfile would end quietly). `read_samples_with_tarfile` keeps the tarfile-based reader as the
+reference the parser is tested against.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from pipeline.core.layout import atomic_write, fs_and_path, open_binary
+from pipeline.core.tar_stream import Member, TarReader
 
 MAX_MEMBER_BYTES = 64 << 20  # no image-text sample needs more; a bigger member is skipped, not read
 MAX_HEADER_BYTES = 64 << 10  # a long name or a pax record set; PATH_MAX is 4 KiB
@@ -46,26 +51,6 @@ class ReadReport:
 
     def as_dict(self) -> dict:
         return {"members": self.members, "samples": self.samples, "skipped": dict(self.skipped), "error": self.error}
-
-
-class CappedTarInfo(tarfile.TarInfo):
-    """tarfile's header parser, refusing extended headers (long names, pax records) over MAX_HEADER_BYTES or
-    chained more than MAX_CHAINED_HEADERS deep, before they are read."""
-
-    def _proc_member(self, tf: tarfile.TarFile):  # noqa: ANN202 - tarfile's own hook
-        if self.type not in _SPECIAL_HEADERS:
-            return super()._proc_member(tf)
-        if self.size > MAX_HEADER_BYTES:
-            raise tarfile.HeaderError(f"header_too_large: a {self.size}-byte extended header at offset "
-                                      f"{self.offset} (cap {MAX_HEADER_BYTES})")
-        depth = getattr(tf, "_winnow_header_depth", 0)
-        if depth >= MAX_CHAINED_HEADERS:
-            raise tarfile.HeaderError(f"header_too_large: more than {MAX_CHAINED_HEADERS} extended headers in a row")
-        tf._winnow_header_depth = depth + 1
-        try:
-            return super()._proc_member(tf)
-        finally:
-            tf._winnow_header_depth = depth
 
 
 def not_a_plain_tar(head: bytes) -> str | None:
@@ -92,7 +77,7 @@ class _Prefixed:
         return out if len(out) == n else out + self.fileobj.read(n - len(out))
 
 
-def unsafe_reason(member: tarfile.TarInfo) -> str | None:
+def unsafe_reason(member: Member | tarfile.TarInfo) -> str | None:
     """Why a member must not be read (None = a regular file with a safe relative name)."""
     if member.issym() or member.islnk():
         return "link_member"
@@ -115,17 +100,9 @@ def split_key(name: str) -> tuple[str, str] | None:
     return (m.group(1), m.group(2).lower()) if m else None
 
 
-def _members(tf: tarfile.TarFile, report: ReadReport) -> Iterator[tarfile.TarInfo]:
-    """Safe regular-file members of a tar, counting the rest; stops (recording why) at a damaged header."""
-    while True:
-        try:
-            member = tf.next()
-        except (tarfile.TarError, EOFError, OSError, UnicodeDecodeError) as err:
-            report.error = f"{type(err).__name__}: {err}"[:300]
-            return
-        if member is None:
-            return
-        tf.members.clear()  # tarfile keeps every header it read: a shard of millions of members would fill memory
+def _safe_members(members: Iterable, report: ReadReport) -> Iterator:
+    """The safe regular-file members (a TarReader's or tarfile's), counting every member and the skipped ones."""
+    for member in members:
         report.members += 1
         reason = unsafe_reason(member)
         if member.isdir() and reason is None:
@@ -139,60 +116,133 @@ def _members(tf: tarfile.TarFile, report: ReadReport) -> Iterator[tarfile.TarInf
         yield member
 
 
+def _grouped(members: Iterable, read, report: ReadReport) -> Iterator[tuple[str, dict[str, bytes]]]:  # noqa: ANN001
+    """Samples from safe members: consecutive members with one key make a sample. `read(member)` gives its bytes
+    or None (the read ended, `report.error` set); a key seen before, a repeated extension and a name without an
+    extension are skipped and counted."""
+    seen: set[str] = set()
+    key, files = None, {}
+    for member in members:
+        parts = split_key(member.name)
+        if parts is None:
+            report.skipped["no_extension"] += 1
+            continue
+        k, ext = parts
+        data = read(member)
+        if data is None:
+            break
+        if len(data) != member.size:
+            report.error = f"truncated member {member.name}: {len(data)} of {member.size} bytes"
+            break
+        if k != key:
+            if key is not None:
+                report.samples += 1
+                yield key, files
+            if k in seen:
+                report.skipped["repeated_key"] += 1
+                key, files = None, {}
+                continue
+            seen.add(k)
+            key, files = k, {}
+        elif key is None:
+            continue  # further members of a skipped repeated key
+        if ext in files:
+            report.skipped["repeated_member"] += 1
+            continue
+        files[ext] = data
+    if key is not None:
+        report.samples += 1
+        yield key, files
+
+
 def iter_samples(fileobj, report: ReadReport | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {ext: bytes}) per sample of a tar read as a stream (works on any readable file object)."""
     report = report if report is not None else ReadReport()
-    seen: set[str] = set()
-    key, files = None, {}
     head = fileobj.read(512)
     report.error = not_a_plain_tar(head)
     if report.error:
         return
-    try:
-        tf = tarfile.open(fileobj=_Prefixed(head, fileobj), mode="r|", tarinfo=CappedTarInfo)
-    except (tarfile.TarError, EOFError, OSError) as err:
-        report.error = f"{type(err).__name__}: {err}"[:300]
-        return
-    with tf:
-        for member in _members(tf, report):
-            parts = split_key(member.name)
-            if parts is None:
-                report.skipped["no_extension"] += 1
-                continue
-            k, ext = parts
-            try:
-                data = tf.extractfile(member).read()  # bytes only: regular files, in memory
-            except (tarfile.TarError, EOFError, OSError) as err:
-                report.error = f"{type(err).__name__}: {err}"[:300]
-                break
-            if len(data) != member.size:
-                report.error = f"truncated member {member.name}: {len(data)} of {member.size} bytes"
-                break
-            if k != key:
-                if key is not None:
-                    report.samples += 1
-                    yield key, files
-                if k in seen:
-                    report.skipped["repeated_key"] += 1
-                    key, files = None, {}
-                    continue
-                seen.add(k)
-                key, files = k, {}
-            elif key is None:
-                continue  # further members of a skipped repeated key
-            if ext in files:
-                report.skipped["repeated_member"] += 1
-                continue
-            files[ext] = data
-        if key is not None:
-            report.samples += 1
-            yield key, files
+    reader = TarReader(_Prefixed(head, fileobj), MAX_HEADER_BYTES, MAX_CHAINED_HEADERS)
+
+    def read(member: Member) -> bytes | None:
+        try:
+            return reader.read_data(member)
+        except (OSError, EOFError) as err:  # the storage failing mid-member ends the shard, as damage does
+            report.error = f"{type(err).__name__}: {err}"[:300]
+            return None
+
+    yield from _grouped(_safe_members(_until_damage(reader, report), report), read, report)
+
+
+def _until_damage(reader: TarReader, report: ReadReport) -> Iterator[Member]:
+    """The reader's members; its error goes to the report as soon as it stops (before the last sample is out)."""
+    yield from reader
+    report.error = report.error or reader.error
 
 
 def read_samples(url: str, report: ReadReport | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Open a shard by URL and yield its samples (see iter_samples)."""
     with open_binary(url) as f:
         yield from iter_samples(f, report)
+
+
+class CappedTarInfo(tarfile.TarInfo):
+    """tarfile's header parser, refusing extended headers (long names, pax records) over MAX_HEADER_BYTES or
+    chained more than MAX_CHAINED_HEADERS deep, before they are read."""
+
+    def _proc_member(self, tf: tarfile.TarFile):  # noqa: ANN202 - tarfile's own hook
+        if self.type not in _SPECIAL_HEADERS:
+            return super()._proc_member(tf)
+        if self.size > MAX_HEADER_BYTES:
+            raise tarfile.HeaderError(f"header_too_large: a {self.size}-byte extended header at offset "
+                                      f"{self.offset} (cap {MAX_HEADER_BYTES})")
+        depth = getattr(tf, "_winnow_header_depth", 0)
+        if depth >= MAX_CHAINED_HEADERS:
+            raise tarfile.HeaderError(f"header_too_large: more than {MAX_CHAINED_HEADERS} extended headers in a row")
+        tf._winnow_header_depth = depth + 1
+        try:
+            return super()._proc_member(tf)
+        finally:
+            tf._winnow_header_depth = depth
+
+
+def read_samples_with_tarfile(url: str, report: ReadReport | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """`read_samples` on Python's tarfile, as the reader was before the streaming parser (`tar_stream`): the
+    reference the fast parser is tested against (tests/unit/pipeline/test_tar_stream.py) and the loader bench's
+    "before" arm. Not used by the pipeline."""
+    report = report if report is not None else ReadReport()
+    with open_binary(url) as f:
+        head = f.read(512)
+        report.error = not_a_plain_tar(head)
+        if report.error:
+            return
+        try:
+            tf = tarfile.open(fileobj=_Prefixed(head, f), mode="r|", tarinfo=CappedTarInfo)
+        except (tarfile.TarError, EOFError, OSError) as err:
+            report.error = f"{type(err).__name__}: {err}"[:300]
+            return
+
+        def members() -> Iterator[tarfile.TarInfo]:
+            while True:
+                try:
+                    member = tf.next()
+                except (tarfile.TarError, EOFError, OSError, UnicodeDecodeError) as err:
+                    report.error = f"{type(err).__name__}: {err}"[:300]
+                    return
+                if member is None:
+                    return
+                tf.members.clear()  # tarfile keeps every header it read: millions of members would fill memory
+                yield member
+
+        def read(member: tarfile.TarInfo) -> bytes | None:
+            try:
+                return tf.extractfile(member).read()  # bytes only: regular files, in memory
+            except (tarfile.TarError, EOFError, OSError) as err:
+                report.error = f"{type(err).__name__}: {err}"[:300]
+                return None
+
+        with tf:
+            yield from _grouped(_safe_members(members(), report), read, report)
 
 
 @dataclass
@@ -212,17 +262,12 @@ def index_samples(url: str, keys: set[str] | None = None,
         if report.error:
             return out
         f.seek(0)
-        try:
-            tf = tarfile.open(fileobj=f, mode="r:", tarinfo=CappedTarInfo)
-        except (tarfile.TarError, EOFError, OSError) as err:
-            report.error = f"{type(err).__name__}: {err}"[:300]
-            return out
-        with tf:
-            for member in _members(tf, report):
-                parts = split_key(member.name)
-                if parts is None or (keys is not None and parts[0] not in keys):
-                    continue
-                out.setdefault(parts[0], {}).setdefault(parts[1], MemberRange(member.offset_data, member.size))
+        reader = TarReader(f, MAX_HEADER_BYTES, MAX_CHAINED_HEADERS, seekable=True, chunk=16 << 10)
+        for member in _safe_members(_until_damage(reader, report), report):
+            parts = split_key(member.name)
+            if parts is None or (keys is not None and parts[0] not in keys):
+                continue
+            out.setdefault(parts[0], {}).setdefault(parts[1], MemberRange(member.offset_data, member.size))
     return out
 
 

@@ -126,3 +126,43 @@ def test_hostile_tar_members_are_never_extracted_or_followed(tmp_path, monkeypat
     assert [skipped for _, _, skipped in items] == [0] * 6 + [6]
     assert all("passwd" not in text and "outside" not in text for _, text, _ in items)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("size", [(256, 256), (96, 200), (300, 60)])
+@pytest.mark.parametrize("scale", [(0.9, 1.0), (0.08, 1.0)])
+def test_crop_boxes_follow_torchvisions_distribution(size, scale):
+    """The one-draw crop box (`crop_box`) against torchvision's get_params: area fraction, log aspect ratio, centre
+    and the fallback's share agree over many draws; every box lies inside the image."""
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from training.contrastive.data import ResizedCropTransform
+
+    crop = T.RandomResizedCrop(64, scale=scale, ratio=(3 / 4, 4 / 3))
+    fast = ResizedCropTransform(crop, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    img = Image.new("RGB", size)
+    W, H = size
+
+    def stats(boxes) -> np.ndarray:
+        b = np.array(boxes, dtype=np.float64)  # (top, left, h, w)
+        assert (b[:, 2] > 0).all() and (b[:, 3] > 0).all() and (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all()
+        assert (b[:, 0] + b[:, 2] <= H).all() and (b[:, 1] + b[:, 3] <= W).all()
+        area, log_ratio = b[:, 2] * b[:, 3] / (W * H), np.log(b[:, 3] / b[:, 2])
+        centre_y, centre_x = (b[:, 0] + b[:, 2] / 2) / H, (b[:, 1] + b[:, 3] / 2) / W
+        fallback = (b[:, 0] == (H - b[:, 2]) // 2) & (b[:, 1] == (W - b[:, 3]) // 2)
+        return np.array([area.mean(), area.std(), log_ratio.mean(), log_ratio.std(), centre_y.mean(),
+                         centre_x.mean(), centre_y.std(), centre_x.std(), fallback.mean()])
+
+    torch.manual_seed(0)
+    want = stats([crop.get_params(img, crop.scale, crop.ratio) for _ in range(2000)])
+    torch.manual_seed(1)
+    got = stats([fast.box(img) for _ in range(2000)])
+    assert np.abs(got - want).max() < 0.03, (got.round(3), want.round(3))
+    torch.manual_seed(5)
+    again = [fast.box(img) for _ in range(20)]
+    torch.manual_seed(5)
+    assert [fast.box(img) for _ in range(20)] == again  # a seed gives the same boxes
+    if size == (300, 60) and scale == (0.9, 1.0):  # no box fits: always torchvision's centre crop, exactly
+        assert {fast.box(img) for _ in range(10)} == {crop.get_params(img, crop.scale, crop.ratio)}
+        assert fast.box(img) == (0, 110, 60, 80)
