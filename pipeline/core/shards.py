@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from pipeline.core.layout import atomic_write, fs_and_path, open_binary
-from pipeline.core.tar_stream import Member, TarReader
+from pipeline.core.tar_stream import Member, TarReader, error_text
 
 MAX_MEMBER_BYTES = 64 << 20  # no image-text sample needs more; a bigger member is skipped, not read
 MAX_HEADER_BYTES = 64 << 10  # a long name or a pax record set; PATH_MAX is 4 KiB
@@ -168,7 +168,7 @@ def iter_samples(fileobj, report: ReadReport | None = None) -> Iterator[tuple[st
         try:
             return reader.read_data(member)
         except (OSError, EOFError) as err:  # the storage failing mid-member ends the shard, as damage does
-            report.error = f"{type(err).__name__}: {err}"[:300]
+            report.error = error_text(err)
             return None
 
     yield from _grouped(_safe_members(_until_damage(reader, report), report), read, report)
@@ -219,7 +219,7 @@ def read_samples_with_tarfile(url: str, report: ReadReport | None = None) -> Ite
         try:
             tf = tarfile.open(fileobj=_Prefixed(head, f), mode="r|", tarinfo=CappedTarInfo)
         except (tarfile.TarError, EOFError, OSError) as err:
-            report.error = f"{type(err).__name__}: {err}"[:300]
+            report.error = error_text(err)
             return
 
         def members() -> Iterator[tarfile.TarInfo]:
@@ -227,7 +227,7 @@ def read_samples_with_tarfile(url: str, report: ReadReport | None = None) -> Ite
                 try:
                     member = tf.next()
                 except (tarfile.TarError, EOFError, OSError, UnicodeDecodeError) as err:
-                    report.error = f"{type(err).__name__}: {err}"[:300]
+                    report.error = error_text(err)
                     return
                 if member is None:
                     return
@@ -238,7 +238,7 @@ def read_samples_with_tarfile(url: str, report: ReadReport | None = None) -> Ite
             try:
                 return tf.extractfile(member).read()  # bytes only: regular files, in memory
             except (tarfile.TarError, EOFError, OSError) as err:
-                report.error = f"{type(err).__name__}: {err}"[:300]
+                report.error = error_text(err)
                 return None
 
         with tf:

@@ -41,6 +41,11 @@ _PAX_RECORD = re.compile(rb"(\d+) ([^=]+)=")  # tarfile's rule: "%d %s=%s\n", le
 _PAX_CHARSET = re.compile(rb"\d+ hdrcharset=([^\n]+)\n")
 
 
+def error_text(err: BaseException) -> str:
+    """How a read error is recorded (a shard report's `error`): its type and message, capped."""
+    return f"{type(err).__name__}: {err}"[:300]
+
+
 class TarFormatError(Exception):
     """The tar is damaged or refused (its message is the reader's error)."""
 
@@ -165,7 +170,7 @@ class TarReader:
                     return  # end of archive
                 yield self._member(h, start)
         except (TarFormatError, OSError, EOFError) as err:  # damage, or the storage failing under the read
-            self.error = f"{type(err).__name__}: {err}"[:300]
+            self.error = error_text(err)
 
     def read_data(self, member: Member) -> bytes:
         """The member's bytes (short when the file ends early: the caller reports the truncation)."""
