@@ -249,14 +249,16 @@ def test_beam_search_wide_enough_is_exhaustive():
 def test_nucleus_is_seeded_per_image_and_returns_num_captions(coca, images):
     _, x = images
     uids = [f"uid{i}" for i in range(len(x))]
-    a = _captioner(coca["plain"], strategy="nucleus", num_captions=3, seed=7).captions(x, uids)
+    # (8 tokens: the random model seldom ends a caption, and every draw would otherwise run to the full length)
+    nucleus = {"strategy": "nucleus", "num_captions": 3, "max_length": 8}
+    a = _captioner(coca["plain"], **nucleus, seed=7).captions(x, uids)
     assert [len(c) for c in a] == [3] * len(x)
     assert all(len(set(c)) == 3 for c in a)  # three draws, three captions
-    assert _captioner(coca["plain"], strategy="nucleus", num_captions=3, seed=7).captions(x, uids) == a
-    other = _captioner(coca["plain"], strategy="nucleus", num_captions=3, seed=8).captions(x, uids)
+    assert _captioner(coca["plain"], **nucleus, seed=7).captions(x, uids) == a
+    other = _captioner(coca["plain"], **nucleus, seed=8).captions(x, uids)
     assert all(o != c for o, c in zip(other, a, strict=True))
     # an image's captions do not depend on its batch-mates, their order, or the generation batch size
-    alone = _captioner(coca["plain"], strategy="nucleus", num_captions=3, seed=7, batch_size=2)
+    alone = _captioner(coca["plain"], **nucleus, seed=7, batch_size=2)
     assert alone.captions(x[[3]], [uids[3]]) == [a[3]]
     assert alone.captions(x.flip(0), uids[::-1]) == a[::-1]
 

@@ -1,5 +1,6 @@
-"""A normalizing flow as a train-diffusion model family, through the stage on two gloo workers of the session's Ray:
-Glow with class conditioning trains (both ranks, checkpoints), its held-out bits/dim ends well below a uniform
+"""A normalizing flow as a train-diffusion model family, through the stage (in the driver: Glow on two gloo workers is
+tests/ray/training/generative/test_flow_two_workers.py's, the stage on two workers test_train_diffusion_stage.py's):
+Glow with class conditioning trains (checkpoints), its held-out bits/dim ends well below a uniform
 model's 8, `winnow eval` on the exported EMA weights gives the same bits/dim beside the Frechet distance and the
 judge's scores, a longer rerun resumes from the checkpoint, and the report shows the flow's grid and bits/dim.
 (The flow task itself, each family and actnorm's resume are tested in-process in
@@ -20,7 +21,7 @@ from pipeline.cli.evaluate import evaluate_stage
 from pipeline.cli.run import run_pipeline
 from pipeline.pipeline_config import load_pipeline_config
 
-STEPS, BATCH = 60, 16  # per worker: 32 images a step
+STEPS, BATCH = 60, 32
 
 
 def write_config(root: Path, heldout: tuple[str, str], steps: int) -> Path:
@@ -31,7 +32,7 @@ def write_config(root: Path, heldout: tuple[str, str], steps: int) -> Path:
             "data": {"resolution": 8, "batch_size": BATCH, "loader_workers": 0, "shuffle_buffer": 64},
             "eval": {"judge_from": "judge", "heldout": shards, "classnames": classnames, "frechet_samples": 48,
                      "attribute_seeds": 1, "likelihood": {"samples": 64}},
-            "scaling": {"num_workers": 2, "cpus_per_worker": 1, "torch_threads": 1, "max_failures": 0}}
+            "scaling": {"num_workers": 0, "torch_threads": 1}}
     judge = {"kind": "train-clip", "input": "pool", "model": {"name": "tiny-clip-rn"}, "objective": "clip"}
     path = root / f"config-{steps}.yaml"
     path.write_text(yaml.safe_dump({"name": "t", "root": str(root), "stages": {"judge": judge, "generator": body}}))
@@ -62,8 +63,8 @@ def test_a_flow_trains_through_the_stage_and_winnow_eval_reports_its_bits_per_di
     cfg = load_pipeline_config(write_config(root, heldout, STEPS))
     result = run_pipeline(cfg, "generator")["generator"]
     out = root / "generator"
-    assert result["step"] == STEPS and result["samples_seen"] == STEPS * 2 * BATCH
-    assert {"rng_rank0.safetensors", "rng_rank1.safetensors"} <= set(os.listdir(out / "checkpoints" / "step_0000060"))
+    assert result["step"] == STEPS and result["samples_seen"] == STEPS * BATCH
+    assert "rng_rank0.safetensors" in set(os.listdir(out / "checkpoints" / "step_0000060"))
     with open(out / "metrics.csv") as f:
         curve = [float(r["loss"]) for r in csv.DictReader(f) if r.get("loss")]
     assert curve[-1] < curve[0] - 0.5, curve
