@@ -158,7 +158,8 @@ def quality(root: str, world: str) -> dict:
         "estimated_auroc_shuffled": check.get("auroc_shuffled", float("nan")),
         "estimated_auroc_near_miss": check.get("auroc_near_miss", float("nan")),
         "near_misses": check.get("near_miss_pairs"), "near_misses_counted": check.get("near_misses_counted"),
-        "cut": cut.get("threshold"), "cut_rule": cut.get("rule") or cut.get("op"), "auto_cut": auto,
+        "cut": cut.get("threshold"), "web_cut": cut.get("web_probability"),
+        "cut_rule": cut.get("rule") or cut.get("op"), "auto_cut": auto,
         "examples": examples(df), "sweep": threshold_sweep(df, levels),
         "colour_right": attrs["colour"]["accuracy"] if w.colours else float("nan"),
         "shape_right": attrs[shape_name]["accuracy"],
@@ -195,7 +196,9 @@ def run_world(world: str, root: str, sets: list[str], seeds: list[int]) -> dict:
         if stage == "filter":
             extra = f"  kept {res['kept']} of {res['samples']} images"
             if res.get("capfilt_cut"):
-                extra += f" (cut P(match) >= {res['capfilt_cut']['threshold']:.3f}, {res['capfilt_cut'].get('rule')})"
+                c = res["capfilt_cut"]
+                web = f", web {c['web_probability']:.3f}" if c.get("web_probability") is not None else ""
+                extra += f" (cut P(match) >= {c['threshold']:.3f}{web}, {c.get('rule')})"
         print(f"  {stage:16s} {time.time() - t:6.1f}s{extra}", flush=True)
     q = quality(root, world)
     top1: dict[str, list[float]] = {"capfilt": [], "web": []}
@@ -236,6 +239,8 @@ def report(world: str, r: dict) -> list[str]:
              f"| true AUROC on synthetic captions | {r['true_auroc_synthetic']:.3f} |",
              f"| cut used ({r['cut_rule']}) / held-out best cut | P(match) >= {r['cut']} / "
              f"{'-' if r['auto_cut'] is None else format(r['auto_cut'], '.3f')} |",
+             f"| web captions' cut (auto: vs unrelated captions only) | "
+             f"{'-' if r['web_cut'] is None else format(r['web_cut'], '.3f')} |",
              f"| zero-shot top-1 CapFilt, per seed | {', '.join(f'{v:.1f}' for v in r['top1']['capfilt'])} |",
              f"| zero-shot top-1 web only, per seed | {', '.join(f'{v:.1f}' for v in r['top1']['web'])} |",
              f"| CapFilt | {spread(r['top1']['capfilt'])} |", f"| web only | {spread(r['top1']['web'])} |",

@@ -157,7 +157,7 @@ def read_calibration(path: str) -> dict:
                            "holdout.json of a train-clip stage with `holdout:` set")
     return {"a": float(platt["a"]), "b": float(platt["b"]), "threshold_score": platt.get("threshold_score"),
             "source": path, "estimated_auroc": found.get("estimated_auroc"), "cut": found.get("cut"),
-            "near_misses": found.get("near_misses_counted")}
+            "cut_vs_unrelated": found.get("cut_vs_unrelated"), "near_misses": found.get("near_misses_counted")}
 
 
 def probability(scores: np.ndarray, calibration: dict | None, backend: str) -> np.ndarray:

@@ -18,7 +18,8 @@ class CapFiltParams(StrictModel):
     """The `capfilt` recipe op: which captions of an image to keep. One rule; none given = BLIP's P(match) >= 0.5.
     `min_probability: auto` cuts at the probability that best separated the judge's held-out positives from its
     negatives (`filtering.holdout.best_cut`: shuffled captions, and near misses when the judge's `holdout` counts
-    them), read from the calibration the caption stage used."""
+    them), read from the calibration the caption stage used; web captions at the cut against the shuffled ones
+    only (a wrong web caption is unrelated text far more often than a near miss)."""
 
     min_probability: float | Literal["auto"] | None = Field(
         None, description="keep captions with calibrated P(match) >= this (BLIP's ITM threshold is 0.5); auto: the "
@@ -58,9 +59,14 @@ def auto_cut(calibration: dict | None) -> dict:
         raise CapFiltError("capfilt: min_probability: auto needs the judge's best cut on its held-out pairs (a "
                            f"holdout.json written by a train-clip stage with `holdout:`); the caption stage's "
                            f"calibration{where} has none: rerun the filter's training stage, or give a number")
+    # Web captions at the cut against unrelated captions only (what a wrong web caption is: another image's text, a
+    # generic line), synthetic ones at the cut that also rejects near misses (what a captioner's mistakes are); an
+    # older holdout.json without the second cut gives both the same cut.
+    web = ((calibration or {}).get("cut_vs_unrelated") or {}).get("probability")
     return {"rule": "auto", "probability": float(cut["probability"]), "score": cut.get("score"),
             "balanced_accuracy": cut.get("balanced_accuracy"),
             "balanced_accuracy_at_half": cut.get("balanced_accuracy_at_half"),
+            "web_probability": float(cut["probability"] if web is None else web),
             "near_misses": calibration.get("near_misses"), "source": calibration.get("source")}
 
 
@@ -86,11 +92,14 @@ def judge_captions(params: CapFiltParams, rows: list[list[tuple[str, str, float,
                    calibration: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Keep or drop each candidate caption. Returns (any caption kept (N,), the row's best value (N,), per row the
     verdicts `[{text, source, score, probability, judge, kept, drop_op}]` (kept first, best first), threshold).
-    `calibration` (the caption stage's) gives `min_probability: auto` its cut."""
+    `calibration` (the caption stage's) gives `min_probability: auto` its cuts (`auto_cut`: the threshold returned
+    is the synthetic captions' cut; web captions have their own)."""
     by_p = params.by_probability
     value = (lambda c: c[3]) if by_p else (lambda c: c[2])
+    web_cut = None  # web captions' own cut (auto only)
     if params.auto:
-        cut = auto_cut(calibration)["probability"]
+        rule = auto_cut(calibration)
+        cut, web_cut = rule["probability"], rule["web_probability"]
     elif params.top_fraction is not None:
         from filtering.ops import top_fraction_threshold
 
@@ -105,7 +114,7 @@ def judge_captions(params: CapFiltParams, rows: list[list[tuple[str, str, float,
         out = []
         for c in row:
             v = value(c)
-            keep = bool(np.isfinite(v) and v >= cut)
+            keep = bool(np.isfinite(v) and v >= (web_cut if web_cut is not None and c[1] == "web" else cut))
             out.append({"text": c[0], "source": c[1], "score": c[2], "probability": None if c[3] != c[3] else c[3],
                         "judge": judge[i], "kept": keep, "drop_op": None if keep else "capfilt"})
         vals = [value(c) for c in row if np.isfinite(value(c))]

@@ -22,7 +22,9 @@ A shuffled caption can still fit its image (two images of one class), so the est
 shuffled caption mostly differs from the truth in every attribute at once, so a filter that reads one attribute
 only (colour, not shape) still ranks it well: the near misses are what show that. The same scores also choose a
 cut (`best_cut`): the score, and its probability, that best separates positives from negatives (Youden's J, each
-negative kind weighing the same), which CapFilt can use instead of a fixed 0.5 (`capfilt: {min_probability: auto}`).
+negative kind weighing the same), which CapFilt can use instead of a fixed 0.5 (`capfilt: {min_probability: auto}`),
+and a second cut against the unrelated negatives only (shuffled, junk; `cut_vs_unrelated`), which CapFilt's auto
+rule uses for web captions: a wrong web caption is mostly another image's text, not a near miss.
 """
 
 from __future__ import annotations
@@ -347,12 +349,15 @@ class HoldoutProbe:
         out["near_miss_mean"] = float(s[kind == 3].mean()) if out["near_miss_pairs"] else float("nan")
         platt = fit_platt(s[counted & (label == 1)], s[counted & (label == 0)])
         out["platt"] = platt.as_dict()
-        cut = best_cut(s[counted], kind[counted])
-        if cut is not None:
-            p = float(platt.probability(cut["score"])) if platt.a > 0 else None
-            at_half = balanced_accuracy(s[counted], kind[counted], [platt.threshold])[0][0] if platt.a > 0 else None
-            out["cut"] = {**cut, "probability": p, "balanced_accuracy_at_half": None if at_half is None
-                          else float(at_half)}
+        # Two cuts: against every counted negative (a synthetic caption's mistakes look like near misses), and
+        # against the unrelated ones only (shuffled, junk: what a wrong web caption looks like), which is looser.
+        for name, pairs in (("cut", counted), ("cut_vs_unrelated", counted & (kind != 3))):
+            cut = best_cut(s[pairs], kind[pairs])
+            if cut is not None:
+                p = float(platt.probability(cut["score"])) if platt.a > 0 else None
+                at_half = balanced_accuracy(s[pairs], kind[pairs], [platt.threshold])[0][0] if platt.a > 0 else None
+                out[name] = {**cut, "probability": p, "balanced_accuracy_at_half": None if at_half is None
+                             else float(at_half)}
         out["warning"] = warning(out["estimated_auroc"], len(self), self.warn_below)
         return out
 

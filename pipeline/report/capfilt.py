@@ -86,9 +86,12 @@ def cut_line(info: dict) -> str:
         return ""
     if cut.get("rule") == "auto":
         at_half = cut.get("balanced_accuracy_at_half")
+        web = cut.get("web_probability")
+        web_line = "" if web is None or web == cut["threshold"] else \
+            f"; web captions: P(match) &ge; <b>{web:.3f}</b>, the best cut against unrelated captions only"
         return (f"<p>Cut: P(match) &ge; <b>{cut['threshold']:.3f}</b>, chosen on the filter's held-out pairs "
                 f"(balanced accuracy {_num(cut.get('balanced_accuracy'))}; at BLIP's 0.5: {_num(at_half)}; near "
-                f"misses {'counted' if cut.get('near_misses') else 'not counted'}).</p>")
+                f"misses {'counted' if cut.get('near_misses') else 'not counted'}){web_line}.</p>")
     return f"<p>Cut: {esc(cut.get('op'))}, threshold {cut['threshold']:.4g}.</p>"
 
 

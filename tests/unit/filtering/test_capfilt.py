@@ -124,8 +124,17 @@ def test_auto_cuts_at_the_judges_held_out_best_cut_and_says_so():
     kept = {c["text"] for row in sel.table.to_pylist() for c in row["captions"] if c["kept"]}
     assert kept == {"a red circle", "a red circle on grey", "a small blue cross"}  # 0.60 is under 0.65 now
     assert r.ops[0].rule == {"rule": "auto", "probability": 0.65, "score": 0.23, "balanced_accuracy": 0.91,
-                             "balanced_accuracy_at_half": 0.88, "near_misses": True,
+                             "balanced_accuracy_at_half": 0.88, "web_probability": 0.65, "near_misses": True,
                              "source": "runs/x/train_filter/holdout.json"}
+    # with the judge's cut against unrelated captions only, web captions are cut there, synthetic ones as before
+    p = pool()
+    p.context["caption_calibration"] = {**cal, "cut_vs_unrelated": {"score": 0.1, "probability": 0.35}}
+    r = recipe({"capfilt": {"min_probability": "auto"}})
+    sel = apply_recipe(r, p)
+    kept = {(c["text"], c["source"]) for row in sel.table.to_pylist() for c in row["captions"] if c["kept"]}
+    assert kept == {("a red circle", "web"), ("a blue square", "web"), ("a red circle on grey", "synthetic"),
+                    ("a small blue cross", "synthetic")}  # web 0.40 >= 0.35 kept; synthetic 0.60 < 0.65 not
+    assert r.ops[0].rule["web_probability"] == 0.35 and sel.funnel[-1]["threshold"] == 0.65
     # a calibration without a held-out cut (an old holdout.json, or none): refused, with what to do
     for missing in (None, {"a": 20.0, "b": -4.0, "source": "old/holdout.json"}):
         p = pool()

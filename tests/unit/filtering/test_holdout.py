@@ -162,3 +162,9 @@ def test_near_misses_are_measured_always_and_count_in_the_estimate_and_the_calib
                for name, r in (("reported", reported), ("counted", counted))}
     assert p_match["counted"] < p_match["reported"]
     assert counted["cut"]["probability"] is not None and 0 <= counted["cut"]["balanced_accuracy"] <= 1
+    # the web captions' cut leaves the near misses out: only the unrelated (shuffled) captions are its negatives
+    web = counted["cut_vs_unrelated"]
+    assert set(web["true_negative_rate"]) == {"shuffled"} and set(counted["cut"]["true_negative_rate"]) == {
+        "shuffled", "near_miss"}
+    assert web["balanced_accuracy"] > counted["cut"]["balanced_accuracy"]  # unrelated captions are easier to reject
+    assert reported["cut_vs_unrelated"] == reported["cut"]  # without near misses counted the two cuts agree

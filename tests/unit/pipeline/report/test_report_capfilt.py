@@ -23,7 +23,7 @@ def test_capfilt_sections_show_the_near_misses_the_cut_and_the_captioners_accura
                                        "images_with_caption": 2},
             "capfilt_cut": {"op": "capfilt(min_probability=auto, sources=web+synthetic)", "threshold": 0.734,
                             "rule": "auto", "probability": 0.734, "balanced_accuracy": 0.88,
-                            "balanced_accuracy_at_half": 0.8, "near_misses": True}}
+                            "balanced_accuracy_at_half": 0.8, "web_probability": 0.061, "near_misses": True}}
     sel = pd.DataFrame({"uid": ["u0"], "shard": ["00000"], "key": ["000000000"], "kept": [True], "drop_op": [None],
                         "captions": [[{"text": "a web caption", "source": "web", "score": 0.3, "probability": 0.9,
                                        "kept": True}]]})
@@ -34,6 +34,7 @@ def test_capfilt_sections_show_the_near_misses_the_cut_and_the_captioners_accura
     body = html["capfilt-capfilt_auto"]
     assert "P(match) &ge; <b>0.734</b>, chosen on the filter's held-out pairs" in body
     assert "at BLIP's 0.5: 0.800" in body
+    assert "web captions: P(match) &ge; <b>0.061</b>, the best cut against unrelated captions only" in body
     assert "<b>1</b> distinct captions for 4 images captioned" in body
     assert "<tr><td>colour</td><td>100.0%</td><td>16.7%</td><td class=\"n\">4</td><td>6.0x</td></tr>" in body
     assert "<tr><td>shape</td><td>50.0%</td><td>20.0%</td><td class=\"n\">4</td><td>2.5x</td></tr>" in body
