@@ -216,8 +216,11 @@ def run(ctx: StageContext, cfg: FilterConfig) -> dict[str, Any]:
         rows.append((f"  {source} captions", f"{c['kept']} of {c['judged']} kept"))
     if cuts and cuts[-1].get("rule") == "auto":
         c = cuts[-1]
+        web = c.get("web_probability")
+        web_cut = "" if web is None or web == c["probability"] else \
+            f"; web captions P(match) >= {web:.3f}, the best cut against unrelated captions only"
         rows.append(("  capfilt cut", f"P(match) >= {c['probability']:.3f}, chosen on the judge's held-out pairs "
-                                      f"(balanced accuracy {c['balanced_accuracy']:.3f})"))
+                                      f"(balanced accuracy {c['balanced_accuracy']:.3f}){web_cut}"))
     rows += [("kept", f"{kept} of {pool.n} ({info['kept_fraction']:.1%})"), ("selection", sel_url),
              ("wall time", fmt_seconds(wall))]
     print_summary(f"stage {ctx.stage}: recipe {recipe.name}", rows)

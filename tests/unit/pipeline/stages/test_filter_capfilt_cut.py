@@ -24,7 +24,7 @@ def _run(tmp_path, calibration: dict | None):
     return filter_stage.run(StageContext(pipeline=cfg, stage="filter"), stage), ds
 
 
-def test_auto_cuts_where_the_judges_held_out_check_says_and_records_it(tmp_path):
+def test_auto_cuts_where_the_judges_held_out_check_says_and_records_it(tmp_path, capsys):
     cut = {"score": 0.2, "probability": 0.45, "balanced_accuracy": 0.9, "balanced_accuracy_at_half": 0.85}
     res, ds = _run(tmp_path / "low", {"a": 10.0, "b": -2.0, "source": "train_filter/holdout.json", "cut": cut,
                                       "near_misses": True})
@@ -34,6 +34,14 @@ def test_auto_cuts_where_the_judges_held_out_check_says_and_records_it(tmp_path)
     assert info["capfilt_cut"]["source"] == "train_filter/holdout.json" and info["capfilt_cut"]["threshold"] == 0.45
     res, _ = _run(tmp_path / "high", {"a": 10.0, "b": -2.0, "cut": {**cut, "probability": 0.6}})
     assert res["kept"] == 0  # 0.5 < 0.6: nothing kept
+    # the judge's cut against unrelated captions only (0.4) keeps the web captions; the synthetic ones stay out
+    capsys.readouterr()
+    res, ds = _run(tmp_path / "web", {"a": 10.0, "b": -2.0, "cut": {**cut, "probability": 0.6},
+                                      "cut_vs_unrelated": {**cut, "probability": 0.4}})
+    assert res["kept"] == 4 and res["capfilt_cut"]["web_probability"] == 0.4
+    counts = json.loads(open(ds.sub("selection", "auto.json")).read())["captions"]
+    assert counts["web"]["kept"] == 4 and counts["synthetic"]["kept"] == 0
+    assert "web captions P(match) >= 0.400, the best cut against unrelated captions only" in capsys.readouterr().out
 
 
 def test_auto_without_a_held_out_cut_is_refused(tmp_path):
