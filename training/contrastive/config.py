@@ -51,6 +51,34 @@ class LossConfig(StrictModel):
     catlip_vocab_samples: int = Field(50_000, ge=1, description="CatLIP: captions read to build the vocabulary")
 
 
+class AugmentConfig(StrictModel):
+    """The training images' augmentation: open_clip's `AugmentationCfg` (open_clip_train's `--aug-cfg`), its
+    torchvision path. The default is open_clip's own, a RandomResizedCrop of 90-100% of the image; no flip, which
+    would contradict captions that say left or right."""
+
+    scale: tuple[float, float] = Field((0.9, 1.0), description="RandomResizedCrop: the crop's share of the image area")
+    color_jitter: tuple[float, float, float, float] | None = Field(
+        None, description="ColorJitter's brightness, contrast, saturation, hue")
+    color_jitter_prob: float = Field(0.8, ge=0, le=1, description="share of images jittered when color_jitter is set")
+    gray_scale_prob: float = Field(0.0, ge=0, le=1, description="share of images turned grey")
+
+    @model_validator(mode="after")
+    def _check_scale(self):
+        lo, hi = self.scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"scale must be 0 < low <= high <= 1, got {list(self.scale)}")
+        return self
+
+    def open_clip_cfg(self) -> dict:
+        """The keyword arguments of open_clip's `aug_cfg`."""
+        cfg = {"scale": self.scale}
+        if self.color_jitter is not None:
+            cfg.update(color_jitter=self.color_jitter, color_jitter_prob=self.color_jitter_prob)
+        if self.gray_scale_prob:
+            cfg["gray_scale_prob"] = self.gray_scale_prob
+        return cfg
+
+
 class DataConfig(StrictModel):
     input_shards: str | None = Field(
         None, description="glob or brace pattern of .tar shards; default: the input dataset's complete shards")
@@ -58,6 +86,7 @@ class DataConfig(StrictModel):
     loader_workers: int = Field(1, ge=0, description="DataLoader processes per training worker")
     shuffle_buffer: int = Field(512, ge=0, description="samples shuffled in memory within each loader")
     seed: int = 0
+    augment: AugmentConfig = AugmentConfig()
 
 
 class ZeroShotConfig(StrictModel):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 import pickle
+import warnings
 from dataclasses import dataclass
 
 import open_clip
@@ -75,8 +76,9 @@ def embed_dim(clip: nn.Module) -> int:
         return clip.encode_image(torch.zeros(1, 3, *size)).shape[-1]
 
 
-def build_model(cfg: ModelConfig, objective: str, vocab_size: int = 0) -> BuiltModel:
-    """Create the model, transforms and tokenizer for a run; apply LiT, FLIP and checkpointing from `cfg`."""
+def build_model(cfg: ModelConfig, objective: str, vocab_size: int = 0, augment: dict | None = None) -> BuiltModel:
+    """Create the model, transforms and tokenizer for a run; apply LiT, FLIP and checkpointing from `cfg`; `augment`
+    is open_clip's `aug_cfg` for the training transform (`AugmentConfig.open_clip_cfg`)."""
     name, pretrained = cfg.name, cfg.pretrained
     if pretrained and pretrained.startswith(("hf-hub:", "local-dir:")):
         name, pretrained = pretrained, None  # open_clip takes hub and directory sources as the model name
@@ -87,9 +89,11 @@ def build_model(cfg: ModelConfig, objective: str, vocab_size: int = 0) -> BuiltM
         kwargs.update(SIGLIP_INIT)  # a softmax-CLIP architecture trained with the sigmoid loss
     try:
         # e.g. another stage's model.pt on s3://: open_clip reads files; without weights, a model trained from scratch
-        with local_if_url(pretrained) as weights, random_init_expected():
+        with local_if_url(pretrained) as weights, random_init_expected(), warnings.catch_warnings():
+            # open_clip warns of "unused" colour-jitter keys that its torchvision path does use
+            warnings.filterwarnings("ignore", message="Unused augmentation cfg items")
             clip, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
-                name, pretrained=weights, force_patch_dropout=cfg.patch_dropout or None, **kwargs)
+                name, pretrained=weights, force_patch_dropout=cfg.patch_dropout or None, aug_cfg=augment, **kwargs)
     except pickle.UnpicklingError as err:  # open_clip loads with weights_only=True: say why it refused
         raise CheckpointError(f"{pretrained}: refusing to load pretrained weights that contain pickled Python "
                               f"objects, not only tensors ({err})") from None

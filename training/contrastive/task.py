@@ -75,7 +75,7 @@ class ContrastiveTask(Task):
     def setup(self, rank: int, world: int, device: torch.device) -> nn.Module:
         register_model_configs()  # this worker's open_clip learns our tiny configs
         cfg = self.cfg
-        self.built = build_model(cfg.model, cfg.objective, len(self.vocab))
+        self.built = build_model(cfg.model, cfg.objective, len(self.vocab), cfg.data.augment.open_clip_cfg())
         clip = self.built.clip
         if cfg.objective != "siglip" and getattr(clip, "logit_bias", None) is not None:
             clip.logit_bias.requires_grad_(False)  # unused by this loss; DDP would wait for its gradient

@@ -1,5 +1,5 @@
-"""Model names, SigLIP's initialisation, FLIP's patch dropout, final weights open_clip loads, pretrained weights
-(and no pickles)."""
+"""Model names, SigLIP's initialisation, FLIP's patch dropout, the training augmentation, final weights open_clip
+loads, pretrained weights (and no pickles)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pipeline.core.model_configs import register_model_configs
-from training.contrastive.config import ModelConfig
+from training.contrastive.config import AugmentConfig, ModelConfig
+from training.contrastive.data import fast_train_transform
 from training.contrastive.models import UnknownModelError, build_model, check_model_name, set_patch_dropout
 from training.engine import checkpoint as ckpt
 
@@ -48,6 +49,23 @@ def test_flip_patch_dropout_is_random_in_training_and_off_for_tuning_and_eval():
     set_patch_dropout(clip, 0.5)
     clip.eval()
     assert torch.equal(clip.encode_image(x), clip.encode_image(x))
+
+
+def test_augment_sets_the_training_crop_and_colour_jitter_and_rejects_a_crop_over_the_image():
+    def crop_scales(augment: AugmentConfig) -> tuple[tuple, list[str]]:
+        train = build_model(ModelConfig(name="tiny-clip-rn"), "clip", augment=augment.open_clip_cfg()).preprocess_train
+        return train.transforms[0].scale, [type(t).__name__ for t in train.transforms]
+
+    assert crop_scales(AugmentConfig()) == ((0.9, 1.0), ["RandomResizedCrop", "MaybeConvertMode", "MaybeToTensor",
+                                                         "Normalize"])  # open_clip's own default
+    scale, steps = crop_scales(AugmentConfig(scale=(0.5, 1.0), color_jitter=(0.4, 0.4, 0.4, 0.1)))
+    assert scale == (0.5, 1.0) and steps[2] == "color_jitter"
+    # the crop alone keeps the one-resize fast path, with the wider crop
+    fast = fast_train_transform(build_model(ModelConfig(name="tiny-clip-rn"), "clip",
+                                            augment=AugmentConfig(scale=(0.5, 1.0)).open_clip_cfg()).preprocess_train)
+    assert fast.crop.scale == (0.5, 1.0)
+    with pytest.raises(ValueError, match="scale must be 0 < low <= high <= 1"):
+        AugmentConfig(scale=(0.5, 1.2))
 
 
 @pytest.mark.parametrize("name, objective", [("tiny-sigmoid-vit", "siglip"), ("tiny-coca", "coca"),
