@@ -78,9 +78,6 @@ class LocalCluster:
             self.env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)})
         self.env.update({"RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE": "1",
                          "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1",
-                         # workers at nice 0, as winnow's embedded Ray (`ray.worker_niceness`): at Ray's 15 they
-                         # starve whenever the other test process is busy in its own driver
-                         "RAY_worker_niceness": "0",
                          # as with an activated virtualenv: a job's `python` is this interpreter
                          "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
         self.env.update(env or {})  # every node's processes (its workers, Ray Train's controller) inherit these
