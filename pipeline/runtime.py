@@ -34,9 +34,9 @@ class RayConfig(StrictModel):
     namespace: str = "winnow"
     worker_niceness: int = Field(0, ge=0, le=19, description=(
         "nice value of the embedded Ray's worker processes. Ray's own default, 15, lets any other busy process on "
-        "the machine starve every read task and model actor (the score stage 20-90x slower beside three busy "
-        "processes on 2 cores; BENCHMARKS.md); 0 shares the CPUs fairly. A cluster's nodes take theirs from "
-        "`RAY_worker_niceness` when `ray start` runs"))
+        "the machine starve every read task and model actor (a score stage >= 11x slower beside three busy "
+        "processes on 2 cores, against 2.4x at 0: bench/shared_machine.py); 0 shares the CPUs fairly. A "
+        "cluster's nodes take theirs from `RAY_worker_niceness` when `ray start` runs"))
 
 
 # Ray's loggers; their records below ERROR go only to the run log.
