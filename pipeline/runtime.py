@@ -32,11 +32,11 @@ class RayConfig(StrictModel):
     object_store_mb: int = Field(1024, ge=64, description="object store size of the embedded Ray, MiB")
     include_dashboard: bool = False
     namespace: str = "winnow"
-    worker_niceness: int = Field(0, ge=0, le=19, description=(
-        "nice value of the embedded Ray's worker processes. Ray's own default, 15, lets any other busy process on "
-        "the machine starve every read task and model actor (a score stage >= 11x slower beside three busy "
-        "processes on 2 cores, against 2.4x at 0: bench/shared_machine.py); 0 shares the CPUs fairly. A "
-        "cluster's nodes take theirs from `RAY_worker_niceness` when `ray start` runs"))
+    worker_niceness: int | None = Field(None, ge=0, le=19, description=(
+        "nice value of the embedded Ray's worker processes; None keeps Ray's own, 15, at which any other busy "
+        "process on the machine starves every read task and model actor (a score stage >= 11x slower beside three "
+        "busy processes on 2 cores, against 2.4x at 0: bench/shared_machine.py). On a machine shared with other "
+        "work, 0 shares the CPUs fairly. A cluster's nodes take theirs from `RAY_worker_niceness` at `ray start`"))
 
 
 # Ray's loggers; their records below ERROR go only to the run log.
@@ -84,7 +84,7 @@ def init_ray(cfg: RayConfig | None = None, runtime_env: dict | None = None) -> d
             logging_level=logging.WARNING,
             configure_logging=not _run_log["path"],  # with a run log, Ray's records go where ours go
             runtime_env=runtime_env,
-            _system_config={"worker_niceness": cfg.worker_niceness},
+            _system_config=None if cfg.worker_niceness is None else {"worker_niceness": cfg.worker_niceness},
         )
     info = describe_cluster()
     log.info("ray: %s", info)

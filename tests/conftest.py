@@ -61,10 +61,10 @@ def ray_local():
 
     if not ray.is_initialized():
         # Workers must import test modules (pytest puts each test file's folder on sys.path, by basename).
-        # Workers at low priority, as Ray's own 15 would have them (winnow's default is 0): the suite's two pytest
-        # processes then keep the CPU for their in-driver work, and the two-worker gloo tests' spinning yields to
-        # it (the suite took 17:49 with workers at nice 0 against 15:17 at 15, one clean-clone run each). 14, not
-        # 15, so that tests/ray/pipeline/test_runtime.py sees the configured value, not Ray's default, reach them.
+        # Workers at low priority, about as Ray's own 15 has them: the suite's two pytest processes then keep the
+        # CPU for their in-driver work (with every Ray at nice 0 the suite took 17:49 against 15:17, and a cluster
+        # test's fast URLs timed out). 14, not 15, so that tests/ray/pipeline/test_runtime.py sees the configured
+        # value, not Ray's default, reach the workers.
         init_ray(RayConfig(num_cpus=2, object_store_mb=1024, worker_niceness=LOW_PRIORITY),
                  runtime_env={"env_vars": {"PYTHONPATH": _test_path()}})
     yield ray
