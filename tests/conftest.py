@@ -72,6 +72,12 @@ def ray_local():
 
 
 @pytest.fixture(scope="session")
+def ray_local_niceness() -> int:
+    """The nice value `ray_local` starts its workers with."""
+    return LOW_PRIORITY
+
+
+@pytest.fixture(scope="session")
 def s3_endpoint():
     """An S3-compatible server (moto) on the loopback port that S3_ENDPOINT names, for the session."""
     import logging

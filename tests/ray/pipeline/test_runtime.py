@@ -7,10 +7,9 @@ import os
 
 from pipeline.runtime import RayConfig
 
-LOW_PRIORITY = 14  # tests/conftest.py's, the session's Ray workers' nice value
 
-
-def test_the_embedded_rays_tasks_and_actors_run_at_the_configured_nice_value_not_rays_15(ray_local) -> None:
+def test_the_embedded_rays_tasks_and_actors_run_at_the_configured_nice_value_not_rays_15(
+        ray_local, ray_local_niceness) -> None:
     ray = ray_local
 
     @ray.remote(num_cpus=0.1)
@@ -25,9 +24,8 @@ def test_the_embedded_rays_tasks_and_actors_run_at_the_configured_nice_value_not
     actor = Actor.remote()
     try:
         assert RayConfig().worker_niceness is None  # a user's run keeps Ray's own unless the config sets it
-        # the session's Ray is configured at LOW_PRIORITY (tests/conftest.py), which is not Ray's own 15
-        assert LOW_PRIORITY != 15
-        assert ray.get(task_niceness.remote()) == LOW_PRIORITY
-        assert ray.get(actor.niceness.remote()) == LOW_PRIORITY
+        assert ray_local_niceness != 15  # the session's configured value, not Ray's own default
+        assert ray.get(task_niceness.remote()) == ray_local_niceness
+        assert ray.get(actor.niceness.remote()) == ray_local_niceness
     finally:
         ray.kill(actor)
