@@ -6,7 +6,8 @@ Input: the complete shards of dataset `input` (or `data.input_shards`, a glob/br
 `<root>/<output>/` (default: the stage's name): `checkpoints/step_*`, `metrics.csv`, `tb/`, `curves.png`,
 `model.pt` (open_clip-loadable: `open_clip.create_model_and_transforms(name, pretrained=".../model.pt")`,
 after `pipeline.core.model_configs.register_model_configs()` for our tiny configs), `eval.json` and `train.json`.
-Rerunning the command resumes from the newest checkpoint. With no evaluation set configured and a synthetic web in
+Rerunning the command resumes from the newest checkpoint; a run that already reached its steps with the same
+config is not started again (`pipeline.stages.finished`). With no evaluation set configured and a synthetic web in
 the pipeline config, the web's held-out test set is the zero-shot and retrieval evaluation.
 
 With `holdout: {fraction: 0.1}` (a bootstrap's filter) part of the input is held back by uid hash and the model is
@@ -25,6 +26,7 @@ from pipeline.core.layout import join, write_json_atomic
 from pipeline.core.storage import exists
 from pipeline.stages.base import StageConfig
 from pipeline.stages.context import StageContext
+from pipeline.stages.finished import finished_record, skip_finished
 from training.contrastive.config import EvalConfig, RetrievalConfig, TrainConfig, ZeroShotConfig
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,9 @@ def run(ctx: StageContext, cfg: TrainClipConfig) -> dict[str, Any]:
 
     out_dir = ctx.path(ctx.output)
     shards = input_shards(ctx, cfg)
+    done = finished_record(out_dir, cfg, cfg.steps)
+    if done:  # nothing to train, evaluate or export: no Ray Train started (pipeline.stages.finished)
+        return skip_finished(ctx.stage, out_dir, done, cfg.steps, eval_rows(done["eval"]))
     train_cfg = TrainConfig.model_validate(cfg.model_dump(exclude={"kind", "input", "output"}))
     train_cfg = train_cfg.model_copy(update={"eval": default_eval(ctx, train_cfg.eval)})
     cluster = ctx.init_ray() if train_cfg.scaling.num_workers > 0 else {}
@@ -97,7 +102,6 @@ def run(ctx: StageContext, cfg: TrainClipConfig) -> dict[str, Any]:
         "zeroshot_top1": (result["eval"].get("zeroshot") or {}).get("top1"),
         **({"estimated_auroc": check["estimated_auroc"], "holdout_step": check["step"],
             "holdout_warning": check.get("warning")} if check else {})})
-    zs, rt = result["eval"].get("zeroshot", {}), result["eval"].get("retrieval", {})
     rows: list[tuple[str, Any]] = [
         ("model", f"{cfg.model.name} ({cfg.objective})"),
         ("steps", f"{result['step']}/{cfg.steps} ({result['samples_seen']} samples)"),
@@ -107,12 +111,7 @@ def run(ctx: StageContext, cfg: TrainClipConfig) -> dict[str, Any]:
         ("wall time", fmt_seconds(result["seconds"])),
         ("final loss", f"{result['metrics'].get('loss', float('nan')):.4f}"),
     ]
-    if zs:
-        rows.append(("zero-shot", f"top-1 {zs['top1']:.1%}, top-5 {zs['top5']:.1%} "
-                                  f"(chance {zs['chance']:.1%}, {zs['samples']} images)"))
-    if rt:
-        rows.append(("retrieval", f"image->text R@1 {rt['image_to_text_R@1']:.1%}, "
-                                  f"text->image R@1 {rt['text_to_image_R@1']:.1%}"))
+    rows += eval_rows(result["eval"])
     if result.get("resumes"):  # after a lost worker or node: from which step, with how many workers
         rows.append(("resumed", ", ".join(f"from step {r['step']} with {r['world'] or '?'} workers"
                                           for r in result["resumes"])))
@@ -122,6 +121,18 @@ def run(ctx: StageContext, cfg: TrainClipConfig) -> dict[str, Any]:
     if check and check.get("warning"):
         log.warning("%s: %s", ctx.stage, check["warning"])
     return {"output": out_dir, **{k: v for k, v in record.items() if k != "config"}}
+
+
+def eval_rows(ev: dict) -> list[tuple[str, str]]:
+    """The summary's zero-shot and retrieval lines."""
+    zs, rt, rows = ev.get("zeroshot", {}), ev.get("retrieval", {}), []
+    if zs:
+        rows.append(("zero-shot", f"top-1 {zs['top1']:.1%}, top-5 {zs['top5']:.1%} "
+                                  f"(chance {zs['chance']:.1%}, {zs['samples']} images)"))
+    if rt:
+        rows.append(("retrieval", f"image->text R@1 {rt['image_to_text_R@1']:.1%}, "
+                                  f"text->image R@1 {rt['text_to_image_R@1']:.1%}"))
+    return rows
 
 
 def holdout_probe(ctx: StageContext, cfg, shards: list[str]):

@@ -34,6 +34,7 @@ from pipeline.core.storage import exists
 from pipeline.stages import stage_module
 from pipeline.stages.base import StageConfig
 from pipeline.stages.context import StageContext
+from pipeline.stages.finished import finished_record, skip_finished
 from training.generative.config import EncoderRef, GenerativeEvalConfig
 from training.generative.diffusion.config import DiffusionTrainConfig
 
@@ -213,6 +214,12 @@ def run(ctx: StageContext, cfg: TrainDiffusionConfig) -> dict[str, Any]:
     out_dir = ctx.path(ctx.output)
     shards = input_shards(ctx, cfg)
     train_cfg = resolve(ctx, cfg)
+    encoder = train_cfg.encoder.model_dump() if train_cfg.encoder else None
+    judge = train_cfg.eval.judge.model_dump() if train_cfg.eval.judge else None
+    done = finished_record(out_dir, cfg, cfg.steps, encoder=encoder, judge=judge)
+    if done:  # nothing to train, evaluate or export: no Ray Train started (pipeline.stages.finished)
+        return skip_finished(ctx.stage, out_dir, done, cfg.steps,
+                             [*summary_rows(done["eval"]), ("sample grid", done.get("grid"))])
     cluster = ctx.init_ray() if train_cfg.scaling.num_workers > 0 else {}
     result = fit(make_task(train_cfg, shards, f"stages.{ctx.stage}"), train_cfg, out_dir)
     if train_cfg.is_flow:  # the flow task scores bits/dim; its samples are judged here, on the exported weights
@@ -220,10 +227,9 @@ def run(ctx: StageContext, cfg: TrainDiffusionConfig) -> dict[str, Any]:
         if train_cfg.eval.enabled:
             result["eval"] = evaluate(ctx, cfg, train_cfg=train_cfg)
 
-    encoder = train_cfg.encoder.model_dump() if train_cfg.encoder else None
     record = {"kind": "train-diffusion", "config": cfg.model_dump(mode="json"), "config_hash": config_hash(cfg),
-              "input": {"dataset": cfg.input, "shards": len(shards)}, "encoder": encoder,
-              "judge": train_cfg.eval.judge.model_dump() if train_cfg.eval.judge else None, "cluster": cluster,
+              "input": {"dataset": cfg.input, "shards": len(shards)}, "encoder": encoder, "judge": judge,
+              "cluster": cluster,
               **result}
     write_json_atomic(join(out_dir, "train.json"), record)
     ev = result["eval"]

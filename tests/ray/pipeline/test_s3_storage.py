@@ -25,7 +25,7 @@ STEPS = 10
 TEMP_PREFIXES = ("winnow-run-", "winnow-get-", "winnow-download-")
 
 
-def write_config(tmp_path: Path, root: str) -> Path:
+def write_config(tmp_path: Path, root: str, steps: int = STEPS) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({
         "name": "s3", "root": root,
@@ -38,7 +38,7 @@ def write_config(tmp_path: Path, root: str) -> Path:
             "filter": {"input": "pool", "recipe": "basic"},
             "reshard": {"input": "pool", "recipe": "basic", "output": "curated", "samples_per_shard": 30},
             "train": {"kind": "train-clip", "input": "curated", "model": {"name": "tiny-sigmoid-vit"},
-                      "objective": "siglip", "steps": STEPS, "log_every": 5, "checkpoint_every": 5,
+                      "objective": "siglip", "steps": steps, "log_every": 5, "checkpoint_every": 5,
                       "data": {"batch_size": 16, "loader_workers": 0, "shuffle_buffer": 32},
                       "optim": {"warmup_steps": 2}, "scaling": {"num_workers": 1, "cpus_per_worker": 1},
                       "eval": {"max_samples": 24, "batch_size": 24}},
@@ -113,19 +113,26 @@ def test_a_run_rooted_on_s3_writes_everything_there_and_resumes_from_it(ray_loca
     html = fs.cat_file(report).decode()
     assert "could not be built" not in html and "train/eval.json" in html and "Training shards" in html
 
-    # --- the rerun: every shard skipped (no object rewritten), training resumes at its final step --------------
+    # --- the rerun: every shard skipped and the finished training not started (no object rewritten) ------------
     shards_before = {(name, folder): objects(Dataset(root, name).sub(folder)) for name, folder in
                      (("pool", "shards"), ("pool", "signals"), ("pool", "embeddings"), ("curated", "shards"))}
+    model_before = objects(model_dir)
     second = run_pipeline(cfg)
     assert second["download"]["shards"]["skipped_already_done"] == 2
     assert second["score"]["shards"]["skipped_already_done"] == 2
     assert second["reshard"]["shards"]["skipped_already_done"] == second["reshard"]["shards"]["total"]
-    assert second["train"]["step"] == STEPS and second["train"]["resumed_from"] == [STEPS]
-    assert [int(r["step"]) for r in _csv(join(model_dir, "metrics.csv"))] == [5, 10]
+    assert second["train"]["skipped"] == "already complete" and second["train"]["step"] == STEPS
+    assert second["train"]["eval"] == train["eval"] and objects(model_dir) == model_before  # train.json too
     for (name, folder), before in shards_before.items():
         after = objects(Dataset(root, name).sub(folder))
         assert {k: v for k, v in after.items() if "_done" not in k} == \
             {k: v for k, v in before.items() if "_done" not in k}, f"{name}/{folder} rewritten on rerun"
+
+    # --- more steps: Ray Train's workers resume from the checkpoint in the bucket and train on -----------------
+    more = load_pipeline_config(write_config(tmp_path, root, steps=STEPS + 5))
+    third = run_pipeline(more, "train")["train"]
+    assert third["step"] == STEPS + 5 and third["resumed_from"] == [STEPS]
+    assert [int(r["step"]) for r in _csv(join(model_dir, "metrics.csv"))] == [5, 10, 15]
 
     # --- the local disk holds only the config and the synthetic web; no staging folder is left behind ---------
     assert {f for f in local_files(tmp_path) if not f.startswith("web/")} == {"config.yaml"}
