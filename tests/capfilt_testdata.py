@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from built_once import built_once
 from curation_testdata import TINY_MODEL, tiny_model_files
 
 from pipeline.core.layout import Dataset, file_record
@@ -66,7 +67,11 @@ def web_shards(root: str, world: str = "shapes", pool: int = 600, hq: int = 600,
 def trained_filter(tmp_path_factory):
     """A tiny CLIP (the bootstraps' filter model) trained on the web's hq set with 20% held out, its checkpoints
     kept at every evaluation step."""
-    root = str(tmp_path_factory.mktemp("holdout"))
+    return built_once(tmp_path_factory, "trained_filter", _train_filter)
+
+
+def _train_filter(folder: Path):
+    root = str(folder)
     web = web_shards(root, pool=500, hq=600, mismatched_caption=0.3, generic_caption=0.1, junk_image=0.1)
     stage = {"kind": "train-clip", "input": "hq", "model": {"name": "tiny-clip-rn"}, "objective": "clip",
              "steps": STEPS, "optim": {"lr": 2e-3, "warmup_steps": 10}, "log_every": 10,

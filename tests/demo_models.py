@@ -9,8 +9,11 @@ straight to shards (`capfilt_testdata.web_shards`). For tests of what uses train
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
+from built_once import built_once
 from capfilt_testdata import web_shards
 
 TINY = {"log_every": 5, "data": {"batch_size": 16, "loader_workers": 0, "shuffle_buffer": 64},
@@ -38,10 +41,13 @@ STAGES = {
 
 @pytest.fixture(scope="session")
 def demo_models(tmp_path_factory) -> dict:
+    return built_once(tmp_path_factory, "demo_models", _train_demo_models)
+
+
+def _train_demo_models(root: Path) -> dict:
     from pipeline.cli.run import run_pipeline
     from pipeline.pipeline_config import load_pipeline_config
 
-    root = tmp_path_factory.mktemp("demo_models")
     web = web_shards(str(root), pool=24, hq=200, per_shard=100)
     path = root / "demo.yaml"
     path.write_text(yaml.safe_dump({"name": "tiny-demo", "root": str(root), "stages": STAGES}, sort_keys=False))

@@ -8,7 +8,10 @@ samples and never conditions them. `untrained` (session): random weights of the 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from built_once import built_once
 
 from training.generative.config import EncoderRef
 
@@ -48,11 +51,13 @@ def untrained(tmp_path_factory) -> EncoderRef:
 @pytest.fixture(scope="session")
 def encoders(shapes, tmp_path_factory) -> dict[str, EncoderRef]:
     """Two tiny CLIPs trained on the shapes shards with different seeds: one conditions, the other judges."""
-    root = str(tmp_path_factory.mktemp("encoders"))
-    return {"conditioner": EncoderRef(name=ENCODER, weights=train_clip(shapes["pool"], f"{root}/cond", 40, seed=1),
-                                      source="the conditioning CLIP"),
-            "judge": EncoderRef(name=ENCODER, weights=train_clip(shapes["pool"], f"{root}/judge", 120, seed=2),
-                                source="the judge CLIP")}
+    def build(root: Path) -> dict[str, EncoderRef]:
+        return {"conditioner": EncoderRef(name=ENCODER, weights=train_clip(shapes["pool"], f"{root}/cond", 40, seed=1),
+                                          source="the conditioning CLIP"),
+                "judge": EncoderRef(name=ENCODER, weights=train_clip(shapes["pool"], f"{root}/judge", 120, seed=2),
+                                    source="the judge CLIP")}
+
+    return built_once(tmp_path_factory, "encoders", build)
 
 
 def tiny_vae(folder: str) -> str:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shutil
+import time
 from pathlib import Path
 
 import pytest
 import yaml
-from training_diffusion import train_clip
-from training_shapes import make_pool, make_testset
+from training_diffusion import encoders  # noqa: F401  (session fixture: the two tiny CLIPs)
+from training_shapes import shapes  # noqa: F401  (session fixture: the pool they were trained on)
 
 from pipeline.cli.evaluate import evaluate_stage
 from pipeline.cli.run import run_pipeline
@@ -39,13 +41,14 @@ def write_config(root: Path, heldout: tuple[str, str], **stage) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run_root(tmp_path_factory) -> tuple[Path, tuple[str, str]]:
-    """A shapes pool, a held-out set, and two train-clip stages' outputs (trained here, in-process)."""
+def run_root(shapes, encoders, tmp_path_factory) -> tuple[Path, tuple[str, str]]:  # noqa: F811
+    """A run root holding the shapes pool and, as stages `cond` and `judge`, the session's two tiny CLIPs (trained on
+    that pool, in-process, by train-clip's trainer); the shapes held-out set."""
     root = tmp_path_factory.mktemp("gen")
-    shards = make_pool(str(root), "pool", shards=4, per_shard=256)
-    train_clip(shards, str(root / "cond"), 40, seed=1)
-    train_clip(shards, str(root / "judge"), 120, seed=2)
-    return root, make_testset(str(root / "heldout"))
+    shutil.copytree(Path(shapes["root"]) / "pool", root / "pool")
+    for stage, ref in (("cond", encoders["conditioner"]), ("judge", encoders["judge"])):
+        shutil.copytree(Path(ref.weights).parent, root / stage)
+    return root, (shapes["test"], shapes["classnames"])
 
 
 def test_the_stage_trains_on_two_workers_and_winnow_eval_gives_its_scores_again(ray_local, run_root):
@@ -67,6 +70,10 @@ def test_the_stage_trains_on_two_workers_and_winnow_eval_gives_its_scores_again(
 
     lk = result["eval"]["likelihood"]  # through the probability-flow ODE, the [-1, 1] scaling counted
     assert 0 < lk["bits_per_dim"] < 12 and lk["samples"] == 4 and "probability-flow ODE" in lk["method"]
+    rerun_started = time.time()
+    rerun = run_pipeline(cfg, "generator")["generator"]  # finished, same config and encoders: nothing started
+    assert rerun["skipped"] == "already complete" and rerun["eval"] == result["eval"]
+    assert os.path.getmtime(result["weights"]) < rerun_started  # not exported again
     again = evaluate_stage(cfg, "generator")["generator"]  # `winnow eval`: the exported EMA weights, same seeds
     for key in ("frechet", "attributes", "alignment", "likelihood"):
         numbers = {k: v for k, v in result["eval"][key].items() if isinstance(v, int | float) and k != "seconds"}
