@@ -100,3 +100,31 @@ def s3_bucket(s3_endpoint) -> str:
     name = f"winnow-{uuid.uuid4().hex[:12]}"
     fsspec.filesystem("s3").mkdir(name)
     return f"s3://{name}"
+
+
+# The longest test files first (seconds per file, call + setup, clean-clone `make test` on 2 cores, 2026-12-08), so
+# that pytest-xdist (`--dist loadfile --no-loadscope-reorder`) hands them out before the many short ones, which then
+# fill both workers to the end: by default xdist orders files by their number of tests, which left the one-test S3
+# run (~2 min) alone on one worker at the end of the suite while the other sat idle.
+LONGEST_FIRST = (
+    "tests/e2e/test_node_loss.py",  # 270
+    "tests/e2e/test_cluster.py",  # 185
+    "tests/e2e/test_jobs_on_cluster.py",  # 140
+    "tests/ray/pipeline/test_s3_storage.py",  # 130
+    "tests/ray/pipeline/stages/test_caption_stage.py",  # 130
+    "tests/ray/pipeline/stages/test_train_diffusion_stage.py",  # 100
+    "tests/ray/pipeline/stages/test_score_stage.py",  # 85
+    "tests/ray/pipeline/execution/test_actor_pool.py",  # 75
+    "tests/unit/training/contrastive/test_contrastive_objectives.py",  # 70
+    "tests/ray/training/engine/test_new_task_two_workers.py",  # 60
+    "tests/ray/pipeline/test_reproducible.py",  # 60
+    "tests/ray/pipeline/stages/test_train_clip_stage.py",  # 50
+    "tests/ray/training/generative/test_flow_two_workers.py",  # 36
+    "tests/ray/pipeline/test_fashion_world_pipeline.py",  # 35
+)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Longest files first; the rest keep their collection order (the sort is stable)."""
+    rank = {str(TESTS.parent / path): i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(str(item.path), len(rank)))
