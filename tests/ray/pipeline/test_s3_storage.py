@@ -1,6 +1,6 @@
 """A whole run on S3 (a moto server on loopback): download -> score -> filter -> reshard -> train-clip -> status,
 eval and report, every output in the bucket and nothing on the local disk but the synthetic web; a rerun skips
-every shard and resumes training at its final step, all from S3."""
+every shard and the finished training; more steps resume on a Ray Train worker from the checkpoint in the bucket."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ STEPS = 10
 TEMP_PREFIXES = ("winnow-run-", "winnow-get-", "winnow-download-")
 
 
-def write_config(tmp_path: Path, root: str, steps: int = STEPS) -> Path:
+def write_config(tmp_path: Path, root: str, steps: int = STEPS, workers: int = 0) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({
         "name": "s3", "root": root,
@@ -40,7 +40,7 @@ def write_config(tmp_path: Path, root: str, steps: int = STEPS) -> Path:
             "train": {"kind": "train-clip", "input": "curated", "model": {"name": "tiny-sigmoid-vit"},
                       "objective": "siglip", "steps": steps, "log_every": 5, "checkpoint_every": 5,
                       "data": {"batch_size": 16, "loader_workers": 0, "shuffle_buffer": 32},
-                      "optim": {"warmup_steps": 2}, "scaling": {"num_workers": 1, "cpus_per_worker": 1},
+                      "optim": {"warmup_steps": 2}, "scaling": {"num_workers": workers, "cpus_per_worker": 1},
                       "eval": {"max_samples": 24, "batch_size": 24}},
         }}, sort_keys=False))  # stage order matters
     return path
@@ -128,10 +128,12 @@ def test_a_run_rooted_on_s3_writes_everything_there_and_resumes_from_it(ray_loca
         assert {k: v for k, v in after.items() if "_done" not in k} == \
             {k: v for k, v in before.items() if "_done" not in k}, f"{name}/{folder} rewritten on rerun"
 
-    # --- more steps: Ray Train's workers resume from the checkpoint in the bucket and train on -----------------
-    more = load_pipeline_config(write_config(tmp_path, root, steps=STEPS + 5))
+    # --- more steps on a Ray Train worker: it resumes from the checkpoint in the bucket, trains on and writes there --
+    # (the first run trained in-process, which saves a worker group's start; the checkpoints are the same either way)
+    more = load_pipeline_config(write_config(tmp_path, root, steps=STEPS + 5, workers=1))
     third = run_pipeline(more, "train")["train"]
-    assert third["step"] == STEPS + 5 and third["resumed_from"] == [STEPS]
+    assert third["step"] == STEPS + 5 and third["resumed_from"] == [STEPS] and third["world"] == 1
+    assert "checkpoints/step_0000015/state.json" in objects(model_dir)
     assert [int(r["step"]) for r in _csv(join(model_dir, "metrics.csv"))] == [5, 10, 15]
 
     # --- the local disk holds only the config and the synthetic web; no staging folder is left behind ---------
